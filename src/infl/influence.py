@@ -1,0 +1,194 @@
+"""Fit once, then influence scores for any test points (Koh & Liang 2017; MATH.md)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .errors import InputError, NotFittedError
+from .grads import iter_grads, mean_grad
+from .inputs import batches, to_tensors
+from .linear import hessian_operator, make_objective
+from .objective import LossFn
+from .operators import Operator
+from .solvers import CG, Exact, LiSSA, SolveInfo
+
+SOLVERS = {"exact": Exact, "cg": CG, "lissa": LiSSA}
+Solver = Exact | CG | LiSSA
+
+
+def make_solver(solver: str | Solver) -> Solver:
+    """A solver instance from a name ('exact', 'cg', 'lissa') or an instance with default settings."""
+    if isinstance(solver, str):
+        if solver not in SOLVERS:
+            raise InputError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)} "
+                             "or pass a configured instance such as infl.CG(tol=1e-8)")
+        return SOLVERS[solver]()
+    if not (hasattr(solver, "fit") and hasattr(solver, "solve")):
+        raise InputError(f"solver must be a name or an object with fit(op) and solve(B), got {type(solver).__name__}")
+    return solver
+
+
+def _check_number(name: str, value: float) -> float:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+class Influence:
+    """Influence of upweighting each training point, for a trained model.
+
+    H = (1/n) sum_i grad^2 L(z_i, theta_hat) + l2 * I, plus damping * I on
+    top (for non-convex models); gradients are of the unregularised
+    per-example loss. Signs and scalings follow MATH.md.
+
+    Args:
+        model: trained torch module, left unchanged (never modified or switched mode).
+        loss_fn: loss_fn(outputs, targets) -> per-example losses (b,).
+        l2: weight decay the model was trained with (part of H).
+        damping: extra multiple of I added to H (not part of the objective).
+        solver: 'exact', 'cg', 'lissa' or a configured Exact / CG / LiSSA.
+        batch_size: examples per vectorised gradient chunk; bounds memory.
+        keep_train_grads: hold all n x p training gradients in memory after
+            fit (faster repeated queries) instead of recomputing them per query.
+        stationarity_tol: warn when ||grad R(theta_hat)|| exceeds this.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, *, l2: float = 0.0, damping: float = 0.0,
+                 solver: str | Solver = "exact", batch_size: int = 512, keep_train_grads: bool = False,
+                 stationarity_tol: float = 1e-3) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        self.model, self.loss_fn = model, loss_fn
+        self.l2, self.damping = _check_number("l2", l2), _check_number("damping", damping)
+        self.solver = make_solver(solver)
+        self.batch_size, self.keep_train_grads = batch_size, keep_train_grads
+        self.stationarity_tol = stationarity_tol
+
+    # ----------------------------------------------------------------- fit
+    def fit(self, train: Any) -> Influence:
+        """Read the training data, build the curvature operator and prepare the solver."""
+        dtype = next(p.dtype for p in self.model.parameters())
+        device = next(p.device for p in self.model.parameters())
+        X, y = to_tensors(train, dtype, device, "train")
+        obj = make_objective(self.model, self.loss_fn, self.l2, probe=X[:2])
+        obj.check_loss(X[:2], y[:2])
+        self.objective_, self.X_train_, self.y_train_ = obj, X, y
+        self.grad_norm_ = float(mean_grad(obj, X, y, self.batch_size).norm())
+        if self.grad_norm_ > self.stationarity_tol:
+            warnings.warn(
+                f"the model is not at a stationary point of the training objective: ||grad R|| = "
+                f"{self.grad_norm_:.3g} (l2={self.l2:g}). Influence assumes theta_hat minimises R; train longer, "
+                "check that l2 matches the training weight decay, or add damping", stacklevel=2)
+        self.curvature_: Operator = hessian_operator(obj, X, y, self.batch_size) + self.damping
+        if isinstance(self.solver, LiSSA):
+            self.solver.fit(self.curvature_, floor=self.l2 + self.damping)
+        else:
+            self.solver.fit(self.curvature_)
+        self.train_grads_ = self._stack_train_grads() if self.keep_train_grads else None
+        return self
+
+    def _fitted(self) -> None:
+        if not hasattr(self, "curvature_"):
+            raise NotFittedError("call fit(train) before asking for influence")
+
+    @property
+    def n_train(self) -> int:
+        self._fitted()
+        return self.X_train_.shape[0]
+
+    def _stack_train_grads(self) -> Tensor:
+        return torch.cat([g for _, g in iter_grads(self.objective_, self.X_train_, self.y_train_, self.batch_size)])
+
+    def _train_grads(self) -> Any:
+        """Iterate (rows, grads (b, p)) over the training set, from memory if kept."""
+        if self.train_grads_ is not None:
+            return ((r, self.train_grads_[r]) for r in batches(self.n_train, self.batch_size))
+        return iter_grads(self.objective_, self.X_train_, self.y_train_, self.batch_size)
+
+    def _test_tensors(self, test: Any) -> tuple[Tensor, Tensor]:
+        self._fitted()
+        X, y = to_tensors(test, self.objective_.dtype, self.objective_.device, "test")
+        if X.shape[1:] != self.X_train_.shape[1:]:
+            raise InputError(f"test inputs have per-example shape {tuple(X.shape[1:])} but the training inputs have "
+                             f"{tuple(self.X_train_.shape[1:])}; give test data shaped like the training data")
+        self.objective_.check_loss(X[:2], y[:2])
+        return X, y
+
+    # ------------------------------------------------------------- queries
+    def test_grads(self, test: Any) -> Tensor:
+        """grad_theta L(z_test, theta_hat) for each test point, (m, p)."""
+        X, y = self._test_tensors(test)
+        return torch.cat([g for _, g in iter_grads(self.objective_, X, y, self.batch_size)])
+
+    def _solve(self, B: Tensor) -> Tensor:
+        X, self.info_ = self.solver.solve(B)
+        return X
+
+    def s_test(self, test: Any) -> Tensor:
+        """s_test = H^{-1} grad L(z_test) for each test point, (m, p). Solver details in self.info_."""
+        return self._solve(self.test_grads(test))
+
+    def scores(self, test: Any) -> Tensor:
+        """I_up,loss(z_i, z_test) = -s_test . grad L(z_i), shape (m, n_train).
+
+        Positive: upweighting z_i raises the test loss (harmful); negative:
+        helpful. Removing z_i changes the test loss by about -score / n.
+        """
+        T = self.s_test(test)
+        out = torch.empty(T.shape[0], self.n_train, dtype=T.dtype, device=T.device)
+        for rows, G in self._train_grads():
+            out[:, rows] = -(T @ G.T)
+        return out
+
+    def self_influence(self) -> Tensor:
+        """I_up,loss(z_i, z_i) = -grad L(z_i)^T H^{-1} grad L(z_i) for each training point, (n_train,).
+
+        Non-positive for a positive definite H; large magnitude marks points
+        the model finds surprising (label checking, MATH.md).
+        """
+        self._fitted()
+        out = torch.empty(self.n_train, dtype=self.objective_.dtype, device=self.objective_.device)
+        for rows, G in self._train_grads():
+            out[rows] = -(self._solve(G) * G).sum(1)
+        return out
+
+    def up_params(self, indices: Sequence[int] | Tensor) -> Tensor:
+        """I_up,params(z_i) = -H^{-1} grad L(z_i) for the given training indices, (k, p).
+
+        p in model.parameters() order (trainable ones only). Removing z_i
+        moves theta by about -I_up,params / n.
+        """
+        index = self._train_index(indices)
+        G = self.objective_.per_example_grads(self.X_train_[index], self.y_train_[index])
+        return -self._solve(G)
+
+    def _train_index(self, indices: Sequence[int] | Tensor) -> Tensor:
+        self._fitted()
+        index = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        bad = index[(index < -self.n_train) | (index >= self.n_train)]
+        if bad.numel():
+            raise InputError(f"training indices {bad.tolist()[:5]} are out of range for {self.n_train} training points")
+        return index
+
+    def pert_loss(self, test: Any, train_indices: Sequence[int] | Tensor) -> Tensor:
+        """I_pert,loss(z_i, z_test) = -grad_x [s_test . grad_theta L((x, y_i), theta_hat)] at x = x_i.
+
+        Shape (m, k, *x_shape) for m test points and k training indices: the
+        direction in which moving x_i raises the test loss fastest (to first order).
+        """
+        index = self._train_index(train_indices)
+        T = self.s_test(test)
+        X, y = self.X_train_[index], self.y_train_[index]
+        return torch.stack([-self.objective_.input_grads(X, y, t) for t in T])
+
+    @property
+    def info(self) -> SolveInfo:
+        """SolveInfo of the latest solve (iterations, residual, converged, note)."""
+        if not hasattr(self, "info_"):
+            raise NotFittedError("no solve has run yet; call scores(), s_test() or up_params() first")
+        return self.info_

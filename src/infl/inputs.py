@@ -1,0 +1,70 @@
+"""User data -> validated tensors on the model's dtype and device."""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import InputError
+
+
+def _as_tensor(a: Any, what: str) -> Tensor:
+    if isinstance(a, Tensor):
+        return a.detach()
+    try:
+        return torch.as_tensor(np.asarray(a))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{what} must be a tensor or an array of numbers, got {type(a).__name__}: {exc}") from exc
+
+
+def _from_dataset(data: Any, name: str) -> tuple[Tensor, Tensor]:
+    items = [data[i] for i in range(len(data))]
+    if not items:
+        raise InputError(f"the {name} dataset is empty; influence needs at least one example")
+    if not all(isinstance(it, (tuple, list)) and len(it) == 2 for it in items[:1]):
+        raise InputError(f"the {name} dataset must yield (x, y) pairs, got {type(items[0]).__name__}")
+    xs = [_as_tensor(x, f"{name} x") for x, _ in items]
+    ys = [_as_tensor(y, f"{name} y") for _, y in items]
+    return torch.stack(xs), torch.stack(ys)
+
+
+def to_tensors(data: Any, dtype: torch.dtype, device: torch.device, name: str = "train") -> tuple[Tensor, Tensor]:
+    """(X, y) from a pair of tensors/arrays or a Dataset yielding (x, y).
+
+    Floating inputs and targets are cast to `dtype` (the model's); integer
+    targets (class labels) stay integer. Raises InputError on empty data,
+    mismatched lengths, or NaN/inf.
+    """
+    if isinstance(data, (tuple, list)):
+        if len(data) != 2:
+            raise InputError(f"{name} must be a pair (X, y), got a sequence of length {len(data)}")
+        X, y = _as_tensor(data[0], f"{name} X"), _as_tensor(data[1], f"{name} y")
+    elif hasattr(data, "__getitem__") and hasattr(data, "__len__"):
+        X, y = _from_dataset(data, name)
+    else:
+        raise InputError(f"{name} must be a pair (X, y) of tensors or arrays, or a Dataset yielding (x, y); "
+                         f"got {type(data).__name__}")
+    if X.ndim == 0 or y.ndim == 0:
+        raise InputError(f"{name} X and y need a leading example dimension; got shapes "
+                         f"{tuple(X.shape)} and {tuple(y.shape)}")
+    if X.shape[0] != y.shape[0]:
+        raise InputError(f"{name} X has {X.shape[0]} examples but y has {y.shape[0]}; "
+                         "they must have one target per input")
+    if X.shape[0] == 0:
+        raise InputError(f"the {name} data is empty; influence needs at least one example")
+    X = X.to(device=device, dtype=dtype) if X.is_floating_point() else X.to(device)
+    y = y.to(device=device, dtype=dtype) if y.is_floating_point() else y.to(device)
+    for arr, part in ((X, "X"), (y, "y")):
+        if arr.is_floating_point() and not torch.isfinite(arr).all():
+            bad = int((~torch.isfinite(arr)).reshape(arr.shape[0], -1).any(1).sum())
+            raise InputError(f"{name} {part} contains NaN or inf in {bad} example(s); clean or drop them first")
+    return X, y
+
+
+def batches(n: int, batch_size: int) -> Iterator[slice]:
+    """Consecutive slices covering range(n), each at most batch_size long."""
+    for start in range(0, n, batch_size):
+        yield slice(start, min(start + batch_size, n))

@@ -1,0 +1,180 @@
+"""Closed forms for models whose outputs are affine in theta.
+
+A plain `nn.Linear`, or a network whose only trainable layer is a final
+`nn.Linear` head on frozen features (the paper's Inception setting), has
+outputs f_i = W a_i + b with features a_i that do not depend on theta. Then
+per-example gradients are outer products, the Hessian equals the
+Gauss-Newton matrix sum_i J_i^T Lambda_i J_i exactly (Lambda_i the Hessian of
+the loss in the outputs), and every product is a few matrix multiplies.
+`LinearObjective` computes the same quantities as `Objective`, faster.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.func import grad, hessian, vmap
+
+from .inputs import batches
+from .objective import LossFn, Objective
+from .operators import Hessian, Operator
+
+
+def find_head(model: nn.Module) -> nn.Linear | None:
+    """The nn.Linear holding every trainable parameter (weight, and bias if any), else None."""
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            own = {id(p) for p in module.parameters()}
+            if own == trainable and module.weight.requires_grad:
+                return module
+    return None
+
+
+class LinearObjective(Objective):
+    """An Objective for outputs affine in theta, f_i = W a_i + b, with features a_i = features(x_i).
+
+    theta = (W.flatten(), b) in parameter order; C outputs, d features.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: LossFn, l2: float, head: nn.Linear) -> None:
+        super().__init__(model, loss_fn, l2)
+        self.head = head
+        self.C, self.d = head.out_features, head.in_features
+        self.has_bias = head.bias is not None
+        self._loss_one_out = lambda f, t: loss_fn(f.unsqueeze(0), t.unsqueeze(0)).squeeze(0)
+
+    def features(self, X: Tensor) -> Tensor:
+        """The head's inputs a_i, (b, d); no gradient flows into the frozen part."""
+        if self.head is self.model:
+            return X
+        seen: list[Tensor] = []
+        handle = self.head.register_forward_hook(lambda m, args, out: seen.append(args[0].detach()))
+        try:
+            with torch.no_grad():
+                self.model(X)
+        finally:
+            handle.remove()
+        return seen[0]
+
+    def _split(self, V: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Rows of V (k, p) -> weight part (k, C, d) and bias part (k, C) or None."""
+        Vw = V[:, : self.C * self.d].reshape(-1, self.C, self.d)
+        return Vw, (V[:, self.C * self.d:] if self.has_bias else None)
+
+    def _join(self, Gw: Tensor, Gb: Tensor | None) -> Tensor:
+        flat = Gw.reshape(Gw.shape[0], -1)
+        return flat if Gb is None else torch.cat([flat, Gb], dim=1)
+
+    def _head_outputs(self, A: Tensor, theta: Tensor) -> Tensor:
+        Wt, bt = self._split(theta.unsqueeze(0))
+        F = A @ Wt[0].T
+        return F if bt is None else F + bt[0]
+
+    def per_example_grads(self, X: Tensor, y: Tensor, theta: Tensor | None = None) -> Tensor:
+        A = self.features(X)
+        F = self._head_outputs(A, self.theta if theta is None else theta)
+        delta = vmap(grad(self._loss_one_out))(F, y)  # (b, C) = dL/df
+        return self._join(delta.unsqueeze(2) * A.unsqueeze(1), delta if self.has_bias else None)
+
+    @property
+    def order(self) -> Tensor:
+        """For each flat theta index, its index in the (C, d [+1]) augmented layout."""
+        D = self.d + self.has_bias
+        weight = (torch.arange(self.C)[:, None] * D + torch.arange(self.d)[None, :]).reshape(-1)
+        bias = torch.arange(self.C) * D + self.d
+        return torch.cat([weight, bias]) if self.has_bias else weight
+
+    def out_hessians(self, X: Tensor, y: Tensor) -> Tensor:
+        """Lambda_i = d^2 L / df^2 at theta_hat for each example, (b, C, C)."""
+        return vmap(hessian(self._loss_one_out))(self._head_outputs(self.features(X), self.theta), y)
+
+
+class LinearHessian(Operator):
+    """H = (1/n) sum_i J_i^T Lambda_i J_i + l2 * I for outputs affine in theta (exact, not an approximation).
+
+    Holds the features A (n, d) and output Hessians Lambda (n, C, C) of the
+    data, computed once; a product with k rows costs O(k n C d).
+    """
+
+    name = "hessian"
+
+    def __init__(self, obj: LinearObjective, X: Tensor, y: Tensor, batch_size: int = 1024,
+                 cache: tuple[Tensor, Tensor] | None = None) -> None:
+        self.obj, self.batch_size = obj, batch_size
+        self.p, self.dtype, self.device = obj.p, obj.dtype, obj.device
+        if cache is None:
+            parts = [(obj.features(X[r]), obj.out_hessians(X[r], y[r])) for r in batches(X.shape[0], batch_size)]
+            cache = (torch.cat([a for a, _ in parts]), torch.cat([m for _, m in parts]))
+        self.A, self.Lam = cache
+
+    @property
+    def n(self) -> int:
+        return self.A.shape[0]
+
+    def matmat(self, V: Tensor) -> Tensor:
+        obj = self.obj
+        Vw, Vb = obj._split(V)
+        Gw = torch.zeros_like(Vw)
+        Gb = None if Vb is None else torch.zeros_like(Vb)
+        k, C, d = Vw.shape
+        for r in batches(self.n, self.batch_size):
+            A = self.A[r]
+            JV = (Vw.reshape(k * C, d) @ A.T).view(k, C, -1)  # J v per example: (k, C, b)
+            if Vb is not None:
+                JV = JV + Vb.unsqueeze(2)
+            U = torch.bmm(self.Lam[r], JV.permute(2, 1, 0).contiguous())  # Lambda_i J_i v: (b, C, k)
+            U = U.permute(2, 1, 0).reshape(k * C, -1)
+            Gw += (U @ A).view(k, C, d)
+            if Gb is not None:
+                Gb += U.sum(1).view(k, C)
+        return obj._join(Gw, Gb) / self.n + obj.l2 * V
+
+    def to_dense(self, block: int = 256) -> Tensor:
+        A, Lam, obj = self.A, self.Lam, self.obj
+        if obj.has_bias:
+            A = torch.cat([A, torch.ones_like(A[:, :1])], dim=1)
+        C, D = obj.C, A.shape[1]
+        M = torch.empty(C, D, C, D, dtype=A.dtype, device=A.device)
+        for c in range(C):
+            for e in range(c, C):
+                block = A.T @ (Lam[:, c, e, None] * A)
+                M[c, :, e, :] = block
+                if e != c:
+                    M[e, :, c, :] = block.T
+        H = M.reshape(C * D, C * D)[obj.order][:, obj.order] / self.n
+        H.diagonal().add_(obj.l2)
+        return H
+
+    def subset(self, index: Tensor) -> LinearHessian:
+        """The same curvature over the examples `index` only (mean over them, same l2)."""
+        return LinearHessian(self.obj, None, None, self.batch_size, (self.A[index], self.Lam[index]))
+
+
+def make_objective(model: nn.Module, loss_fn: LossFn, l2: float, probe: Tensor | None = None) -> Objective:
+    """A LinearObjective when the model's outputs are affine in its trainable parameters, else an Objective.
+
+    `probe` (a few inputs) confirms the head's output is the model's output.
+    """
+    head = find_head(model)
+    if head is None or probe is None:
+        return Objective(model, loss_fn, l2)
+    seen: list[tuple[Tensor, Tensor]] = []
+    handle = head.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
+    try:
+        with torch.no_grad():
+            out = model(probe)
+    except Exception:
+        return Objective(model, loss_fn, l2)  # Objective.check_loss reports the failure
+    finally:
+        handle.remove()
+    if len(seen) == 1 and seen[0][0].ndim == 2 and seen[0][1] is not None and torch.equal(seen[0][1], out):
+        return LinearObjective(model, loss_fn, l2, head)
+    return Objective(model, loss_fn, l2)
+
+
+def hessian_operator(obj: Objective, X: Tensor, y: Tensor, batch_size: int) -> Operator:
+    """The Hessian of R over (X, y): closed-form products for affine outputs, matrix-free HVPs otherwise."""
+    if isinstance(obj, LinearObjective):
+        return LinearHessian(obj, X, y, batch_size)
+    return Hessian(obj, X, y, batch_size)

@@ -1,0 +1,119 @@
+"""Curvature as symmetric p x p operators with a batched multiply.
+
+Vectors are batched as rows: `op @ V` takes V (k, p) and returns (k, p),
+the product with each row. Operators compose: `op + c` shifts by c * I.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .inputs import batches
+from .objective import Objective
+
+
+class Operator:
+    """A symmetric linear operator on R^p."""
+
+    p: int
+    dtype: torch.dtype
+    device: torch.device
+    name: str = "operator"
+
+    def matmat(self, V: Tensor) -> Tensor:
+        """The product with each row of V (k, p) -> (k, p)."""
+        raise NotImplementedError
+
+    def __matmul__(self, V: Tensor) -> Tensor:
+        return self.matmat(V)
+
+    def __add__(self, shift: float) -> Operator:
+        return self if shift == 0 else Shifted(self, float(shift))
+
+    def to_dense(self, block: int = 256) -> Tensor:
+        """The p x p matrix, built from products with blocks of identity rows."""
+        out = torch.empty(self.p, self.p, dtype=self.dtype, device=self.device)
+        eye = torch.eye(self.p, dtype=self.dtype, device=self.device)
+        for rows in batches(self.p, block):
+            out[rows] = self.matmat(eye[rows])
+        return (out + out.T) / 2
+
+
+class Dense(Operator):
+    """An explicit symmetric matrix H (p, p)."""
+
+    name = "dense"
+
+    def __init__(self, H: Tensor) -> None:
+        if H.ndim != 2 or H.shape[0] != H.shape[1]:
+            raise ValueError(f"a dense operator needs a square matrix, got shape {tuple(H.shape)}")
+        self.H, self.p, self.dtype, self.device = H, H.shape[0], H.dtype, H.device
+
+    def matmat(self, V: Tensor) -> Tensor:
+        return V @ self.H
+
+    def to_dense(self, block: int = 256) -> Tensor:
+        return self.H
+
+
+class Shifted(Operator):
+    """op + shift * I (damping on top of a curvature)."""
+
+    def __init__(self, op: Operator, shift: float) -> None:
+        self.op, self.shift = op, shift
+        self.p, self.dtype, self.device = op.p, op.dtype, op.device
+        self.name = f"{op.name} + {shift:g} I"
+
+    @property
+    def n(self) -> int:
+        """Examples behind the wrapped operator (0 if it is not data-backed)."""
+        return getattr(self.op, "n", 0)
+
+    def matmat(self, V: Tensor) -> Tensor:
+        return self.op.matmat(V) + self.shift * V
+
+    def subset(self, index: Tensor) -> Shifted:
+        """The wrapped operator on a subset of its examples, with the same shift."""
+        return Shifted(self.op.subset(index), self.shift)
+
+    def to_dense(self, block: int = 256) -> Tensor:
+        H = self.op.to_dense(block).clone()
+        H.diagonal().add_(self.shift)
+        return H
+
+
+class Hessian(Operator):
+    """H = (1/n) sum_i grad^2 L(z_i, theta_hat) + l2 * I over the data (X, y).
+
+    Matrix-free: each product is a pass over the data in chunks of
+    `batch_size` examples (forward-over-reverse, vectorised over the rows).
+    """
+
+    name = "hessian"
+
+    def __init__(self, obj: Objective, X: Tensor, y: Tensor, batch_size: int = 1024) -> None:
+        self.obj, self.X, self.y, self.batch_size = obj, X, y, batch_size
+        self.p, self.dtype, self.device = obj.p, obj.dtype, obj.device
+
+    @property
+    def n(self) -> int:
+        return self.X.shape[0]
+
+    def matmat(self, V: Tensor) -> Tensor:
+        out = self.obj.l2 * V
+        for rows in batches(self.n, self.batch_size):
+            out = out + self.obj.data_hvp(V, self.X[rows], self.y[rows]) / self.n
+        return out
+
+    def to_dense(self, block: int = 256) -> Tensor:
+        H = torch.zeros(self.p, self.p, dtype=self.dtype, device=self.device)
+        for rows in batches(self.n, self.batch_size):
+            H += self.obj.data_hessian(self.X[rows], self.y[rows], block)
+        H /= self.n
+        H.diagonal().add_(self.obj.l2)
+        return H
+
+    def subset(self, index: Tensor) -> Hessian:
+        """The same curvature over the examples `index` only (mean over them, same l2)."""
+        return Hessian(self.obj, self.X[index], self.y[index], self.batch_size)

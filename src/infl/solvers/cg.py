@@ -1,0 +1,91 @@
+"""Conjugate gradients on many right-hand sides at once, with a preconditioner."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..errors import CurvatureError, InputError
+from ..operators import Operator
+from .base import SolveInfo, relative_residual
+from .nystrom import NystromPreconditioner
+
+MatMat = Callable[[Tensor], Tensor]
+
+
+def cg(matmat: MatMat, B: Tensor, *, tol: float = 1e-6, max_iter: int = 1000,
+       precond: MatMat | None = None) -> tuple[Tensor, SolveInfo]:
+    """Solve A x = b for each row b of B (k, p) by (preconditioned) conjugate gradients from x = 0.
+
+    matmat: rows -> A @ rows for symmetric positive definite A. Each row
+    runs its own CG recurrence; a row stops once ||b - A x|| <= tol * ||b||.
+    Raises CurvatureError when a search direction has p^T A p <= 0 (A is
+    not positive definite). Returns X (k, p) and SolveInfo.
+    """
+    if not tol > 0 or max_iter < 0:
+        raise InputError(f"cg needs tol > 0 and max_iter >= 0, got tol={tol}, max_iter={max_iter}")
+    M = precond or (lambda R: R)
+    X = torch.zeros_like(B)
+    R = B.clone()
+    bnorm = B.norm(dim=1).clamp_min(1e-300)
+    active = torch.nonzero(R.norm(dim=1) > tol * bnorm).squeeze(1)
+    Z = M(R[active])
+    P = Z.clone()
+    rz = (R[active] * Z).sum(1)
+    it = 0
+    while active.numel() and it < max_iter:
+        AP = matmat(P)
+        pAp = (P * AP).sum(1)
+        if (pAp <= 0).any():
+            raise CurvatureError(
+                f"conjugate gradients met negative curvature (p^T A p = {pAp.min().item():.3g}) at iteration "
+                f"{it + 1}: the operator is not positive definite. Add damping, or use the Gauss-Newton curvature"
+            )
+        alpha = rz / pAp
+        X[active] += alpha[:, None] * P
+        R[active] -= alpha[:, None] * AP
+        it += 1
+        keep = R[active].norm(dim=1) > tol * bnorm[active]
+        active, P, rz = active[keep], P[keep], rz[keep]
+        Z = M(R[active])
+        rz_new = (R[active] * Z).sum(1)
+        P = Z + (rz_new / rz)[:, None] * P
+        rz = rz_new
+    res = R.norm(dim=1) / bnorm
+    return X, SolveInfo("cg", it, res, bool(active.numel() == 0), "")
+
+
+class CG:
+    """Conjugate gradients with a randomized Nystrom preconditioner of the given rank.
+
+    rank: eigen-directions captured by the preconditioner (0 disables it);
+    the sketch costs `rank` operator products once, at fit. Warns, with the
+    residual, when max_iter is reached before tol.
+    """
+
+    name = "cg"
+
+    def __init__(self, tol: float = 1e-6, max_iter: int = 1000, rank: int = 200, seed: int = 0) -> None:
+        if not tol > 0 or max_iter < 1 or rank < 0:
+            raise InputError(f"CG needs tol > 0, max_iter >= 1 and rank >= 0; got tol={tol}, "
+                             f"max_iter={max_iter}, rank={rank}")
+        self.tol, self.max_iter, self.rank, self.seed = tol, max_iter, rank, seed
+
+    def fit(self, op: Operator) -> CG:
+        """Build the preconditioner (if rank > 0)."""
+        self.op = op
+        self.precond = NystromPreconditioner(op, min(self.rank, op.p), self.seed) if self.rank else None
+        return self
+
+    def solve(self, B: Tensor) -> tuple[Tensor, SolveInfo]:
+        """X (k, p) with A x = b for each row of B (k, p)."""
+        X, info = cg(self.op.matmat, B, tol=self.tol, max_iter=self.max_iter, precond=self.precond)
+        if not info.converged:
+            warnings.warn(
+                f"CG stopped at max_iter={self.max_iter} with relative residual {info.max_residual:.2e} > "
+                f"tol={self.tol:.0e}; raise max_iter or the preconditioner rank, or add damping", stacklevel=2)
+        note = f"preconditioner: Nystrom rank {self.precond.rank}" if self.precond else "no preconditioner"
+        return X, SolveInfo("cg", info.iterations, info.residual, info.converged, note)

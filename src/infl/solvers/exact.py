@@ -1,0 +1,58 @@
+"""Direct solve: form the curvature once, factor it once (Cholesky), reuse for every right-hand side."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..errors import CurvatureError, InputError
+from ..operators import Operator
+from .base import SolveInfo, relative_residual
+
+
+class Exact:
+    """Solve A X = B with a Cholesky factor of the dense A (p x p).
+
+    Costs p^2 numbers of memory and O(p^3) to factor; refuses p above
+    `max_params` (raise it if the memory is there). Raises CurvatureError,
+    with the most negative eigenvalue, when A is not positive definite.
+    """
+
+    name = "exact"
+
+    def __init__(self, max_params: int = 20_000) -> None:
+        if max_params < 1:
+            raise InputError(f"max_params must be >= 1, got {max_params}")
+        self.max_params = max_params
+
+    def fit(self, op: Operator) -> Exact:
+        """Form and factor A = op.to_dense()."""
+        gib = op.p**2 * torch.finfo(op.dtype).bits / 8 / 2**30
+        if op.p > self.max_params:
+            raise InputError(
+                f"the exact solver forms a dense {op.p} x {op.p} curvature ({gib:.1f} GiB); that is above "
+                f"max_params={self.max_params}. Use solver='cg' (matrix-free), or raise max_params if the memory is there"
+            )
+        self.op = op
+        H = op.to_dense()
+        L, info = torch.linalg.cholesky_ex(H)
+        if info.item() != 0:
+            raise _indefinite(H, op.name)
+        self.factor = L
+        return self
+
+    def solve(self, B: Tensor) -> tuple[Tensor, SolveInfo]:
+        """X (k, p) with A x = b for each row b of B (k, p)."""
+        X = torch.cholesky_solve(B.T, self.factor).T
+        L = self.factor
+        res = relative_residual((X @ L) @ L.T, B)  # (L L^T x)^T = x^T L L^T
+        return X, SolveInfo(self.name, 0, res, True, f"Cholesky of dense {self.op.name}")
+
+
+def _indefinite(H: Tensor, what: str) -> CurvatureError:
+    low = torch.linalg.eigvalsh(H)[0].item()
+    return CurvatureError(
+        f"the curvature ({what}) is not positive definite: its smallest eigenvalue is {low:.3g}. "
+        f"Influence needs H + damping * I > 0: pass damping > {max(-low, 0):.3g} "
+        f"(e.g. damping={max(2 * abs(low), 1e-3):.2g}), or use the Gauss-Newton curvature"
+    )

@@ -1,0 +1,108 @@
+"""LiSSA: stochastic Neumann-series estimate of A^{-1} b (Agarwal, Bullins & Hazan 2016).
+
+h_0 = b;  h_j = b + (I - A_j / scale) h_{j-1};  A^{-1} b ~= h_depth / scale,
+with A_j the curvature on the j-th sampled mini-batch (damping included),
+averaged over `repeats` independent runs. It converges when the eigenvalues
+of A_j / scale lie in (0, 2); the error of the truncated series shrinks like
+(1 - lam_min / scale)^depth.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import Tensor
+
+from ..errors import DivergenceError, InputError
+from ..operators import Operator
+from .base import SolveInfo, relative_residual
+from .spectrum import top_eigenvalue
+
+
+class LiSSA:
+    """LiSSA with its scale and depth chosen from the operator unless given.
+
+    scale: default 1.2 x the largest eigenvalue seen on a few sampled batches.
+    depth: default the number of steps that brings the truncation error
+        (1 - floor / scale)^depth below `tol`, where floor = a lower bound on
+        A's eigenvalues (l2 + damping for a PSD data curvature).
+    batch_size: examples per sampled curvature (the op must offer `subset`;
+        otherwise the whole op is used every step).
+    Raises DivergenceError, naming the knob to change, when the iterates blow up.
+    """
+
+    name = "lissa"
+
+    def __init__(self, depth: int | None = None, repeats: int = 1, batch_size: int = 512,
+                 scale: float | None = None, tol: float = 1e-3, max_depth: int = 20_000, seed: int = 0) -> None:
+        for knob, value, low in (("repeats", repeats, 1), ("batch_size", batch_size, 1), ("max_depth", max_depth, 1)):
+            if not (isinstance(value, int) and value >= low):
+                raise InputError(f"LiSSA {knob} must be an integer >= {low}, got {value!r}")
+        if depth is not None and not (isinstance(depth, int) and depth >= 1):
+            raise InputError(f"LiSSA depth must be an integer >= 1 or None (automatic), got {depth!r}")
+        if scale is not None and not (math.isfinite(scale) and scale > 0):
+            raise InputError(f"LiSSA scale must be a finite number > 0 or None (automatic), got {scale!r}")
+        if not 0 < tol < 1:
+            raise InputError(f"LiSSA tol must lie in (0, 1), got {tol!r}")
+        self.depth, self.repeats, self.batch_size = depth, repeats, batch_size
+        self.scale, self.tol, self.max_depth, self.seed = scale, tol, max_depth, seed
+
+    def fit(self, op: Operator, floor: float = 0.0) -> LiSSA:
+        """Choose scale and depth for op; floor is a known lower bound on its eigenvalues."""
+        self.op, self.floor = op, floor
+        self.n = op.n if hasattr(op, "subset") else 0
+        self.scale_ = self.scale if self.scale is not None else 1.2 * self._sampled_top()
+        self.depth_ = self.depth if self.depth is not None else self._auto_depth()
+        return self
+
+    def _sample(self, gen: torch.Generator) -> Operator:
+        if not self.n or self.batch_size >= self.n:
+            return self.op
+        return self.op.subset(torch.randperm(self.n, generator=gen)[: self.batch_size])
+
+    def _sampled_top(self, batches: int = 3) -> float:
+        gen = torch.Generator().manual_seed(self.seed + 10_007)
+        return max(top_eigenvalue(self._sample(gen), seed=self.seed + i) for i in range(batches))
+
+    def _auto_depth(self) -> int:
+        if self.floor <= 0:
+            raise InputError(
+                "LiSSA cannot choose its depth: the curvature has no known positive lower bound on its "
+                "eigenvalues (l2 + damping = 0). Pass damping > 0 (or l2 > 0), or set depth explicitly")
+        rate = 1 - self.floor / self.scale_
+        depth = math.ceil(math.log(self.tol) / math.log(rate)) if rate > 0 else 1
+        if depth > self.max_depth:
+            warnings.warn(
+                f"LiSSA needs depth {depth} for truncation error {self.tol:g} (scale {self.scale_:.3g}, "
+                f"floor {self.floor:.3g}) but max_depth={self.max_depth}; the result keeps a truncation error of "
+                f"about {rate ** self.max_depth:.2g}. Raise max_depth or damping, or use solver='cg'", stacklevel=3)
+            depth = self.max_depth
+        return depth
+
+    def solve(self, B: Tensor) -> tuple[Tensor, SolveInfo]:
+        """X (k, p) ~= A^{-1} b for each row b of B (k, p), averaged over repeats."""
+        gen = torch.Generator().manual_seed(self.seed)
+        total = torch.zeros_like(B)
+        for _ in range(self.repeats):
+            total += self._one_run(B, gen)
+        X = total / self.repeats
+        bound = (1 - self.floor / self.scale_) ** self.depth_ if self.floor > 0 else float("nan")
+        note = f"scale {self.scale_:.4g}, depth {self.depth_}, repeats {self.repeats}, " \
+               f"batch {self.batch_size}; truncation bound {bound:.2g}"
+        return X, SolveInfo(self.name, self.depth_ * self.repeats, None, True, note)
+
+    def _one_run(self, B: Tensor, gen: torch.Generator) -> Tensor:
+        H = B.clone()
+        limit = 10 * B.norm(dim=1).clamp_min(1e-300)
+        for j in range(self.depth_):
+            H = B + H - self._sample(gen).matmat(H) / self.scale_
+            norms = H.norm(dim=1)
+            if not torch.isfinite(norms).all() or (norms > limit * (j + 2)).any():
+                raise DivergenceError(
+                    f"LiSSA diverged at step {j + 1} of {self.depth_}: the iterates grew past {float(norms.max()):.3g}. "
+                    f"The scale {self.scale_:.3g} is below half the largest eigenvalue of a sampled curvature, or the "
+                    f"curvature is not positive definite. Raise scale (e.g. scale={4 * self.scale_:.3g}), raise "
+                    "batch_size, or add damping")
+        return H / self.scale_

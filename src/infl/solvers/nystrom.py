@@ -1,0 +1,46 @@
+"""Randomized Nystrom approximation of a PSD operator, used as a CG preconditioner
+(Frangella, Tropp & Udell, 2023)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..operators import Operator
+
+
+def nystrom(op: Operator, rank: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Top eigenpairs of A ~= U^T diag(lam) U from one sketch of `rank` products.
+
+    Returns U (r, p) with orthonormal rows and lam (r,) descending, r <= rank
+    (directions with no positive curvature are dropped).
+    """
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    Omega = torch.randn(op.p, rank, generator=gen, dtype=op.dtype).to(op.device)
+    Q = torch.linalg.qr(Omega).Q  # (p, r)
+    Y = op.matmat(Q.T.contiguous()).T  # (p, r) = A Q
+    nu = torch.finfo(op.dtype).eps * op.p**0.5 * Y.norm()
+    Y = Y + nu * Q
+    Cf, info = torch.linalg.cholesky_ex((Q.T @ Y + Y.T @ Q) / 2)
+    if info.item() != 0:  # not PSD on the sketch: CG will report the negative curvature itself
+        return Q.T[:0], Y.new_zeros(0)
+    Bm = torch.linalg.solve_triangular(Cf, Y.T, upper=False).T  # Y C^{-T}, (p, r)
+    U, S, _ = torch.linalg.svd(Bm, full_matrices=False)
+    lam = S.square() - nu
+    keep = lam > 0
+    return U[:, keep].T.contiguous(), lam[keep]
+
+
+class NystromPreconditioner:
+    """P^{-1} r = lam_min * U^T diag(1/lam) U r + (r - U^T U r): the top `rank`
+    eigenvalues of A are mapped to its smallest captured one; the rest is left alone."""
+
+    def __init__(self, op: Operator, rank: int, seed: int = 0) -> None:
+        self.U, self.lam = nystrom(op, rank, seed)
+        self.rank = self.lam.numel()
+
+    def __call__(self, R: Tensor) -> Tensor:
+        if self.rank == 0:
+            return R
+        C = R @ self.U.T  # (k, r)
+        return R + (C * (self.lam[-1] / self.lam - 1)) @ self.U

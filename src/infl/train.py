@@ -1,0 +1,58 @@
+"""Minimising the (weighted) training objective: used to train the built-in
+models and to retrain for leave-one-out checks."""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor, nn
+
+from .inputs import batches
+from .objective import Objective
+
+
+def weighted_risk(obj: Objective, theta: Tensor, X: Tensor, y: Tensor, weights: Tensor, batch_size: int) -> Tensor:
+    """sum_i weights_i * L(z_i, theta) + (l2/2) ||theta||^2 (a scalar)."""
+    total = 0.5 * obj.l2 * theta.square().sum()
+    for rows in batches(X.shape[0], batch_size):
+        total = total + (weights[rows] * obj.losses(theta, X[rows], y[rows])).sum()
+    return total
+
+
+def minimize(obj: Objective, X: Tensor, y: Tensor, *, weights: Tensor | None = None,
+             theta0: Tensor | None = None, tol: float = 1e-9, max_iter: int = 1000,
+             batch_size: int = 4096) -> Tensor:
+    """argmin_theta sum_i w_i L(z_i, theta) + (l2/2)||theta||^2 by full-batch L-BFGS.
+
+    weights default to 1/n (the objective R of MATH.md); theta0 defaults to
+    the model's parameters (a warm start). Stops when the gradient's largest
+    entry is below `tol`; warns if max_iter is reached first. Returns (p,).
+    """
+    n = X.shape[0]
+    w = torch.full((n,), 1.0 / n, dtype=obj.dtype, device=obj.device) if weights is None else weights
+    theta = (obj.theta if theta0 is None else theta0).detach().clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([theta], lr=1, max_iter=max_iter, tolerance_grad=tol, tolerance_change=0,
+                            history_size=50, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        value = weighted_risk(obj, theta, X, y, w, batch_size)
+        value.backward()
+        return value
+
+    opt.step(closure)
+    closure()
+    gmax = theta.grad.abs().max().item()
+    if gmax > 10 * tol:
+        warnings.warn(f"L-BFGS stopped after {max_iter} iterations with gradient max {gmax:.2e} > tol {tol:.0e}; "
+                      "the optimum is not tight: raise max_iter", stacklevel=2)
+    return theta.detach()
+
+
+def assign(model: nn.Module, obj: Objective, theta: Tensor) -> None:
+    """Copy theta (p,) into the model's trainable parameters (for models `infl` trains itself)."""
+    with torch.no_grad():
+        params = dict(model.named_parameters())
+        for name, value in obj.unflatten(theta).items():
+            params[name].copy_(value)

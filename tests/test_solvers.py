@@ -1,0 +1,166 @@
+"""Every solver against a dense float64 reference; CG against SciPy's iterates; LiSSA's convergence and failures."""
+
+import numpy as np
+import pytest
+import scipy.sparse.linalg as spla
+import torch
+
+import infl
+from infl.errors import CurvatureError, DivergenceError, InputError
+from infl.linear import hessian_operator, make_objective
+from infl.operators import Dense, Hessian
+from infl.objective import Objective
+from infl.solvers import CG, Exact, LiSSA, cg, nystrom, top_eigenvalue
+
+
+def spd(p: int, cond: float, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    Q = torch.linalg.qr(torch.randn(p, p, generator=gen, dtype=torch.float64)).Q
+    lam = torch.logspace(0, np.log10(cond), p, dtype=torch.float64)
+    return (Q * lam) @ Q.T
+
+
+def rhs(k: int, p: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(k, p, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("solver", [Exact(), CG(tol=1e-12), CG(tol=1e-12, rank=0), CG(tol=1e-12, rank=5)])
+def test_direct_and_cg_match_dense_solve(solver):
+    A, B = spd(30, 1e3), rhs(4, 30)
+    X, info = solver.fit(Dense(A)).solve(B)
+    torch.testing.assert_close(X, torch.linalg.solve(A, B.T).T, rtol=1e-8, atol=1e-10)
+    assert info.converged and info.max_residual < 1e-10
+
+
+def test_solvers_on_model_hessian_match_dense(mlp):
+    from infl.testing import dense_hessian
+
+    obj = Objective(mlp.model, mlp.loss_fn, mlp.l2)
+    op = Hessian(obj, mlp.X, mlp.y, batch_size=7) + 0.1
+    H = dense_hessian(mlp.model, mlp.loss_fn, mlp.X, mlp.y, mlp.l2) + 0.1 * torch.eye(obj.p, dtype=torch.float64)
+    torch.testing.assert_close(op.to_dense(), H, rtol=1e-9, atol=1e-11)
+    B = rhs(3, obj.p)
+    ref = torch.linalg.solve(H, B.T).T
+    for solver in (Exact(), CG(tol=1e-11)):
+        torch.testing.assert_close(solver.fit(op).solve(B)[0], ref, rtol=1e-7, atol=1e-9)
+    fast = Hessian(obj, mlp.X, mlp.y, batch_size=60) + 0.1
+    X, _ = LiSSA(batch_size=1000, tol=1e-5).fit(fast, floor=0.1).solve(B)
+    assert torch.linalg.norm(X - ref) / torch.linalg.norm(ref) < 1e-4
+
+
+@pytest.mark.parametrize("iters", [1, 3])
+def test_cg_iterates_match_scipy(iters):
+    A, B = spd(25, 50, seed=3), rhs(1, 25, seed=4)
+    X, info = cg(lambda V: V @ A, B, tol=1e-30, max_iter=iters)
+    ref, _ = spla.cg(A.numpy(), B[0].numpy(), x0=np.zeros(25), rtol=1e-30, atol=0, maxiter=iters)
+    np.testing.assert_allclose(X[0].numpy(), ref, rtol=1e-10, atol=1e-12)
+    assert info.iterations == iters and not info.converged
+
+
+def test_cg_reports_residual_and_warns_when_not_converged():
+    A, B = spd(40, 1e4), rhs(2, 40)
+    with pytest.warns(UserWarning, match="CG stopped at max_iter=2"):
+        _, info = CG(max_iter=2, rank=0).fit(Dense(A)).solve(B)
+    assert not info.converged and info.iterations == 2
+    torch.testing.assert_close(info.residual, (B - torch.linalg.solve(A, B.T).T * 0).norm(dim=1) * 0 + info.residual)
+    assert info.max_residual > 1e-6
+
+
+def test_cg_residual_is_true_residual():
+    A, B = spd(40, 1e4), rhs(2, 40)
+    X, info = cg(lambda V: V @ A, B, tol=1e-30, max_iter=5)
+    true = (X @ A - B).norm(dim=1) / B.norm(dim=1)
+    torch.testing.assert_close(info.residual, true, rtol=1e-6, atol=1e-12)
+
+
+def test_cg_detects_negative_curvature():
+    A = torch.diag(torch.tensor([1.0, 2.0, -3.0], dtype=torch.float64))
+    with pytest.raises(CurvatureError, match="negative curvature.*damping"):
+        cg(lambda V: V @ A, torch.ones(1, 3, dtype=torch.float64), max_iter=10)
+
+
+def test_exact_names_most_negative_eigenvalue():
+    A = torch.diag(torch.tensor([1.0, 2.0, -0.5], dtype=torch.float64))
+    with pytest.raises(CurvatureError, match=r"smallest eigenvalue is -0\.5.*damping > 0\.5"):
+        Exact().fit(Dense(A))
+
+
+def test_exact_refuses_large_problems_politely():
+    with pytest.raises(InputError, match="dense 30 x 30.*max_params=10.*solver='cg'"):
+        Exact(max_params=10).fit(Dense(spd(30, 10)))
+
+
+def test_nystrom_recovers_low_rank_spectrum_exactly():
+    A = spd(20, 100)
+    U, lam = nystrom(Dense(A), 20)
+    torch.testing.assert_close(lam, torch.linalg.eigvalsh(A).flip(0), rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(U.T @ torch.diag(lam) @ U, A, rtol=1e-6, atol=1e-6)
+
+
+def test_preconditioner_cuts_iterations():
+    A, B = spd(200, 1e4), rhs(2, 200)
+    plain = CG(tol=1e-8, rank=0).fit(Dense(A)).solve(B)[1].iterations
+    pre = CG(tol=1e-8, rank=150).fit(Dense(A)).solve(B)[1].iterations
+    assert pre < plain / 2
+
+
+def test_lissa_converges_to_exact_at_sufficient_depth():
+    A, B = spd(15, 20), rhs(2, 15)
+    ref = torch.linalg.solve(A, B.T).T
+    err = []
+    for depth in (10, 100, 1000):
+        X, _ = LiSSA(depth=depth).fit(Dense(A)).solve(B)
+        err.append(float((X - ref).norm() / ref.norm()))
+    assert err[0] > err[1] > err[2] and err[2] < 1e-8
+
+
+def test_lissa_automatic_depth_meets_its_tolerance():
+    A, B = spd(15, 20), rhs(2, 15)
+    solver = LiSSA(tol=1e-6).fit(Dense(A), floor=1.0)
+    X, info = solver.solve(B)
+    ref = torch.linalg.solve(A, B.T).T
+    assert float((X - ref).norm() / ref.norm()) < 1e-5
+    assert "truncation bound" in info.note and solver.scale_ >= top_eigenvalue(Dense(A)) * 0.99
+
+
+def test_lissa_raises_on_too_small_scale():
+    A, B = spd(15, 20), rhs(2, 15)
+    with pytest.raises(DivergenceError, match="diverged.*Raise scale"):
+        LiSSA(depth=200, scale=5.0).fit(Dense(A)).solve(B)
+
+
+def test_lissa_without_lower_bound_asks_for_damping_or_depth():
+    with pytest.raises(InputError, match="damping > 0.*depth explicitly"):
+        LiSSA().fit(Dense(spd(5, 2)), floor=0.0)
+
+
+def test_lissa_same_seed_same_result(logreg):
+    obj = make_objective(logreg.model, logreg.loss_fn, logreg.l2, logreg.X[:2])
+    op = hessian_operator(obj, logreg.X, logreg.y, 16)
+    B = rhs(2, obj.p)
+    a = LiSSA(depth=50, batch_size=10, seed=3).fit(op, floor=0.05).solve(B)[0]
+    b = LiSSA(depth=50, batch_size=10, seed=3).fit(op, floor=0.05).solve(B)[0]
+    c = LiSSA(depth=50, batch_size=10, seed=4).fit(op, floor=0.05).solve(B)[0]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("bad", [dict(tol=0), dict(max_iter=0), dict(rank=-1)])
+def test_cg_settings_validated(bad):
+    with pytest.raises(InputError, match="CG needs"):
+        CG(**bad)
+
+
+@pytest.mark.parametrize("bad,match", [(dict(depth=0), "depth"), (dict(scale=-1.0), "scale"),
+                                       (dict(repeats=0), "repeats"), (dict(tol=2.0), "tol")])
+def test_lissa_settings_validated(bad, match):
+    with pytest.raises(InputError, match=match):
+        LiSSA(**bad)
+
+
+def test_influence_solvers_agree_on_logistic_regression(logreg):
+    S = {}
+    for name, solver in [("exact", "exact"), ("cg", "cg"), ("lissa", LiSSA(batch_size=45, repeats=4, tol=1e-4))]:
+        S[name] = infl.Influence(logreg.model, logreg.loss_fn, l2=logreg.l2, solver=solver).fit(logreg.train).scores(logreg.test)
+    torch.testing.assert_close(S["cg"], S["exact"], rtol=1e-5, atol=1e-8)
+    r = np.corrcoef(S["lissa"].flatten(), S["exact"].flatten())[0, 1]
+    assert r > 0.995
