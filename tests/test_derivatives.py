@@ -1,0 +1,98 @@
+"""Gradients, Hessian-vector products, I_up,params and I_pert,loss against finite differences."""
+
+import pytest
+import torch
+
+import infl
+from infl.linear import LinearObjective, hessian_operator, make_objective
+from infl.objective import Objective
+from infl.operators import Hessian
+from infl.train import minimize
+
+
+def central_difference(f, x: torch.Tensor, h: float = 1e-6) -> torch.Tensor:
+    """d f / d x by central differences, f: tensor -> tensor; result shaped f(x).shape + x.shape."""
+    flat = x.reshape(-1)
+    cols = []
+    for i in range(flat.numel()):
+        e = torch.zeros_like(flat)
+        e[i] = h
+        cols.append((f((flat + e).view_as(x)) - f((flat - e).view_as(x))) / (2 * h))
+    return torch.stack(cols, dim=-1).reshape(*f(x).shape, *x.shape)
+
+
+def test_per_example_grads_match_finite_differences(mlp):
+    obj = Objective(mlp.model, mlp.loss_fn, mlp.l2)
+    G = obj.per_example_grads(mlp.X[:5], mlp.y[:5])
+    fd = central_difference(lambda t: obj.losses(t, mlp.X[:5], mlp.y[:5]), obj.theta)
+    torch.testing.assert_close(G, fd, rtol=1e-6, atol=1e-8)
+
+
+def test_hvp_matches_finite_difference_of_gradients(mlp):
+    obj = Objective(mlp.model, mlp.loss_fn, mlp.l2)
+    op = Hessian(obj, mlp.X, mlp.y, batch_size=13)
+    v = torch.randn(1, obj.p, dtype=torch.float64)
+
+    def risk_grad(theta):
+        return torch.func.grad(lambda t: obj.losses(t, mlp.X, mlp.y).mean() + 0.5 * mlp.l2 * t.square().sum())(theta)
+
+    h = 1e-5
+    fd = (risk_grad(obj.theta + h * v[0]) - risk_grad(obj.theta - h * v[0])) / (2 * h)
+    torch.testing.assert_close(op.matmat(v)[0], fd, rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_closed_forms_equal_generic_autodiff(logreg, bias):
+    model = torch.nn.Linear(5, 3, bias=bias).double()
+    fast = make_objective(model, logreg.loss_fn, 0.05, logreg.X[:2])
+    slow = Objective(model, logreg.loss_fn, 0.05)
+    assert isinstance(fast, LinearObjective)
+    torch.testing.assert_close(fast.per_example_grads(logreg.X, logreg.y), slow.per_example_grads(logreg.X, logreg.y))
+    Hf = hessian_operator(fast, logreg.X, logreg.y, 17)
+    Hs = Hessian(slow, logreg.X, logreg.y, 17)
+    torch.testing.assert_close(Hf.to_dense(), Hs.to_dense(), rtol=1e-10, atol=1e-12)
+    V = torch.randn(3, slow.p, dtype=torch.float64)
+    torch.testing.assert_close(Hf.matmat(V), Hs.matmat(V), rtol=1e-10, atol=1e-12)
+
+
+def test_frozen_features_with_linear_head_use_closed_form(logreg):
+    body = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh()).double().requires_grad_(False)
+    model = torch.nn.Sequential(body, torch.nn.Linear(4, 3).double())
+    fast = make_objective(model, logreg.loss_fn, 0.05, logreg.X[:2])
+    assert isinstance(fast, LinearObjective)
+    slow = Objective(model, logreg.loss_fn, 0.05)
+    torch.testing.assert_close(hessian_operator(fast, logreg.X, logreg.y, 32).to_dense(),
+                               Hessian(slow, logreg.X, logreg.y, 32).to_dense(), rtol=1e-10, atol=1e-12)
+
+
+def test_up_params_is_derivative_of_weighted_optimum(logreg):
+    """I_up,params(z_j) = d theta_eps / d eps at eps = 0, theta_eps = argmin R + eps L(z_j)."""
+    inf = infl.Influence(logreg.model, logreg.loss_fn, l2=logreg.l2).fit(logreg.train)
+    j, n, eps = 7, logreg.X.shape[0], 1e-3
+    obj = inf.objective_
+
+    def optimum(e):
+        w = torch.full((n,), 1.0 / n, dtype=torch.float64)
+        w[j] += e
+        return minimize(obj, logreg.X, logreg.y, weights=w, tol=1e-12, max_iter=500)
+
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fd = (optimum(eps) - optimum(-eps)) / (2 * eps)
+    torch.testing.assert_close(inf.up_params([j])[0], fd, rtol=2e-3, atol=1e-6)
+
+
+def test_pert_loss_matches_finite_differences_in_x(mlp):
+    inf = infl.Influence(mlp.model, mlp.loss_fn, l2=mlp.l2).fit(mlp.train)
+    test = (mlp.Xt[:2], mlp.yt[:2])
+    P = inf.pert_loss(test, [3, 11])
+    assert P.shape == (2, 2, 4)
+    T = inf.s_test(test)
+    obj = inf.objective_
+    for k, i in enumerate([3, 11]):
+        def score(x):
+            g = obj.per_example_grads(x[None], mlp.y[i:i + 1])[0]
+            return -(T @ g)
+        fd = central_difference(score, mlp.X[i].clone())
+        torch.testing.assert_close(P[:, k], fd, rtol=1e-5, atol=1e-7)

@@ -1,0 +1,101 @@
+"""Bad input gets a clear error that names the problem and the fix."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import infl
+from infl.errors import CurvatureError, InputError, NotFittedError
+
+
+def influence(problem, **kw):
+    return infl.Influence(problem.model, problem.loss_fn, l2=problem.l2, **kw)
+
+
+def test_mismatched_lengths(logreg):
+    with pytest.raises(InputError, match="train X has 90 examples but y has 89"):
+        influence(logreg).fit((logreg.X, logreg.y[:-1]))
+
+
+def test_empty_dataset(logreg):
+    with pytest.raises(InputError, match="empty"):
+        influence(logreg).fit((logreg.X[:0], logreg.y[:0]))
+
+
+def test_nan_in_data(logreg):
+    X = logreg.X.clone()
+    X[3, 1] = math.nan
+    with pytest.raises(InputError, match="NaN or inf in 1 example"):
+        influence(logreg).fit((X, logreg.y))
+
+
+def test_nan_in_parameters(logreg):
+    with torch.no_grad():
+        logreg.model.bias[0] = math.inf
+    with pytest.raises(InputError, match="parameters contain NaN or inf.*bias"):
+        influence(logreg).fit(logreg.train)
+
+
+def test_test_input_of_wrong_shape(logreg):
+    inf = influence(logreg).fit(logreg.train)
+    with pytest.raises(InputError, match=r"per-example shape \(4,\) but the training inputs have \(5,\)"):
+        inf.scores((logreg.Xt[:, :4], logreg.yt))
+
+
+def test_model_that_cannot_take_the_input(logreg):
+    with pytest.raises(InputError, match="could not evaluate a batch of inputs shaped"):
+        influence(logreg).fit((logreg.X[:, :4], logreg.y))
+
+
+def test_scalar_loss(logreg):
+    inf = infl.Influence(logreg.model, lambda out, y: F.cross_entropy(out, y), l2=logreg.l2)
+    with pytest.raises(InputError, match="one loss per example.*reduction='none'"):
+        inf.fit(logreg.train)
+
+
+def test_training_mode_with_dropout(logreg):
+    model = nn.Sequential(nn.Linear(5, 3), nn.Dropout(0.1)).double().train()
+    with pytest.raises(InputError, match=r"training mode.*Dropout.*model.eval\(\)"):
+        infl.Influence(model, logreg.loss_fn).fit(logreg.train)
+    assert model.training  # the mode is the user's: reported, never changed
+
+
+def test_indefinite_hessian_exact_says_damping(mlp):
+    with torch.no_grad():  # a saddle region: far from the optimum, no l2
+        for p in mlp.model.parameters():
+            p.mul_(8.0)
+    with pytest.warns(UserWarning, match="not at a stationary point"):
+        with pytest.raises(CurvatureError, match="not positive definite: its smallest eigenvalue is -.*damping"):
+            infl.Influence(mlp.model, mlp.loss_fn, l2=0.0).fit(mlp.train)
+
+
+def test_far_from_stationary_point_warns_with_gradient_norm(logreg):
+    with torch.no_grad():
+        logreg.model.weight.add_(0.5)
+    with pytest.warns(UserWarning, match=r"\|\|grad R\|\| = [0-9.e-]+"):
+        influence(logreg).fit(logreg.train)
+
+
+def test_unknown_solver_and_bad_settings(logreg):
+    with pytest.raises(InputError, match="unknown solver 'newton'; choose one of exact, cg, lissa"):
+        influence(logreg, solver="newton")
+    with pytest.raises(InputError, match="damping must be a finite number >= 0"):
+        influence(logreg, damping=-1.0)
+    with pytest.raises(InputError, match="l2 must be a finite number >= 0"):
+        infl.Influence(logreg.model, logreg.loss_fn, l2=float("nan"))
+    with pytest.raises(InputError, match="batch_size must be an integer >= 1"):
+        influence(logreg, batch_size=0)
+
+
+def test_queries_before_fit(logreg):
+    with pytest.raises(NotFittedError, match=r"call fit\(train\)"):
+        influence(logreg).scores(logreg.test)
+
+
+def test_training_index_out_of_range(logreg):
+    inf = influence(logreg).fit(logreg.train)
+    with pytest.raises(InputError, match=r"training indices \[90\] are out of range for 90"):
+        inf.up_params([90])
