@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..errors import CurvatureError, InputError
 from ..operators import Operator
-from .base import SolveInfo, relative_residual
+from .base import SolveInfo
 from .nystrom import NystromPreconditioner
 
 MatMat = Callable[[Tensor], Tensor]

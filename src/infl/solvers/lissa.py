@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..errors import DivergenceError, InputError
 from ..operators import Operator
-from .base import SolveInfo, relative_residual
+from .base import SolveInfo
 from .spectrum import top_eigenvalue
 
 

@@ -1,0 +1,301 @@
+"""The `infl` command line: `infl explain` reproduces Koh & Liang's MNIST explanation and leave-one-out check.
+
+Results go to stdout, progress (each stage with its elapsed time, a tqdm bar for
+leave-one-out) to stderr. Every user error ends as a one-line message and a
+non-zero exit code. Scores are I_up,loss (MATH.md): positive = harmful.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import click
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from .data import BUILTINS, DataError, Split, load_builtin, load_file
+from .errors import InflError
+from .influence import SOLVERS, Influence
+from .objective import Objective
+from .report import ExplainedPoint, figure_loo, top_k, write_explain_report
+from .train import assign, minimize
+from .validate import LeaveOneOut, leave_one_out, retrain_all
+
+REPORT_NAME, LOO_FIGURE = "report.html", "loo.png"
+TRAIN_TOL = 1e-9  # max |grad R| at which training stops
+
+
+def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Per-example multinomial logistic loss L(z, theta), shape (b,)."""
+    return F.cross_entropy(outputs, targets, reduction="none")
+
+
+class Clock:
+    """Elapsed time since the command started; announces stages on stderr and records their durations."""
+
+    def __init__(self) -> None:
+        self.start, self.timings = time.perf_counter(), {}
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        click.echo(f"[{self.elapsed():7.1f}s] {name} ...", err=True)
+        began = time.perf_counter()
+        yield
+        self.timings[name] = time.perf_counter() - began
+
+
+# --- steps ----------------------------------------------------------------------------
+
+
+def prepare_out(out: Path, force: bool, inputs: Sequence[Path]) -> Path:
+    """Create the output folder; refuse a non-empty one without --force and never overwrite an input file."""
+    if out.exists() and not out.is_dir():
+        raise click.ClickException(f"--out {out} is a file, not a folder; choose a folder name.")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise click.ClickException(f"output folder {out} is not empty; choose another --out, or pass --force to "
+                                   f"write into it anyway (only {REPORT_NAME} and {LOO_FIGURE} are replaced).")
+    targets = {(out / name).resolve() for name in (REPORT_NAME, LOO_FIGURE)}
+    clash = [str(p) for p in inputs if p.resolve() in targets]
+    if clash:
+        raise click.ClickException(f"the output would overwrite the input file {clash[0]}; choose another --out.")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _file_kind(path: Path) -> str:
+    """"csv", "npz", "idx" (IDX images: *.idx*, *-ubyte, optionally .gz) or "other", from the file name."""
+    name = path.name.lower()
+    if name.endswith((".csv", ".npz")):
+        return name[-3:]
+    return "idx" if name.removesuffix(".gz").endswith("ubyte") or ".idx" in name else "other"
+
+
+def _load_file(path: Path, label_column: str | None, labels: Path | None, flag: str) -> tuple[np.ndarray, np.ndarray]:
+    """X (n, d), y (n,) from `path`, with --label-column for CSV and --labels for IDX images."""
+    kind = _file_kind(path)
+    if label_column is not None and kind != "csv":
+        raise click.ClickException(f"--label-column applies to CSV files, but {flag} {path} is not a .csv file.")
+    if kind == "idx" and labels is None:
+        raise click.ClickException(f"{path}: IDX images need their labels file; pass --labels FILE for {flag} "
+                                   "(give --labels twice: first for --train, then for --test).")
+    if kind != "idx" and labels is not None:
+        raise click.ClickException(f"--labels applies to IDX image files, but {flag} {path} is not one.")
+    options = {"label_column": label_column} if label_column is not None else {}
+    options.update({"labels_path": labels} if labels is not None else {})
+    try:
+        return load_file(path, **options)
+    except DataError as error:  # say the option as the command line spells it
+        raise DataError(str(error).replace("Pass label_column=...", "Pass --label-column NAME.")) from error
+
+
+def load_data(data: str | None, train: Path | None, test: Path | None, label_column: str | None,
+              labels: Sequence[Path]) -> Split:
+    """The built-in split `data`, or the user's --train and --test files (image shape inferred when d is square)."""
+    if train is None and test is None:
+        return load_builtin(data or "mnist")
+    if data is not None:
+        raise click.UsageError(f"--data {data} and --train/--test are alternatives: pass one or the other.")
+    if train is None or test is None:
+        raise click.UsageError("--train and --test go together: pass both files, or neither for built-in data.")
+    if len(labels) > 2:
+        raise click.UsageError(f"--labels takes at most two files (train, then test), got {len(labels)}.")
+    pair = list(labels) + [None] * (2 - len(labels))
+    X_train, y_train = _load_file(train, label_column, pair[0], "--train")
+    X_test, y_test = _load_file(test, label_column, pair[1], "--test")
+    d = X_train.shape[1]
+    if X_test.shape[1] != d:
+        raise DataError(f"{test}: test points have {X_test.shape[1]} features but the training points {d}; "
+                        "both files must describe the same features.")
+    side = math.isqrt(d)
+    shape = (side, side) if side > 1 and side * side == d else None
+    classes = int(max(y_train.max(), y_test.max())) + 1
+    return Split(X_train, y_train, X_test, y_test, shape, classes, train.name)
+
+
+def train_model(split: Split, l2: float) -> nn.Linear:
+    """The paper's model: multinomial logistic regression nn.Linear(d, classes) in float64, trained to
+    argmin mean cross-entropy + (l2/2)||theta||^2 by L-BFGS from zero."""
+    model = nn.Linear(split.X_train.shape[1], split.classes).double()
+    with torch.no_grad():
+        model.weight.zero_(), model.bias.zero_()
+    obj = Objective(model, cross_entropy, l2)
+    X, y = torch.as_tensor(split.X_train), torch.as_tensor(split.y_train)
+    assign(model, obj, minimize(obj, X, y, tol=TRAIN_TOL))
+    return model
+
+
+def predict(model: nn.Module, X: np.ndarray) -> np.ndarray:
+    """Predicted classes (n,) for inputs X (n, d)."""
+    with torch.no_grad():
+        return model(torch.as_tensor(X)).argmax(1).numpy()
+
+
+def check_test_indices(split: Split, requested: Sequence[int]) -> list[int]:
+    """The requested test indices without repeats, or a one-line error naming the valid range."""
+    m = len(split.y_test)
+    bad = [i for i in requested if not 0 <= i < m]
+    if bad:
+        raise click.ClickException(f"--test-index {bad[0]} is out of range: the test set has {m} points "
+                                   f"(indices 0 to {m - 1}).")
+    return list(dict.fromkeys(requested))
+
+
+def pick_tests(split: Split, predicted: np.ndarray, count: int = 3) -> list[int]:
+    """The first `count` test points the model gets wrong (the first `count` if it gets none wrong)."""
+    wrong = np.flatnonzero(predicted != split.y_test)
+    return (wrong if len(wrong) else np.arange(len(split.y_test)))[:count].tolist()
+
+
+def explain_points(inf: Influence, split: Split, predicted: np.ndarray, tests: list[int]) -> list[ExplainedPoint]:
+    """Scores I_up,loss (n_train,) and test loss for each test index."""
+    X, y = torch.as_tensor(split.X_test[tests]), torch.as_tensor(split.y_test[tests])
+    scores = inf.scores((X, y)).cpu().numpy()
+    obj = inf.objective_
+    losses = obj.losses(obj.theta, X, y).detach().cpu().numpy()
+    return [ExplainedPoint(t, split.X_test[t], int(split.y_test[t]), int(predicted[t]), float(loss), row)
+            for t, loss, row in zip(tests, losses, scores)]
+
+
+def print_point(point: ExplainedPoint, top: int, y_train: np.ndarray) -> None:
+    """The top-k harmful and helpful training points of one test point, as two tables on stdout."""
+    harmful, helpful = top_k(point.scores, top)
+    click.echo(f"\ntest point {point.index}: true label {point.label}, predicted {point.predicted}, "
+               f"test loss {point.loss:.4g}")
+    for title, rows in (("most harmful (score > 0: upweighting raises the test loss)", harmful),
+                        ("most helpful (score < 0: upweighting lowers the test loss)", helpful)):
+        click.echo(f"  {title}\n    {'rank':>4}  {'train index':>11}  {'label':>5}  {'score':>11}")
+        for rank, i in enumerate(rows, 1):
+            click.echo(f"    {rank:>4}  {i:>11}  {y_train[i]:>5}  {point.scores[i]:>+11.4g}")
+
+
+def loo_indices(scores: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k training indices: the ceil(k/2) largest |I_up,loss| (scores (n,)), then random others drawn with `seed`."""
+    by_size = np.argsort(-np.abs(scores), kind="stable")
+    top, rest = by_size[: (k + 1) // 2], by_size[(k + 1) // 2:]
+    drawn = np.random.default_rng(seed).choice(rest, size=k - len(top), replace=False)
+    return np.concatenate([top, np.sort(drawn)])
+
+
+def run_loo(inf: Influence, split: Split, test: int, k: int, seed: int) -> LeaveOneOut:
+    """Leave-one-out retraining on k training points for one test point, with a tqdm bar on stderr."""
+    X, y = torch.as_tensor(split.X_test[[test]]), torch.as_tensor(split.y_test[[test]])
+    indices = loo_indices(inf.scores((X, y))[0].cpu().numpy(), k, seed).tolist()
+    with tqdm(total=k, desc="leave-one-out", unit="retrain", file=sys.stderr) as bar:
+        return leave_one_out(inf, (X, y), indices, retrain=lambda inf, idx: retrain_all(inf, idx, done=bar.update))
+
+
+def summary_table(split: Split, inf: Influence, opts: dict, accuracy: tuple[float, float],
+                  loo: LeaveOneOut | None, clock: Clock) -> dict[str, str]:
+    """The run summary shown in the report."""
+    n, d = split.X_train.shape
+    table = {
+        "data": f"{split.name}: {n} train, {len(split.y_test)} test, {d} features, {split.classes} classes",
+        "model": f"nn.Linear({d}, {split.classes}) float64, multinomial logistic regression, p = {inf.objective_.p}",
+        "l2, damping": f"{inf.l2:g}, {inf.damping:g}",
+        "train / test accuracy": f"{accuracy[0]:.4f} / {accuracy[1]:.4f}",
+        "||grad R(theta_hat)||": f"{inf.grad_norm_:.3g}",
+        "solver": f"{opts['solver']}: {inf.info!r}",
+    }
+    if loo is not None:
+        table["leave-one-out"] = (f"{len(loo.indices)} points, Pearson R = {loo.pearson[0]:.4f}, "
+                                  f"Spearman = {loo.spearman[0]:.4f}")
+    table.update({f"time: {name}": f"{secs:.1f} s" for name, secs in clock.timings.items()})
+    table["time: total"] = f"{clock.elapsed():.1f} s"
+    return table
+
+
+# --- commands -------------------------------------------------------------------------
+
+
+@click.group()
+@click.version_option(package_name="infl")
+def main() -> None:
+    """infl: which training examples made my model predict this? (Koh & Liang 2017)"""
+
+
+@main.command(short_help="Explain test predictions by their most harmful and helpful training points.")
+@click.option("--data", type=click.Choice(BUILTINS), help="Built-in data set [default: mnist, unless --train].")
+@click.option("--train", "train", type=click.Path(path_type=Path), help="Training file (.npz, .csv or IDX).")
+@click.option("--test", "test", type=click.Path(path_type=Path), help="Test file, same format as --train.")
+@click.option("--label-column", help="CSV column holding the labels [default: label].")
+@click.option("--labels", type=click.Path(path_type=Path), multiple=True,
+              help="IDX label file; give it twice: for --train, then for --test.")
+@click.option("--test-index", type=int, multiple=True, help="Test point to explain (repeatable) "
+              "[default: the first 3 the model gets wrong].")
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Harmful and helpful training points shown per test point.")
+@click.option("--loo", type=click.IntRange(min=0), default=30, show_default=True,
+              help="Training points removed and retrained on for the first test point (0 skips).")
+@click.option("--l2", type=click.FloatRange(min=0), default=0.01, show_default=True, help="Weight decay of training.")
+@click.option("--damping", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Added to the Hessian only (not to training).")
+@click.option("--solver", type=click.Choice(list(SOLVERS)), default="exact", show_default=True,
+              help="Inverse-Hessian-vector product method.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random leave-one-out points.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("infl-out"), show_default=True,
+              help="Output folder for report.html and loo.png.")
+@click.option("--force", is_flag=True, help="Write into a non-empty output folder.")
+def explain(**opts: object) -> None:
+    """Explain test predictions by their most harmful and helpful training points.
+
+    Trains the paper's multinomial logistic regression (float64, to the optimum of mean
+    cross-entropy + l2/2 ||theta||^2), scores every training point by I_up,loss (positive =
+    harmful), checks the scores against leave-one-out retraining, and writes an HTML report."""
+    try:
+        _explain(opts)
+    except InflError as error:
+        raise click.ClickException(str(error)) from error
+    except OSError as error:
+        raise click.ClickException(f"cannot write the output: {error}") from error
+
+
+def _explain(opts: dict) -> None:
+    clock = Clock()
+    if opts["loo"] in (1, 2):
+        raise click.BadParameter("use 0 to skip, or at least 3 points for a correlation.", param_hint="--loo")
+    inputs = [Path(p) for p in (opts["train"], opts["test"], *opts["labels"]) if p is not None]
+    out = prepare_out(opts["out"], opts["force"], inputs)
+    with clock.stage("loading data"):
+        split = load_data(opts["data"], opts["train"], opts["test"], opts["label_column"], opts["labels"])
+    n, requested = len(split.y_train), check_test_indices(split, opts["test_index"])
+    for flag in ("top", "loo"):
+        if opts[flag] > n:
+            raise click.BadParameter(f"{opts[flag]} is more than the {n} training points.", param_hint=f"--{flag}")
+    with clock.stage(f"training logistic regression on {n} points (l2={opts['l2']:g})"):
+        model = train_model(split, opts["l2"])
+    predicted = predict(model, split.X_test)
+    accuracy = float(np.mean(predict(model, split.X_train) == split.y_train)), float(np.mean(predicted == split.y_test))
+    click.echo(f"{split.name}: train accuracy {accuracy[0]:.4f}, test accuracy {accuracy[1]:.4f}")
+    tests = requested or pick_tests(split, predicted)
+    with clock.stage(f"fitting influence ({opts['solver']} solver)"):
+        inf = Influence(model, cross_entropy, l2=opts["l2"], damping=opts["damping"], solver=opts["solver"])
+        inf.fit((torch.as_tensor(split.X_train), torch.as_tensor(split.y_train)))
+    with clock.stage(f"scoring {n} training points for test points {tests}"):
+        points = explain_points(inf, split, predicted, tests)
+    click.echo(f"solver: {inf.info!r}")
+    for point in points:
+        print_point(point, opts["top"], split.y_train)
+    loo = None
+    if opts["loo"]:
+        with clock.stage(f"leave-one-out: retraining without {opts['loo']} points (test point {tests[0]})"):
+            loo = run_loo(inf, split, tests[0], opts["loo"], opts["seed"])
+        click.echo(f"\nleave-one-out on test point {tests[0]} ({len(loo.indices)} retrains): "
+                   f"Pearson R = {loo.pearson[0]:.4f}, Spearman = {loo.spearman[0]:.4f}")
+        figure_loo(loo.predicted[0], loo.actual[0], out / LOO_FIGURE)
+    with clock.stage("writing the report"):
+        summary = summary_table(split, inf, opts, accuracy, loo, clock)
+        path = write_explain_report(out / REPORT_NAME, points=points, X_train=split.X_train, y_train=split.y_train,
+                                    image_shape=split.image_shape, top=opts["top"], loo=loo,
+                                    loo_test_index=tests[0], summary=summary, title=f"infl explain: {split.name}")
+    click.echo(f"\nreport: {path}")
+    click.echo(f"[{clock.elapsed():7.1f}s] done", err=True)

@@ -1,0 +1,148 @@
+"""Tests for the `infl` command line (click's CliRunner) and the HTML report it writes."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from infl.cli import loo_indices, main
+from infl.report import figure_loo, top_k
+
+
+def _invoke(*args: str):
+    return CliRunner().invoke(main, ["explain", *args])
+
+
+def _blobs(path, n: int, d: int = 5, seed: int = 0):
+    """A tiny 3-class problem of Gaussian blobs saved as .npz (X (n, d) in [0, 1], y (n,))."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    X = np.clip(0.5 + 0.15 * rng.standard_normal((n, d)) + 0.2 * (y[:, None] == np.arange(d) % 3), 0, 1)
+    np.savez(path, X=X, y=y)
+    return path
+
+
+def _assert_self_contained(html: str) -> None:
+    assert '<img src="data:image/png;base64,' in html
+    assert not re.search(r"(src|href)=[\"']?https?:", html), "the report links an external resource"
+    assert "http" not in html
+    assert "<script" not in html
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """One real run on the built-in digits, shared by the tests that read its output."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    result = _invoke("--data", "digits", "--loo", "6", "--top", "3", "--out", str(out))
+    return result, out
+
+
+def test_explain_digits_prints_tables_and_writes_report(digits_run):
+    result, out = digits_run
+    assert result.exit_code == 0, result.output
+    stdout = result.stdout
+    assert "train accuracy" in stdout and "test accuracy" in stdout
+    assert stdout.count("most harmful (score > 0") == 3  # default: the first 3 misclassified test points
+    assert stdout.count("most helpful (score < 0") == 3
+    table_rows = re.findall(r"^\s+[123]\s+\d+\s+\d\s+[+-]\d", stdout, flags=re.M)
+    assert len(table_rows) == 3 * 2 * 3  # 3 test points x (harmful, helpful) x top 3
+    pearson = re.search(r"leave-one-out on test point \d+ \(6 retrains\): Pearson R = ([\d.]+)", stdout)
+    assert pearson and float(pearson.group(1)) > 0.9
+    assert f"report: {out / 'report.html'}" in stdout
+    assert "leave-one-out" in result.stderr and "fitting influence" in result.stderr  # progress goes to stderr
+
+
+def test_report_is_self_contained_html(digits_run):
+    _, out = digits_run
+    html = (out / "report.html").read_text()
+    _assert_self_contained(html)
+    assert html.count('<img src="data:image/png;base64,') == 3 * (1 + 2 * 3) + 1  # points, their top-k, LOO plot
+    assert "Pearson R" in html and "Run summary" in html and "Cholesky" in html
+    assert (out / "loo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_refuses_non_empty_output_folder_without_force(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    result = _invoke("--data", "digits", "--out", str(out))
+    assert result.exit_code != 0
+    assert "is not empty" in result.output and "--force" in result.output
+    assert "Traceback" not in result.output
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_npz_files_with_force_and_no_images(tmp_path):
+    train, test = _blobs(tmp_path / "train.npz", 60), _blobs(tmp_path / "test.npz", 15, seed=1)
+    before = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (train, test)]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "old.txt").write_text("x")
+    result = _invoke("--train", str(train), "--test", str(test), "--test-index", "2", "--test-index", "0",
+                     "--loo", "4", "--top", "2", "--out", str(out), "--force")
+    assert result.exit_code == 0, result.output
+    assert "test point 2:" in result.stdout and "test point 0:" in result.stdout
+    assert "leave-one-out on test point 2 (4 retrains)" in result.stdout
+    _assert_self_contained((out / "report.html").read_text())  # d = 5 is no square: feature bar charts
+    assert (out / "old.txt").exists()
+    assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in (train, test)] == before
+
+
+def test_missing_file_is_a_clean_error(tmp_path):
+    test = _blobs(tmp_path / "test.npz", 15)
+    result = _invoke("--train", str(tmp_path / "nope.npz"), "--test", str(test), "--out", str(tmp_path / "o"))
+    assert result.exit_code == 1
+    assert "nope.npz: file does not exist; check the path" in result.output
+    assert "Traceback" not in result.output
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: ")  # one line, after the progress lines
+
+
+def test_test_index_out_of_range_is_a_clean_error(tmp_path):
+    result = _invoke("--data", "digits", "--test-index", "5000", "--out", str(tmp_path / "o"))
+    assert result.exit_code == 1
+    assert "Error: --test-index 5000 is out of range: the test set has 359 points (indices 0 to 358)." in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--loo", "2"], "at least 3 points"),
+    (["--l2", "-1"], "-1.0 is not in the range x>=0"),
+    (["--solver", "newton"], "'newton' is not one of 'exact', 'cg', 'lissa'"),
+])
+def test_bad_option_values_are_clean_errors(tmp_path, args, message):
+    result = _invoke("--data", "digits", "--out", str(tmp_path / "o"), *args)
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("extra, message", [
+    ([], "--train and --test go together"),
+    (["--data", "digits"], "--data digits and --train/--test are alternatives"),
+])
+def test_file_options_misused_are_usage_errors(tmp_path, extra, message):
+    result = _invoke("--train", str(_blobs(tmp_path / "train.npz", 30)), "--out", str(tmp_path / "o"), *extra)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_loo_indices_take_largest_influence_then_random_others():
+    scores = np.array([0.1, -5.0, 0.2, 3.0, -0.3, 0.0, 0.05])
+    picked = loo_indices(scores, 4, seed=0)
+    assert picked[:2].tolist() == [1, 3] and len(set(picked.tolist())) == 4
+    assert loo_indices(scores, 4, seed=0).tolist() == picked.tolist()
+
+
+def test_top_k_orders_harmful_and_helpful():
+    harmful, helpful = top_k(np.array([0.5, -2.0, 3.0, -0.1]), 2)
+    assert harmful.tolist() == [2, 0] and helpful.tolist() == [1, 3]
+
+
+def test_figure_loo_saves_a_png(tmp_path):
+    rng = np.random.default_rng(0)
+    actual = rng.standard_normal(10)
+    path = figure_loo(actual + 0.01 * rng.standard_normal(10), actual, tmp_path / "loo.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
