@@ -77,14 +77,6 @@ class LinearObjective(Objective):
         delta = vmap(grad(self._loss_one_out))(F, y)  # (b, C) = dL/df
         return self._join(delta.unsqueeze(2) * A.unsqueeze(1), delta if self.has_bias else None)
 
-    @property
-    def order(self) -> Tensor:
-        """For each flat theta index, its index in the (C, d [+1]) augmented layout."""
-        D = self.d + self.has_bias
-        weight = (torch.arange(self.C)[:, None] * D + torch.arange(self.d)[None, :]).reshape(-1)
-        bias = torch.arange(self.C) * D + self.d
-        return torch.cat([weight, bias]) if self.has_bias else weight
-
     def out_hessians(self, X: Tensor, y: Tensor) -> Tensor:
         """Lambda_i = d^2 L / df^2 at theta_hat for each example, (b, C, C)."""
         return vmap(hessian(self._loss_one_out))(self._head_outputs(self.features(X), self.theta), y)
@@ -131,18 +123,23 @@ class LinearHessian(Operator):
         return obj._join(Gw, Gb) / self.n + obj.l2 * V
 
     def to_dense(self, block: int = 256) -> Tensor:
-        A, Lam, obj = self.A, self.Lam, self.obj
+        """H (p, p): block (c, e) of the weights is A^T diag(Lambda[:, c, e]) A / n, written in place."""
+        obj, A, Lam = self.obj, self.A, self.Lam
+        C, d = obj.C, obj.d
         if obj.has_bias:
             A = torch.cat([A, torch.ones_like(A[:, :1])], dim=1)
-        C, D = obj.C, A.shape[1]
-        M = torch.empty(C, D, C, D, dtype=A.dtype, device=A.device)
+        H = torch.empty(self.p, self.p, dtype=self.dtype, device=self.device)
+        w = [slice(c * d, (c + 1) * d) for c in range(C)]
         for c in range(C):
             for e in range(c, C):
-                block = A.T @ (Lam[:, c, e, None] * A)
-                M[c, :, e, :] = block
-                if e != c:
-                    M[e, :, c, :] = block.T
-        H = M.reshape(C * D, C * D)[obj.order][:, obj.order] / self.n
+                blk = A.T @ (Lam[:, c, e, None] * A) / self.n  # (d [+1], d [+1])
+                H[w[c], w[e]] = blk[:d, :d]
+                H[w[e], w[c]] = blk[:d, :d].T
+                if obj.has_bias:
+                    bc, be = C * d + c, C * d + e
+                    H[bc, w[e]] = H[be, w[c]] = blk[d, :d]
+                    H[w[c], be] = H[w[e], bc] = blk[:d, d]
+                    H[bc, be] = H[be, bc] = blk[d, d]
         H.diagonal().add_(obj.l2)
         return H
 

@@ -50,6 +50,8 @@ def cg(matmat: MatMat, B: Tensor, *, tol: float = 1e-6, max_iter: int = 1000,
         it += 1
         keep = R[active].norm(dim=1) > tol * bnorm[active]
         active, P, rz = active[keep], P[keep], rz[keep]
+        if not active.numel():
+            break
         Z = M(R[active])
         rz_new = (R[active] * Z).sum(1)
         P = Z + (rz_new / rz)[:, None] * P
@@ -62,7 +64,8 @@ class CG:
     """Conjugate gradients with a randomized Nystrom preconditioner of the given rank.
 
     rank: eigen-directions captured by the preconditioner (0 disables it);
-    the sketch costs `rank` operator products once, at fit. Warns, with the
+    the sketch costs 2 x `rank` operator products once, at fit (one
+    subspace iteration sharpens it). Warns, with the
     residual, when max_iter is reached before tol.
     """
 

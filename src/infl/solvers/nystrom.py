@@ -9,8 +9,9 @@ from torch import Tensor
 from ..operators import Operator
 
 
-def nystrom(op: Operator, rank: int, seed: int = 0) -> tuple[Tensor, Tensor]:
-    """Top eigenpairs of A ~= U^T diag(lam) U from one sketch of `rank` products.
+def nystrom(op: Operator, rank: int, seed: int = 0, power: int = 1) -> tuple[Tensor, Tensor]:
+    """Top eigenpairs of A ~= U^T diag(lam) U from a sketch of `rank` products,
+    sharpened by `power` subspace iterations (each another `rank` products).
 
     Returns U (r, p) with orthonormal rows and lam (r,) descending, r <= rank
     (directions with no positive curvature are dropped).
@@ -18,6 +19,8 @@ def nystrom(op: Operator, rank: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     gen = torch.Generator(device="cpu").manual_seed(seed)
     Omega = torch.randn(op.p, rank, generator=gen, dtype=op.dtype).to(op.device)
     Q = torch.linalg.qr(Omega).Q  # (p, r)
+    for _ in range(power):
+        Q = torch.linalg.qr(op.matmat(Q.T.contiguous()).T).Q
     Y = op.matmat(Q.T.contiguous()).T  # (p, r) = A Q
     nu = torch.finfo(op.dtype).eps * op.p**0.5 * Y.norm()
     Y = Y + nu * Q
@@ -35,8 +38,8 @@ class NystromPreconditioner:
     """P^{-1} r = lam_min * U^T diag(1/lam) U r + (r - U^T U r): the top `rank`
     eigenvalues of A are mapped to its smallest captured one; the rest is left alone."""
 
-    def __init__(self, op: Operator, rank: int, seed: int = 0) -> None:
-        self.U, self.lam = nystrom(op, rank, seed)
+    def __init__(self, op: Operator, rank: int, seed: int = 0, power: int = 1) -> None:
+        self.U, self.lam = nystrom(op, rank, seed, power)
         self.rank = self.lam.numel()
 
     def __call__(self, R: Tensor) -> Tensor:
