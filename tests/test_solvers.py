@@ -62,8 +62,7 @@ def test_cg_reports_residual_and_warns_when_not_converged():
     with pytest.warns(UserWarning, match="CG stopped at max_iter=2"):
         _, info = CG(max_iter=2, rank=0).fit(Dense(A)).solve(B)
     assert not info.converged and info.iterations == 2
-    torch.testing.assert_close(info.residual, (B - torch.linalg.solve(A, B.T).T * 0).norm(dim=1) * 0 + info.residual)
-    assert info.max_residual > 1e-6
+    assert info.residual.shape == (2,) and info.max_residual > 1e-6
 
 
 def test_cg_residual_is_true_residual():

@@ -110,7 +110,8 @@ class Influence:
             return ((r, self.train_grads_[r]) for r in batches(self.n_train, self.batch_size))
         return iter_grads(self.objective_, self.X_train_, self.y_train_, self.batch_size)
 
-    def _test_tensors(self, test: Any) -> tuple[Tensor, Tensor]:
+    def test_tensors(self, test: Any) -> tuple[Tensor, Tensor]:
+        """Test data as validated (X, y) tensors on the model's dtype and device."""
         self._fitted()
         X, y = to_tensors(test, self.objective_.dtype, self.objective_.device, "test")
         if X.shape[1:] != self.X_train_.shape[1:]:
@@ -122,7 +123,7 @@ class Influence:
     # ------------------------------------------------------------- queries
     def test_grads(self, test: Any) -> Tensor:
         """grad_theta L(z_test, theta_hat) for each test point, (m, p)."""
-        X, y = self._test_tensors(test)
+        X, y = self.test_tensors(test)
         return torch.cat([g for _, g in iter_grads(self.objective_, X, y, self.batch_size)])
 
     def _solve(self, B: Tensor) -> Tensor:

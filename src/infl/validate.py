@@ -102,7 +102,7 @@ def leave_one_out(inf: Influence, test: Any, train_indices: Sequence[int],
     is the exact convex protocol (warm start, tight convergence). Wrap it
     to add progress, or to retrain a non-convex model your own way.
     """
-    X, y = inf._test_tensors(test)
+    X, y = inf.test_tensors(test)
     index = [int(j) for j in train_indices]
     predicted = -inf.scores(test)[:, index].cpu().numpy() / inf.n_train
     obj = inf.objective_
