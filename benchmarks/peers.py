@@ -195,6 +195,7 @@ def child(method: str, task_path: str, out_path: str, bs: int, damping: str) -> 
         import torch
 
         importlib.import_module(PEER_MODULE[METHODS[method]])  # import time is not timed
+        torch.func.vmap(torch.func.grad(lambda x: (x * x).sum()))(torch.ones(2, 2))  # nor torch.func's lazy imports
         torch.manual_seed(0)
         d = {k: torch.from_numpy(t[k]) for k in ("X_train", "y_train", "X_test", "y_test")}
         model = torch.nn.Linear(t["W"].shape[1], t["W"].shape[0]).double()

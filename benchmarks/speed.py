@@ -1,8 +1,8 @@
 """Time the full 4,000 x 100 score matrix on the built-in MNIST logistic regression.
 
 Each method runs in its own subprocess (so its peak RSS is its own) and reports
-wall time from fitting to the finished score matrix (training the model and
-loading data excluded), peak RSS, and Pearson R with infl's exact scores:
+wall time from fitting to the finished score matrix (training the model, loading
+data, imports and torch.func's one-time lazy imports excluded, for peers too), peak RSS, and Pearson R with infl's exact scores:
 
 - infl exact / cg / lissa (float64), and cg in float32;
 - a per-example loop baseline, as older tools do: one autograd backward per
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-OURS = ["exact", "cg", "lissa", "cg-float32"]
+OURS = ["exact", "cg", "lissa", "exact-float32", "cg-float32"]
 
 
 def run_one(method: str, out: Path) -> None:
@@ -40,6 +40,7 @@ def run_one(method: str, out: Path) -> None:
     dtype = torch.float32 if method.endswith("float32") else torch.float64
     task = mnist_task(dtype, cache=out / "mnist_theta.pt")
     test = task.test(slice(0, 100))
+    torch.func.vmap(torch.func.grad(lambda x: (x * x).sum()))(torch.ones(2, 2))  # torch.func's lazy imports: untimed
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
     if method == "loop":
