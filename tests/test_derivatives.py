@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import infl
-from infl.linear import LinearObjective, hessian_operator, make_objective
+from infl.linear import LinearObjective, curvature_operator, make_objective
 from infl.objective import Objective
 from infl.operators import Hessian
 from infl.train import minimize
@@ -48,7 +48,7 @@ def test_linear_closed_forms_equal_generic_autodiff(logreg, bias):
     slow = Objective(model, logreg.loss_fn, 0.05)
     assert isinstance(fast, LinearObjective)
     torch.testing.assert_close(fast.per_example_grads(logreg.X, logreg.y), slow.per_example_grads(logreg.X, logreg.y))
-    Hf = hessian_operator(fast, logreg.X, logreg.y, 17)
+    Hf = curvature_operator(fast, logreg.X, logreg.y, 17)
     Hs = Hessian(slow, logreg.X, logreg.y, 17)
     torch.testing.assert_close(Hf.to_dense(), Hs.to_dense(), rtol=1e-10, atol=1e-12)
     V = torch.randn(3, slow.p, dtype=torch.float64)
@@ -61,7 +61,7 @@ def test_frozen_features_with_linear_head_use_closed_form(logreg):
     fast = make_objective(model, logreg.loss_fn, 0.05, logreg.X[:2])
     assert isinstance(fast, LinearObjective)
     slow = Objective(model, logreg.loss_fn, 0.05)
-    torch.testing.assert_close(hessian_operator(fast, logreg.X, logreg.y, 32).to_dense(),
+    torch.testing.assert_close(curvature_operator(fast, logreg.X, logreg.y, 32).to_dense(),
                                Hessian(slow, logreg.X, logreg.y, 32).to_dense(), rtol=1e-10, atol=1e-12)
 
 

@@ -7,7 +7,7 @@ import torch
 
 import infl
 from infl.errors import CurvatureError, DivergenceError, InputError
-from infl.linear import hessian_operator, make_objective
+from infl.linear import curvature_operator, make_objective
 from infl.operators import Dense, Hessian
 from infl.objective import Objective
 from infl.solvers import CG, Exact, LiSSA, cg, nystrom, top_eigenvalue
@@ -135,7 +135,7 @@ def test_lissa_without_lower_bound_asks_for_damping_or_depth():
 
 def test_lissa_same_seed_same_result(logreg):
     obj = make_objective(logreg.model, logreg.loss_fn, logreg.l2, logreg.X[:2])
-    op = hessian_operator(obj, logreg.X, logreg.y, 16)
+    op = curvature_operator(obj, logreg.X, logreg.y, 16)
     B = rhs(2, obj.p)
     a = LiSSA(depth=50, batch_size=10, seed=3).fit(op, floor=0.05).solve(B)[0]
     b = LiSSA(depth=50, batch_size=10, seed=3).fit(op, floor=0.05).solve(B)[0]

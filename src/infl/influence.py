@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from .errors import InputError, NotFittedError
 from .grads import iter_grads, mean_grad
 from .inputs import batches, to_tensors
-from .linear import hessian_operator, make_objective
+from .linear import CURVATURES, curvature_operator, make_objective
 from .objective import LossFn
 from .operators import Operator
 from .solvers import CG, Exact, LiSSA, SolveInfo
@@ -52,6 +52,9 @@ class Influence:
         l2: weight decay the model was trained with (part of H).
         damping: extra multiple of I added to H (not part of the objective).
         solver: 'exact', 'cg', 'lissa' or a configured Exact / CG / LiSSA.
+        curvature: 'hessian' (of R), or 'gauss-newton' (J^T Lambda J + l2 I,
+            PSD by construction: for non-convex models or ones not trained
+            to convergence). The same matrix when outputs are affine in theta.
         batch_size: examples per vectorised gradient chunk; bounds memory.
         keep_train_grads: hold all n x p training gradients in memory after
             fit (faster repeated queries) instead of recomputing them per query.
@@ -59,13 +62,16 @@ class Influence:
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, *, l2: float = 0.0, damping: float = 0.0,
-                 solver: str | Solver = "exact", batch_size: int = 512, keep_train_grads: bool = False,
+                 solver: str | Solver = "exact", curvature: str = "hessian", batch_size: int = 512, keep_train_grads: bool = False,
                  stationarity_tol: float = 1e-3) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.model, self.loss_fn = model, loss_fn
         self.l2, self.damping = _check_number("l2", l2), _check_number("damping", damping)
         self.solver = make_solver(solver)
+        if curvature not in CURVATURES:
+            raise InputError(f"unknown curvature {curvature!r}; choose one of {', '.join(CURVATURES)}")
+        self.curvature = curvature
         self.batch_size, self.keep_train_grads = batch_size, keep_train_grads
         self.stationarity_tol = stationarity_tol
 
@@ -84,7 +90,7 @@ class Influence:
                 f"the model is not at a stationary point of the training objective: ||grad R|| = "
                 f"{self.grad_norm_:.3g} (l2={self.l2:g}). Influence assumes theta_hat minimises R; train longer, "
                 "check that l2 matches the training weight decay, or add damping", stacklevel=2)
-        self.curvature_: Operator = hessian_operator(obj, X, y, self.batch_size) + self.damping
+        self.curvature_: Operator = curvature_operator(obj, X, y, self.batch_size, self.curvature) + self.damping
         if isinstance(self.solver, LiSSA):
             self.solver.fit(self.curvature_, floor=self.l2 + self.damping)
         else:

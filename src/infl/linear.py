@@ -17,7 +17,8 @@ from torch.func import grad, hessian, vmap
 
 from .inputs import batches
 from .objective import LossFn, Objective
-from .operators import Hessian, Operator
+from .errors import InputError
+from .operators import GaussNewton, Hessian, Operator
 
 
 def find_head(model: nn.Module) -> nn.Linear | None:
@@ -170,8 +171,16 @@ def make_objective(model: nn.Module, loss_fn: LossFn, l2: float, probe: Tensor |
     return Objective(model, loss_fn, l2)
 
 
-def hessian_operator(obj: Objective, X: Tensor, y: Tensor, batch_size: int) -> Operator:
-    """The Hessian of R over (X, y): closed-form products for affine outputs, matrix-free HVPs otherwise."""
+CURVATURES = ("hessian", "gauss-newton")
+
+
+def curvature_operator(obj: Objective, X: Tensor, y: Tensor, batch_size: int, curvature: str = "hessian") -> Operator:
+    """The curvature of R over (X, y): "hessian" or "gauss-newton" (PSD by construction).
+
+    For outputs affine in theta the two are the same matrix, with closed-form products.
+    """
+    if curvature not in CURVATURES:
+        raise InputError(f"unknown curvature {curvature!r}; choose 'hessian' or 'gauss-newton'")
     if isinstance(obj, LinearObjective):
         return LinearHessian(obj, X, y, batch_size)
-    return Hessian(obj, X, y, batch_size)
+    return (Hessian if curvature == "hessian" else GaussNewton)(obj, X, y, batch_size)

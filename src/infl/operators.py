@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from torch.func import hessian, jvp, vjp, vmap
+
 from .inputs import batches
 from .objective import Objective
 
@@ -117,3 +119,37 @@ class Hessian(Operator):
     def subset(self, index: Tensor) -> Hessian:
         """The same curvature over the examples `index` only (mean over them, same l2)."""
         return Hessian(self.obj, self.X[index], self.y[index], self.batch_size)
+
+
+class GaussNewton(Hessian):
+    """G = (1/n) sum_i J_i^T Lambda_i J_i + l2 * I: the generalised Gauss-Newton matrix.
+
+    J_i = d f(x_i) / d theta (outputs by parameters), Lambda_i = d^2 L / d f^2.
+    Positive semi-definite whenever the loss is convex in the outputs, so
+    G + l2 I is positive definite for l2 > 0, whatever the network.
+    """
+
+    name = "gauss-newton"
+
+    def matmat(self, V: Tensor) -> Tensor:
+        out = self.obj.l2 * V
+        for rows in batches(self.n, self.batch_size):
+            out = out + self._data_ggn(V, self.X[rows], self.y[rows]) / self.n
+        return out
+
+    def _data_ggn(self, V: Tensor, X: Tensor, y: Tensor) -> Tensor:
+        obj = self.obj
+        f = lambda theta: obj.outputs(theta, X)  # noqa: E731
+        F0, pullback = vjp(f, obj.theta)
+        JV = vmap(lambda v: jvp(f, (obj.theta,), (v,))[1])(V)  # (k, b, *out)
+        b, m = F0.shape[0], F0[0].numel()
+        one = lambda fi, yi: obj.loss_fn(fi.view(1, *F0.shape[1:]), yi.unsqueeze(0)).squeeze(0)  # noqa: E731
+        Lam = vmap(hessian(one))(F0.reshape(b, m), y).reshape(b, m, m)
+        U = torch.einsum("bcm,kbm->kbc", Lam, JV.reshape(V.shape[0], b, m)).reshape(JV.shape)
+        return vmap(pullback)(U)[0]
+
+    def to_dense(self, block: int = 256) -> Tensor:
+        return Operator.to_dense(self, block)
+
+    def subset(self, index: Tensor) -> GaussNewton:
+        return GaussNewton(self.obj, self.X[index], self.y[index], self.batch_size)

@@ -42,7 +42,7 @@ def cg(matmat: MatMat, B: Tensor, *, tol: float = 1e-6, max_iter: int = 1000,
         if (pAp <= 0).any():
             raise CurvatureError(
                 f"conjugate gradients met negative curvature (p^T A p = {pAp.min().item():.3g}) at iteration "
-                f"{it + 1}: the operator is not positive definite. Add damping, or use the Gauss-Newton curvature"
+                f"{it + 1}: the operator is not positive definite. Add damping, or use curvature='gauss-newton'"
             )
         alpha = rz / pAp
         X[active] += alpha[:, None] * P

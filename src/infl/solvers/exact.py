@@ -54,5 +54,5 @@ def _indefinite(H: Tensor, what: str) -> CurvatureError:
     return CurvatureError(
         f"the curvature ({what}) is not positive definite: its smallest eigenvalue is {low:.3g}. "
         f"Influence needs H + damping * I > 0: pass damping > {max(-low, 0):.3g} "
-        f"(e.g. damping={max(2 * abs(low), 1e-3):.2g}), or use the Gauss-Newton curvature"
+        f"(e.g. damping={max(2 * abs(low), 1e-3):.2g}), or use curvature='gauss-newton'"
     )

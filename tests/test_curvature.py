@@ -1,0 +1,80 @@
+"""Gauss-Newton curvature and the smooth hinge loss."""
+
+import pytest
+import torch
+from torch import nn
+
+import infl
+from infl.errors import CurvatureError, InputError
+from infl.linear import curvature_operator, make_objective
+from infl.losses import make_smooth_hinge, smooth_hinge
+from infl.objective import Objective
+from infl.operators import GaussNewton
+from infl.testing import dense_scores
+
+from conftest import make_blobs, trained
+
+
+def dense_ggn(obj: Objective, X, y, l2):
+    """(1/n) sum_i J_i^T Lambda_i J_i + l2 I with J from jacrev and Lambda from hessian, (p, p)."""
+    J = torch.func.jacrev(lambda t: obj.outputs(t, X))(obj.theta)  # (n, C, p)
+    out = obj.outputs(obj.theta, X)
+    Lam = torch.stack([torch.func.hessian(lambda f: obj.loss_fn(f[None], y[i:i + 1]).sum())(out[i])
+                       for i in range(X.shape[0])])  # (n, C, C)
+    return torch.einsum("ncp,ncd,ndq->pq", J, Lam, J) / X.shape[0] + l2 * torch.eye(obj.p, dtype=torch.float64)
+
+
+def test_gauss_newton_matches_dense_reference(mlp):
+    obj = Objective(mlp.model, mlp.loss_fn, mlp.l2)
+    op = GaussNewton(obj, mlp.X, mlp.y, batch_size=11)
+    G = dense_ggn(obj, mlp.X, mlp.y, mlp.l2)
+    torch.testing.assert_close(op.to_dense(), G, rtol=1e-9, atol=1e-11)
+    sub = torch.tensor([1, 5, 9])
+    torch.testing.assert_close(op.subset(sub).to_dense(), dense_ggn(obj, mlp.X[sub], mlp.y[sub], mlp.l2),
+                               rtol=1e-9, atol=1e-11)
+
+
+def test_gauss_newton_equals_hessian_for_affine_outputs(logreg):
+    obj = Objective(logreg.model, logreg.loss_fn, logreg.l2)
+    G = GaussNewton(obj, logreg.X, logreg.y, 32).to_dense()
+    fast = make_objective(logreg.model, logreg.loss_fn, logreg.l2, logreg.X[:2])
+    torch.testing.assert_close(G, curvature_operator(fast, logreg.X, logreg.y, 32, "gauss-newton").to_dense(),
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_gauss_newton_stays_positive_definite_where_the_hessian_is_not(mlp):
+    with torch.no_grad():
+        for p in mlp.model.parameters():
+            p.mul_(8.0)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(CurvatureError, match="curvature='gauss-newton'"):
+            infl.Influence(mlp.model, mlp.loss_fn, l2=1e-3).fit(mlp.train)
+        inf = infl.Influence(mlp.model, mlp.loss_fn, l2=1e-3, curvature="gauss-newton").fit(mlp.train)
+    v = inf.self_influence()
+    assert torch.isfinite(v).all() and (v <= 1e-12).all()  # -g^T G^{-1} g <= 0 for a PSD G
+
+
+def test_unknown_curvature(logreg):
+    with pytest.raises(InputError, match="unknown curvature 'fisher'; choose one of hessian, gauss-newton"):
+        infl.Influence(logreg.model, logreg.loss_fn, curvature="fisher")
+
+
+def test_smooth_hinge_tends_to_hinge():
+    s = torch.linspace(-2, 3, 51, dtype=torch.float64)
+    y = torch.ones_like(s)
+    for t, tol in ((0.1, 0.07), (1e-3, 7e-4)):
+        assert (smooth_hinge(s, y, t) - torch.clamp(1 - s, min=0)).abs().max() <= tol
+    with pytest.raises(InputError, match="temperature t > 0"):
+        make_smooth_hinge(0.0)
+
+
+def test_svm_with_smooth_hinge_matches_dense_reference():
+    X, c = make_blobs(60, 3, 2, seed=9)
+    Xt, ct = make_blobs(5, 3, 2, seed=10)
+    y, yt = (2 * c - 1).double(), (2 * ct - 1).double()
+    loss = make_smooth_hinge(0.1)
+    model = trained(nn.Linear(3, 1).double(), loss, 0.05, X, y)
+    S = infl.Influence(model, loss, l2=0.05).fit((X, y)).scores((Xt, yt))
+    torch.testing.assert_close(S, dense_scores(model, loss, (X, y), (Xt, yt), 0.05), rtol=1e-7, atol=1e-10)
