@@ -163,3 +163,29 @@ def test_influence_solvers_agree_on_logistic_regression(logreg):
     torch.testing.assert_close(S["cg"], S["exact"], rtol=1e-5, atol=1e-8)
     r = np.corrcoef(S["lissa"].flatten(), S["exact"].flatten())[0, 1]
     assert r > 0.995
+
+
+def test_arnoldi_is_exact_when_the_dropped_spectrum_is_flat():
+    lam = torch.cat([torch.tensor([50.0, 20.0, 9.0, 4.0], dtype=torch.float64), torch.full((26,), 0.3, dtype=torch.float64)])
+    A = torch.diag(lam)  # Hutchinson's trace is exact for a diagonal matrix
+    B = rhs(3, 30)
+    solver = infl.Arnoldi(rank=4).fit(Dense(A))
+    X, info = solver.solve(B)
+    torch.testing.assert_close(X, B / lam, rtol=1e-8, atol=1e-10)
+    assert abs(solver.lam_rest - 0.3) < 1e-8 and "treated as one eigenvalue" in info.note
+
+
+def test_arnoldi_keeping_the_remainder_beats_dropping_it(logreg):
+    obj = make_objective(logreg.model, logreg.loss_fn, logreg.l2, logreg.X[:2])
+    op = curvature_operator(obj, logreg.X, logreg.y, 64)
+    B = rhs(4, obj.p)
+    ref = torch.linalg.solve(op.to_dense(), B.T).T
+    solver = infl.Arnoldi(rank=6, probes=200).fit(op)
+    X, _ = solver.solve(B)
+    dropped = (B @ solver.U.T / solver.lam) @ solver.U
+    assert (X - ref).norm() < 0.5 * (dropped - ref).norm()
+
+
+def test_arnoldi_rank_must_be_below_p():
+    with pytest.raises(InputError, match="rank 30 must be below the number of parameters p = 30"):
+        infl.Arnoldi(rank=30).fit(Dense(spd(30, 10)))

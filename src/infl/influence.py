@@ -15,10 +15,10 @@ from .inputs import batches, to_tensors
 from .linear import CURVATURES, curvature_operator, make_objective
 from .objective import LossFn
 from .operators import Operator
-from .solvers import CG, Exact, LiSSA, SolveInfo
+from .solvers import CG, Arnoldi, Exact, LiSSA, SolveInfo
 
-SOLVERS = {"exact": Exact, "cg": CG, "lissa": LiSSA}
-Solver = Exact | CG | LiSSA
+SOLVERS = {"exact": Exact, "cg": CG, "lissa": LiSSA, "arnoldi": Arnoldi}
+Solver = Exact | CG | LiSSA | Arnoldi
 
 
 def make_solver(solver: str | Solver) -> Solver:

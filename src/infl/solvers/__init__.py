@@ -3,6 +3,7 @@
 Each has fit(op) (work done once) and solve(B) -> (X, SolveInfo), B and X (k, p).
 """
 
+from .arnoldi import Arnoldi
 from .base import SolveInfo
 from .cg import CG, cg
 from .exact import Exact
@@ -10,4 +11,4 @@ from .lissa import LiSSA
 from .nystrom import NystromPreconditioner, nystrom
 from .spectrum import top_eigenvalue
 
-__all__ = ["CG", "Exact", "LiSSA", "NystromPreconditioner", "SolveInfo", "cg", "nystrom", "top_eigenvalue"]
+__all__ = ["Arnoldi", "CG", "Exact", "LiSSA", "NystromPreconditioner", "SolveInfo", "cg", "nystrom", "top_eigenvalue"]
