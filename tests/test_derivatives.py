@@ -96,3 +96,11 @@ def test_pert_loss_matches_finite_differences_in_x(mlp):
             return -(T @ g)
         fd = central_difference(score, mlp.X[i].clone())
         torch.testing.assert_close(P[:, k], fd, rtol=1e-5, atol=1e-7)
+
+
+def test_a_nonlinearity_after_the_head_uses_autodiff(logreg):
+    """ReLU after the last Linear: outputs are not affine in theta even if a probe says so."""
+    model = torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.ReLU()).double()
+    with torch.no_grad():
+        model[0].bias.fill_(50.0)  # the probe lands where ReLU is the identity
+    assert not isinstance(make_objective(model, logreg.loss_fn, 0.05, logreg.X[:2]), LinearObjective)

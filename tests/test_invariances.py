@@ -60,3 +60,16 @@ def test_accepts_numpy_arrays_and_datasets(logreg):
     torch.testing.assert_close(from_numpy.scores((logreg.Xt.numpy(), logreg.yt.numpy())), ref)
     dataset = torch.utils.data.TensorDataset(logreg.X, logreg.y)
     torch.testing.assert_close(infl.Influence(logreg.model, logreg.loss_fn, l2=logreg.l2).fit(dataset).scores(logreg.test), ref)
+
+
+def test_hooked_paths_leave_the_model_as_it_was(logreg):
+    """The closed-form path reads features through a hook; it must be gone afterwards, also after an error."""
+    body = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Tanh()).double().requires_grad_(False)
+    model = torch.nn.Sequential(body, torch.nn.Linear(4, 3).double())
+    inf = infl.Influence(model, logreg.loss_fn, l2=0.05, stationarity_tol=float("inf")).fit(logreg.train)
+    inf.scores(logreg.test)
+    try:
+        inf.scores((logreg.Xt[:, :4], logreg.yt))
+    except infl.InputError:
+        pass
+    assert all(not m._forward_hooks for m in model.modules())

@@ -189,3 +189,32 @@ def test_arnoldi_keeping_the_remainder_beats_dropping_it(logreg):
 def test_arnoldi_rank_must_be_below_p():
     with pytest.raises(InputError, match="rank 30 must be below the number of parameters p = 30"):
         infl.Arnoldi(rank=30).fit(Dense(spd(30, 10)))
+
+
+def test_arnoldi_estimates_the_dropped_spectrum_of_a_dense_operator():
+    gen = torch.Generator().manual_seed(5)
+    Q = torch.linalg.qr(torch.randn(200, 200, generator=gen, dtype=torch.float64)).Q
+    lam = torch.cat([torch.logspace(2, 0, 10, dtype=torch.float64), torch.full((190,), 0.01, dtype=torch.float64)])
+    solver = infl.Arnoldi(rank=10).fit(Dense((Q * lam) @ Q.T))
+    assert abs(solver.lam_rest - 0.01) < 1e-6  # the deflated trace is exact when the rest is flat
+
+
+def test_lissa_on_an_indefinite_operator_raises_instead_of_returning_garbage():
+    A = torch.diag(torch.tensor([1.0, 0.5, -0.05], dtype=torch.float64))
+    with pytest.raises(DivergenceError, match="diverged"):
+        LiSSA(depth=2000, scale=1.2).fit(Dense(A), floor=0.01).solve(torch.ones(1, 3, dtype=torch.float64))
+
+
+def test_a_solver_instance_can_serve_two_influences(logreg, mlp):
+    shared = CG(tol=1e-10)
+    a = infl.Influence(logreg.model, logreg.loss_fn, l2=logreg.l2, solver=shared).fit(logreg.train)
+    b = infl.Influence(mlp.model, mlp.loss_fn, l2=mlp.l2, solver=shared).fit(mlp.train)
+    ref = infl.Influence(logreg.model, logreg.loss_fn, l2=logreg.l2, solver="exact").fit(logreg.train)
+    torch.testing.assert_close(a.scores(logreg.test), ref.scores(logreg.test), rtol=1e-6, atol=1e-9)
+    assert b.scores(mlp.test).shape == (8, 60)
+
+
+def test_self_influence_reports_every_chunk(logreg):
+    inf = infl.Influence(logreg.model, logreg.loss_fn, l2=logreg.l2, solver="cg", batch_size=32).fit(logreg.train)
+    inf.self_influence()
+    assert inf.info.residual.shape == (90,) and inf.info.converged

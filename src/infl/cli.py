@@ -159,7 +159,7 @@ def pick_tests(split: Split, predicted: np.ndarray, count: int = 3) -> list[int]
 
 def explain_points(inf: Influence, split: Split, predicted: np.ndarray, tests: list[int]) -> list[ExplainedPoint]:
     """Scores I_up,loss (n_train,) and test loss for each test index."""
-    X, y = torch.as_tensor(split.X_test[tests]), torch.as_tensor(split.y_test[tests])
+    X, y = inf.test_tensors((split.X_test[tests], split.y_test[tests]))
     scores = inf.scores((X, y)).cpu().numpy()
     obj = inf.objective_
     losses = obj.losses(obj.theta, X, y).detach().cpu().numpy()

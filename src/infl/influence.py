@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from typing import Any, Sequence
@@ -12,7 +13,7 @@ from torch import Tensor, nn
 from .errors import InputError, NotFittedError
 from .grads import iter_grads, mean_grad
 from .inputs import batches, to_tensors
-from .linear import CURVATURES, curvature_operator, make_objective
+from .linear import check_curvature, curvature_operator, make_objective
 from .objective import LossFn
 from .operators import Operator
 from .solvers import CG, Arnoldi, Exact, LiSSA, SolveInfo
@@ -30,7 +31,15 @@ def make_solver(solver: str | Solver) -> Solver:
         return SOLVERS[solver]()
     if not (hasattr(solver, "fit") and hasattr(solver, "solve")):
         raise InputError(f"solver must be a name or an object with fit(op) and solve(B), got {type(solver).__name__}")
-    return solver
+    return copy.deepcopy(solver)  # fitted state belongs to this Influence, not to the caller's object
+
+
+def merge_infos(infos: list[SolveInfo]) -> SolveInfo:
+    """One SolveInfo for solves made in chunks: worst case of each field."""
+    res = [i.residual for i in infos]
+    residual = None if any(r is None for r in res) else torch.cat(res)
+    return SolveInfo(infos[0].method, max(i.iterations for i in infos), residual,
+                     all(i.converged for i in infos), infos[-1].note)
 
 
 def _check_number(name: str, value: float) -> float:
@@ -69,8 +78,7 @@ class Influence:
         self.model, self.loss_fn = model, loss_fn
         self.l2, self.damping = _check_number("l2", l2), _check_number("damping", damping)
         self.solver = make_solver(solver)
-        if curvature not in CURVATURES:
-            raise InputError(f"unknown curvature {curvature!r}; choose one of {', '.join(CURVATURES)}")
+        check_curvature(curvature)
         self.curvature = curvature
         self.batch_size, self.keep_train_grads = batch_size, keep_train_grads
         self.stationarity_tol = stationarity_tol
@@ -78,9 +86,10 @@ class Influence:
     # ----------------------------------------------------------------- fit
     def fit(self, train: Any) -> Influence:
         """Read the training data, build the curvature operator and prepare the solver."""
-        dtype = next(p.dtype for p in self.model.parameters())
-        device = next(p.device for p in self.model.parameters())
-        X, y = to_tensors(train, dtype, device, "train")
+        trainable = [p for p in self.model.parameters() if p.requires_grad] if isinstance(self.model, nn.Module) else []
+        if not trainable:
+            raise InputError("the model has no parameters with requires_grad=True; nothing to differentiate")
+        X, y = to_tensors(train, trainable[0].dtype, trainable[0].device, "train")
         obj = make_objective(self.model, self.loss_fn, self.l2, probe=X[:2])
         obj.check_loss(X[:2], y[:2])
         self.objective_, self.X_train_, self.y_train_ = obj, X, y
@@ -160,8 +169,11 @@ class Influence:
         """
         self._fitted()
         out = torch.empty(self.n_train, dtype=self.objective_.dtype, device=self.objective_.device)
+        infos = []
         for rows, G in self._train_grads():
             out[rows] = -(self._solve(G) * G).sum(1)
+            infos.append(self.info_)
+        self.info_ = merge_infos(infos)
         return out
 
     def up_params(self, indices: Sequence[int] | Tensor) -> Tensor:
@@ -186,7 +198,8 @@ class Influence:
         """I_pert,loss(z_i, z_test) = -grad_x [s_test . grad_theta L((x, y_i), theta_hat)] at x = x_i.
 
         Shape (m, k, *x_shape) for m test points and k training indices: the
-        direction in which moving x_i raises the test loss fastest (to first order).
+        direction in which moving x_i raises the test loss fastest. Moving x_i
+        by delta changes the retrained test loss by about (1/n) I_pert,loss . delta.
         """
         index = self._train_index(train_indices)
         T = self.s_test(test)

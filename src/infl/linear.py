@@ -167,11 +167,32 @@ def make_objective(model: nn.Module, loss_fn: LossFn, l2: float, probe: Tensor |
     finally:
         handle.remove()
     if len(seen) == 1 and seen[0][0].ndim == 2 and seen[0][1] is not None and torch.equal(seen[0][1], out):
-        return LinearObjective(model, loss_fn, l2, head)
+        candidate = LinearObjective(model, loss_fn, l2, head)
+        if _affine_in_theta(candidate, probe):
+            return candidate
     return Objective(model, loss_fn, l2)
 
 
+def _affine_in_theta(obj: LinearObjective, probe: Tensor) -> bool:
+    """True when, at perturbed parameters too, the model's outputs equal W a + b (no nonlinearity after the head)."""
+    gen = torch.Generator().manual_seed(0)
+    scale = obj.theta.abs().mean().clamp_min(1.0)
+    noise = scale * torch.randn(obj.p, generator=gen, dtype=obj.dtype).to(obj.device)
+    for theta in (-obj.theta, obj.theta + noise, -obj.theta + noise):
+        with torch.no_grad():
+            if not torch.allclose(obj.outputs(theta, probe), obj._head_outputs(obj.features(probe), theta)):
+                return False
+    return True
+
+
 CURVATURES = ("hessian", "gauss-newton")
+
+
+def check_curvature(curvature: str) -> str:
+    """The curvature name, or an InputError listing the choices."""
+    if curvature not in CURVATURES:
+        raise InputError(f"unknown curvature {curvature!r}; choose one of {', '.join(CURVATURES)}")
+    return curvature
 
 
 def curvature_operator(obj: Objective, X: Tensor, y: Tensor, batch_size: int, curvature: str = "hessian") -> Operator:
@@ -179,8 +200,7 @@ def curvature_operator(obj: Objective, X: Tensor, y: Tensor, batch_size: int, cu
 
     For outputs affine in theta the two are the same matrix, with closed-form products.
     """
-    if curvature not in CURVATURES:
-        raise InputError(f"unknown curvature {curvature!r}; choose 'hessian' or 'gauss-newton'")
+    check_curvature(curvature)
     if isinstance(obj, LinearObjective):
         return LinearHessian(obj, X, y, batch_size)
     return (Hessian if curvature == "hessian" else GaussNewton)(obj, X, y, batch_size)

@@ -145,8 +145,8 @@ class Objective:
         if out.shape != (X.shape[0],):
             raise InputError(
                 f"loss_fn must return one loss per example, shape ({X.shape[0]},), but returned shape "
-                f"{tuple(out.shape)}; pass a loss with reduction='none', e.g. "
-                "lambda out, y: F.cross_entropy(out, y, reduction='none')"
+                f"{tuple(out.shape)}; use reduction='none' (e.g. lambda out, y: F.cross_entropy(out, y, "
+                "reduction='none')) and sum or squeeze any per-output dimension"
             )
         if not torch.isfinite(out).all():
             raise InputError("loss_fn returned NaN or inf on the data; check the data, the targets and the model")

@@ -125,8 +125,8 @@ class GaussNewton(Hessian):
     """G = (1/n) sum_i J_i^T Lambda_i J_i + l2 * I: the generalised Gauss-Newton matrix.
 
     J_i = d f(x_i) / d theta (outputs by parameters), Lambda_i = d^2 L / d f^2.
-    Positive semi-definite whenever the loss is convex in the outputs, so
-    G + l2 I is positive definite for l2 > 0, whatever the network.
+    Its data part is positive semi-definite whenever the loss is convex in
+    the outputs, so G is positive definite for l2 > 0, whatever the network.
     """
 
     name = "gauss-newton"

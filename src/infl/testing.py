@@ -25,7 +25,8 @@ def dense_scores(model: nn.Module, loss_fn: LossFn, train: tuple[Tensor, Tensor]
                  l2: float = 0.0, damping: float = 0.0) -> Tensor:
     """I_up,loss(z_i, z_test) = -grad L(z_test)^T (H + damping I)^{-1} grad L(z_i), (m, n), by dense solve."""
     obj = Objective(model, loss_fn, l2)
-    H = dense_hessian(model, loss_fn, *train, l2) + damping * torch.eye(obj.p, dtype=obj.dtype)
+    eye = torch.eye(obj.p, dtype=obj.dtype, device=obj.device)
+    H = dense_hessian(model, loss_fn, *train, l2) + damping * eye
     G = obj.per_example_grads(*train)
     Gt = obj.per_example_grads(*test)
     return -Gt @ torch.linalg.solve(H, G.T)
@@ -38,7 +39,8 @@ def logistic_scores(theta: Tensor, X: Tensor, y: Tensor, Xt: Tensor, yt: Tensor,
     H = (1/n) sum_i sigma(theta.x_i) sigma(-theta.x_i) x_i x_i^T + l2 I.
     """
     s = X @ theta
-    H = (X.T * (torch.sigmoid(s) * torch.sigmoid(-s))) @ X / X.shape[0] + l2 * torch.eye(X.shape[1], dtype=X.dtype)
+    eye = torch.eye(X.shape[1], dtype=X.dtype, device=X.device)
+    H = (X.T * (torch.sigmoid(s) * torch.sigmoid(-s))) @ X / X.shape[0] + l2 * eye
     coef_train = y * torch.sigmoid(-y * s)  # (n,)
     coef_test = yt * torch.sigmoid(-yt * (Xt @ theta))  # (m,)
     return -coef_test[:, None] * coef_train[None, :] * (Xt @ torch.linalg.solve(H, X.T))

@@ -68,7 +68,7 @@ def retrain_all(inf: Influence, indices: Sequence[int], tol: float = 1e-10, max_
         active = torch.arange(len(pending))
         for _ in range(max_iter):
             G = grads(Theta[active], W[active])
-            ok = G.abs().amax(1) <= tol
+            ok = (G.abs().amax(1) <= tol).cpu()
             out.update({pending[r]: Theta[r].clone() for r in active[ok].tolist()})
             done(int(ok.sum()))
             active, G = active[~ok], G[~ok]

@@ -6,19 +6,21 @@ A^{-1} b ~= U^T diag(1/lam) U b + (b - U^T U b) / lam_rest,
 
 lam (r,) the top eigenvalues (implicitly restarted Lanczos, ARPACK through
 SciPy, on operator products only) and lam_rest the mean eigenvalue of the
-dropped subspace, (trace(A) - sum(lam)) / (p - r), with trace(A) estimated by
-Hutchinson probes. Peers drop that subspace (1/lam_rest = 0), although the
+dropped subspace, trace(P A P) / (p - r) with P = I - U^T U, estimated by
+random probes projected off the kept eigenvectors (exact when the rest is flat). Peers drop that subspace (1/lam_rest = 0), although the
 small eigenvalues are exactly where the inverse is large.
 """
 
 from __future__ import annotations
+
+import warnings
 
 import numpy as np
 import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import Tensor
 
-from ..errors import InputError
+from ..errors import CurvatureError, InputError
 from ..operators import Operator
 from .base import SolveInfo
 
@@ -45,13 +47,17 @@ class Arnoldi:
         self.op = op
         lam, U = self._top_eigenpairs(op)
         if lam[-1] <= 0:
-            raise InputError(f"the curvature has a non-positive eigenvalue {lam[-1]:.3g} among its top {self.rank}; "
-                             "add damping or use curvature='gauss-newton'")
+            raise CurvatureError(f"the curvature has a non-positive eigenvalue {float(lam[-1]):.3g} among its top "
+                                 f"{self.rank}; add damping or use curvature='gauss-newton'")
         self.lam, self.U = lam, U
-        self.trace_ = self._trace(op)
-        rest = (self.trace_ - float(lam.sum())) / (op.p - self.rank)
-        self.lam_rest = max(rest, float(lam[-1]) * 1e-6)
-        self.captured_ = float(lam.sum()) / self.trace_
+        rest = self._mean_dropped_eigenvalue(op)
+        rest_trace = rest * (op.p - self.rank)
+        if not 0 < rest <= float(lam[-1]):
+            warnings.warn(f"Arnoldi's estimate {rest:.3g} of the mean dropped eigenvalue lies outside (0, "
+                          f"{float(lam[-1]):.3g}]; clamped. Raise probes, or use solver='cg'", stacklevel=2)
+            rest = min(max(rest, 1e-3 * float(lam[-1])), float(lam[-1]))
+        self.lam_rest = rest
+        self.captured_ = float(lam.sum()) / (float(lam.sum()) + max(rest_trace, 0.0))
         return self
 
     def _top_eigenpairs(self, op: Operator) -> tuple[Tensor, Tensor]:
@@ -66,10 +72,12 @@ class Arnoldi:
         lam_t = torch.as_tensor(lam[order], dtype=op.dtype, device=op.device)
         return lam_t, torch.as_tensor(vecs[:, order].T.copy(), dtype=op.dtype, device=op.device)
 
-    def _trace(self, op: Operator) -> float:
+    def _mean_dropped_eigenvalue(self, op: Operator) -> float:
+        """trace(P A P) / (p - r), P = I - U^T U, as sum z^T A z / sum z^T z over random probes z = P w."""
         gen = torch.Generator().manual_seed(self.seed + 1)
         Z = (torch.randint(0, 2, (self.probes, op.p), generator=gen) * 2 - 1).to(op.dtype).to(op.device)
-        return float((Z * op.matmat(Z)).sum() / self.probes)
+        Z = Z - (Z @ self.U.T) @ self.U
+        return float((Z * op.matmat(Z)).sum() / Z.square().sum())
 
     def solve(self, B: Tensor) -> tuple[Tensor, SolveInfo]:
         """X (k, p) ~= A^{-1} b for each row b of B (k, p)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 
@@ -35,4 +36,4 @@ class SolveInfo:
 
 def relative_residual(AX: Tensor, B: Tensor) -> Tensor:
     """||A x - b|| / ||b|| for each row pair of AX and B (k, p) -> (k,); 0 where b = 0."""
-    return (AX - B).norm(dim=1) / B.norm(dim=1).clamp_min(1e-300)
+    return (AX - B).norm(dim=1) / B.norm(dim=1).clamp_min(torch.finfo(B.dtype).tiny)

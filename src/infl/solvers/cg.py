@@ -30,7 +30,7 @@ def cg(matmat: MatMat, B: Tensor, *, tol: float = 1e-6, max_iter: int = 1000,
     M = precond or (lambda R: R)
     X = torch.zeros_like(B)
     R = B.clone()
-    bnorm = B.norm(dim=1).clamp_min(1e-300)
+    bnorm = B.norm(dim=1).clamp_min(torch.finfo(B.dtype).tiny)
     active = torch.nonzero(R.norm(dim=1) > tol * bnorm).squeeze(1)
     Z = M(R[active])
     P = Z.clone()

@@ -53,6 +53,7 @@ class LiSSA:
         """Choose scale and depth for op; floor is a known lower bound on its eigenvalues."""
         self.op, self.floor = op, floor
         self.n = op.n if hasattr(op, "subset") else 0
+        self.capped_ = False
         self.scale_ = self.scale if self.scale is not None else 1.2 * self._sampled_top()
         self.depth_ = self.depth if self.depth is not None else self._auto_depth()
         return self
@@ -79,6 +80,7 @@ class LiSSA:
                 f"floor {self.floor:.3g}) but max_depth={self.max_depth}; the result keeps a truncation error of "
                 f"about {rate ** self.max_depth:.2g}. Raise max_depth or damping, or use solver='cg'", stacklevel=3)
             depth = self.max_depth
+        self.capped_ = self.depth is None and depth == self.max_depth
         return depth
 
     def solve(self, B: Tensor) -> tuple[Tensor, SolveInfo]:
@@ -91,15 +93,17 @@ class LiSSA:
         bound = (1 - self.floor / self.scale_) ** self.depth_ if self.floor > 0 else float("nan")
         note = f"scale {self.scale_:.4g}, depth {self.depth_}, repeats {self.repeats}, " \
                f"batch {self.batch_size}; truncation bound {bound:.2g}"
-        return X, SolveInfo(self.name, self.depth_ * self.repeats, None, True, note)
+        return X, SolveInfo(self.name, self.depth_ * self.repeats, None, not self.capped_, note)
 
     def _one_run(self, B: Tensor, gen: torch.Generator) -> Tensor:
         H = B.clone()
-        limit = 10 * B.norm(dim=1).clamp_min(1e-300)
+        bnorm = B.norm(dim=1)
+        # converging, ||h_j|| <= (j + 1) ||b|| and, with eigenvalues >= floor, <= (scale / floor) ||b||
+        bound = 4 * self.scale_ / self.floor if self.floor > 0 else float("inf")
         for j in range(self.depth_):
             H = B + H - self._sample(gen).matmat(H) / self.scale_
             norms = H.norm(dim=1)
-            if not torch.isfinite(norms).all() or (norms > limit * (j + 2)).any():
+            if not torch.isfinite(norms).all() or (norms > bnorm * min(10 * (j + 2), bound)).any():
                 raise DivergenceError(
                     f"LiSSA diverged at step {j + 1} of {self.depth_}: the iterates grew past {float(norms.max()):.3g}. "
                     f"The scale {self.scale_:.3g} is below half the largest eigenvalue of a sampled curvature, or the "
