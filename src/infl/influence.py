@@ -60,10 +60,12 @@ class Influence:
         loss_fn: loss_fn(outputs, targets) -> per-example losses (b,).
         l2: weight decay the model was trained with (part of H).
         damping: extra multiple of I added to H (not part of the objective).
-        solver: 'exact', 'cg', 'lissa' or a configured Exact / CG / LiSSA.
-        curvature: 'hessian' (of R), or 'gauss-newton' (J^T Lambda J + l2 I,
-            PSD by construction: for non-convex models or ones not trained
-            to convergence). The same matrix when outputs are affine in theta.
+        solver: 'exact', 'cg', 'lissa', 'arnoldi' or a configured instance
+            (copied: its fitted state belongs to this Influence).
+        curvature: 'hessian' (of R), or 'gauss-newton'
+            ((1/n) sum_i J_i^T Lambda_i J_i + l2 I, PSD by construction: for
+            non-convex models or ones not trained to convergence). The same
+            matrix when outputs are affine in theta.
         batch_size: examples per vectorised gradient chunk; bounds memory.
         keep_train_grads: hold all n x p training gradients in memory after
             fit (faster repeated queries) instead of recomputing them per query.
@@ -71,8 +73,8 @@ class Influence:
     """
 
     def __init__(self, model: nn.Module, loss_fn: LossFn, *, l2: float = 0.0, damping: float = 0.0,
-                 solver: str | Solver = "exact", curvature: str = "hessian", batch_size: int = 512, keep_train_grads: bool = False,
-                 stationarity_tol: float = 1e-3) -> None:
+                 solver: str | Solver = "exact", curvature: str = "hessian", batch_size: int = 512,
+                 keep_train_grads: bool = False, stationarity_tol: float = 1e-3) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.model, self.loss_fn = model, loss_fn
@@ -86,6 +88,7 @@ class Influence:
     # ----------------------------------------------------------------- fit
     def fit(self, train: Any) -> Influence:
         """Read the training data, build the curvature operator and prepare the solver."""
+        self.__dict__.pop("curvature_", None)  # a failed re-fit must not leave the old solver usable
         trainable = [p for p in self.model.parameters() if p.requires_grad] if isinstance(self.model, nn.Module) else []
         if not trainable:
             raise InputError("the model has no parameters with requires_grad=True; nothing to differentiate")
@@ -99,11 +102,12 @@ class Influence:
                 f"the model is not at a stationary point of the training objective: ||grad R|| = "
                 f"{self.grad_norm_:.3g} (l2={self.l2:g}). Influence assumes theta_hat minimises R; train longer, "
                 "check that l2 matches the training weight decay, or add damping", stacklevel=2)
-        self.curvature_: Operator = curvature_operator(obj, X, y, self.batch_size, self.curvature) + self.damping
+        op = curvature_operator(obj, X, y, self.batch_size, self.curvature) + self.damping
         if isinstance(self.solver, LiSSA):
-            self.solver.fit(self.curvature_, floor=self.l2 + self.damping)
+            self.solver.fit(op, floor=self.l2 + self.damping)
         else:
-            self.solver.fit(self.curvature_)
+            self.solver.fit(op)
+        self.curvature_: Operator = op
         self.train_grads_ = self._stack_train_grads() if self.keep_train_grads else None
         return self
 
