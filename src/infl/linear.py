@@ -15,9 +15,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, hessian, vmap
 
+from .errors import InputError
 from .inputs import batches
 from .objective import LossFn, Objective
-from .errors import InputError
 from .operators import GaussNewton, Hessian, Operator
 
 
