@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .data import BUILTINS, DataError, Split, load_builtin, load_file
+from .data import BUILTINS, DataError, Split, file_kind, load_builtin, load_file
 from .errors import InflError
 from .influence import SOLVERS, Influence
 from .objective import Objective
@@ -73,17 +73,9 @@ def prepare_out(out: Path, force: bool, inputs: Sequence[Path]) -> Path:
     return out
 
 
-def _file_kind(path: Path) -> str:
-    """"csv", "npz", "idx" (IDX images: *.idx*, *-ubyte, optionally .gz) or "other", from the file name."""
-    name = path.name.lower()
-    if name.endswith((".csv", ".npz")):
-        return name[-3:]
-    return "idx" if name.removesuffix(".gz").endswith("ubyte") or ".idx" in name else "other"
-
-
 def _load_file(path: Path, label_column: str | None, labels: Path | None, flag: str) -> tuple[np.ndarray, np.ndarray]:
     """X (n, d), y (n,) from `path`, with --label-column for CSV and --labels for IDX images."""
-    kind = _file_kind(path)
+    kind = file_kind(path)
     if label_column is not None and kind != "csv":
         raise click.ClickException(f"--label-column applies to CSV files, but {flag} {path} is not a .csv file.")
     if kind == "idx" and labels is None:

@@ -139,15 +139,23 @@ def load_file(path: str | Path, **options: str | Path) -> tuple[np.ndarray, np.n
     return load_idx(path, options["labels_path"])
 
 
-def _kind(path: Path) -> str:
-    """Name the format of `path` from its suffix: "npz", "csv" or "idx"."""
-    name = path.name.lower()
+def file_kind(path: str | Path) -> str | None:
+    """The format of `path` from its name: "npz", "csv", "idx" (*.idx*, *-ubyte, optionally .gz), or None."""
+    name = Path(path).name.lower()
     if name.endswith(".npz"):
         return "npz"
     if name.endswith(".csv"):
         return "csv"
     if name.removesuffix(".gz").endswith("ubyte") or ".idx" in name:
         return "idx"
+    return None
+
+
+def _kind(path: Path) -> str:
+    """file_kind, or a DataError saying which names are understood."""
+    kind = file_kind(path)
+    if kind is not None:
+        return kind
     raise DataError(
         f"{path}: cannot tell the format from the file name; expected a .npz, .csv, "
         ".idx or *-ubyte file (optionally .gz for IDX). Rename it or call the loader directly."

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import InputError, NotFittedError
-from .grads import iter_grads, mean_grad
+from .grads import iter_grads, mean_grad, stack_grads
 from .inputs import batches, to_tensors
 from .linear import check_curvature, curvature_operator, make_objective
 from .objective import LossFn
@@ -108,7 +108,7 @@ class Influence:
         else:
             self.solver.fit(op)
         self.curvature_: Operator = op
-        self.train_grads_ = self._stack_train_grads() if self.keep_train_grads else None
+        self.train_grads_ = stack_grads(obj, X, y, self.batch_size) if self.keep_train_grads else None
         return self
 
     def _fitted(self) -> None:
@@ -119,9 +119,6 @@ class Influence:
     def n_train(self) -> int:
         self._fitted()
         return self.X_train_.shape[0]
-
-    def _stack_train_grads(self) -> Tensor:
-        return torch.cat([g for _, g in iter_grads(self.objective_, self.X_train_, self.y_train_, self.batch_size)])
 
     def _train_grads(self) -> Any:
         """Iterate (rows, grads (b, p)) over the training set, from memory if kept."""
@@ -143,7 +140,7 @@ class Influence:
     def test_grads(self, test: Any) -> Tensor:
         """grad_theta L(z_test, theta_hat) for each test point, (m, p)."""
         X, y = self.test_tensors(test)
-        return torch.cat([g for _, g in iter_grads(self.objective_, X, y, self.batch_size)])
+        return stack_grads(self.objective_, X, y, self.batch_size)
 
     def _solve(self, B: Tensor) -> Tensor:
         X, self.info_ = self.solver.solve(B)

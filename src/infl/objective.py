@@ -125,14 +125,6 @@ class Objective:
 
         return vmap(one)(V)
 
-    def data_hessian(self, X: Tensor, y: Tensor, block: int = 256) -> Tensor:
-        """sum_i grad^2 L(z_i, theta_hat) as a dense (p, p) matrix (no 1/n, no l2)."""
-        out = torch.empty(self.p, self.p, dtype=self.dtype, device=self.device)
-        eye = torch.eye(self.p, dtype=self.dtype, device=self.device)
-        for start in range(0, self.p, block):
-            out[start:start + block] = self.data_hvp(eye[start:start + block], X, y)
-        return (out + out.T) / 2
-
     def check_loss(self, X: Tensor, y: Tensor) -> None:
         """Check on a batch that loss_fn returns one finite loss per example."""
         try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-
 from torch.func import hessian, jvp, vjp, vmap
 
 from .inputs import batches
@@ -105,20 +104,16 @@ class Hessian(Operator):
     def matmat(self, V: Tensor) -> Tensor:
         out = self.obj.l2 * V
         for rows in batches(self.n, self.batch_size):
-            out = out + self.obj.data_hvp(V, self.X[rows], self.y[rows]) / self.n
+            out = out + self._data_product(V, self.X[rows], self.y[rows]) / self.n
         return out
 
-    def to_dense(self, block: int = 256) -> Tensor:
-        H = torch.zeros(self.p, self.p, dtype=self.dtype, device=self.device)
-        for rows in batches(self.n, self.batch_size):
-            H += self.obj.data_hessian(self.X[rows], self.y[rows], block)
-        H /= self.n
-        H.diagonal().add_(self.obj.l2)
-        return H
+    def _data_product(self, V: Tensor, X: Tensor, y: Tensor) -> Tensor:
+        """The data part, summed (no 1/n, no l2), times each row of V: (k, p)."""
+        return self.obj.data_hvp(V, X, y)
 
     def subset(self, index: Tensor) -> Hessian:
         """The same curvature over the examples `index` only (mean over them, same l2)."""
-        return Hessian(self.obj, self.X[index], self.y[index], self.batch_size)
+        return type(self)(self.obj, self.X[index], self.y[index], self.batch_size)
 
 
 class GaussNewton(Hessian):
@@ -131,13 +126,7 @@ class GaussNewton(Hessian):
 
     name = "gauss-newton"
 
-    def matmat(self, V: Tensor) -> Tensor:
-        out = self.obj.l2 * V
-        for rows in batches(self.n, self.batch_size):
-            out = out + self._data_ggn(V, self.X[rows], self.y[rows]) / self.n
-        return out
-
-    def _data_ggn(self, V: Tensor, X: Tensor, y: Tensor) -> Tensor:
+    def _data_product(self, V: Tensor, X: Tensor, y: Tensor) -> Tensor:
         obj = self.obj
         f = lambda theta: obj.outputs(theta, X)  # noqa: E731
         F0, pullback = vjp(f, obj.theta)
@@ -147,9 +136,3 @@ class GaussNewton(Hessian):
         Lam = vmap(hessian(one))(F0.reshape(b, m), y).reshape(b, m, m)
         U = torch.einsum("bcm,kbm->kbc", Lam, JV.reshape(V.shape[0], b, m)).reshape(JV.shape)
         return vmap(pullback)(U)[0]
-
-    def to_dense(self, block: int = 256) -> Tensor:
-        return Operator.to_dense(self, block)
-
-    def subset(self, index: Tensor) -> GaussNewton:
-        return GaussNewton(self.obj, self.X[index], self.y[index], self.batch_size)
