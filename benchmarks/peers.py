@@ -8,8 +8,9 @@ infl's convention (shared/MATH.md):
 
     S[t, i] = I_up,loss(z_i, z_test_t) = -grad L(z_test_t)^T H^{-1} grad L(z_i),
 
-H the Hessian of R = mean_i CE(W x_i + b, y_i) + (l2/2)||(W, b)||^2 and grad L the
-per-example unregularised cross-entropy gradient. Usage:
+H the Hessian of R = mean_i CE(f(x_i), y_i) + (l2/2)||theta||^2 and grad L the
+per-example unregularised cross-entropy gradient; f is the task's Linear (W, b) or,
+when the task holds W1, b1, W2, b2, a Linear-Tanh-Linear network. Usage:
 
     python benchmarks/peers.py --task TASK.npz --out RESULT.npz [--methods a,b] [--reference]
     python benchmarks/peers.py --selftest
@@ -36,7 +37,8 @@ VPY = VENV / "bin" / "python"
 TORCH_PIN = "torch==2.13.0"  # the CPU build; an unpinned torch pulls CUDA wheels
 PEER_REQS = {"pydvl": ["pydvl[influence]==0.10.*"], "kronfluence": ["kronfluence==1.0.*"]}
 PEER_MODULE = {"pydvl": "pydvl.influence.torch", "kronfluence": "kronfluence.analyzer"}
-METHODS = {"pydvl_cg": "pydvl", "pydvl_direct": "pydvl", "kronfluence_ekfac": "kronfluence"}
+METHODS = {"pydvl_cg": "pydvl", "pydvl_direct": "pydvl", "pydvl_arnoldi": "pydvl", "kronfluence_ekfac": "kronfluence"}
+ARNOLDI_RANK = 100  # infl.Arnoldi's default; pyDVL's own default is 10
 # pyDVL stops block CG when ||r_j|| <= max(rtol**2 * ||b_j||, atol**2) (it squares both).
 CG_RTOL, CG_ATOL, CG_MAXITER = 1e-5, 1e-7, 2000
 
@@ -83,7 +85,7 @@ def run_pydvl(method: str, model: Any, d: dict, l2: float, bs: int) -> tuple[Any
     """pyDVL returns <H^{-1} g_test, g_train> with H = batch-averaged Hessian + l2 I."""
     import torch.nn.functional as F
     from pydvl.influence import InfluenceMode
-    from pydvl.influence.torch import CgInfluence, DirectInfluence
+    from pydvl.influence.torch import ArnoldiInfluence, CgInfluence, DirectInfluence
     from torch.utils.data import DataLoader, TensorDataset
 
     loader = DataLoader(TensorDataset(d["X_train"], d["y_train"]), batch_size=bs)
@@ -91,6 +93,9 @@ def run_pydvl(method: str, model: Any, d: dict, l2: float, bs: int) -> tuple[Any
         inf = CgInfluence(model, F.cross_entropy, regularization=l2, rtol=CG_RTOL, atol=CG_ATOL,
                           maxiter=CG_MAXITER, solve_simultaneously=True)
         how = f"block CG (solve_simultaneously=True, rtol={CG_RTOL}, atol={CG_ATOL})"
+    elif method == "pydvl_arnoldi":
+        inf = ArnoldiInfluence(model, F.cross_entropy, regularization=l2, rank=ARNOLDI_RANK)
+        how = f"Arnoldi, rank {ARNOLDI_RANK}, dropped eigen-directions ignored"
     else:
         inf = DirectInfluence(model, F.cross_entropy, regularization=l2)
         how = "dense Hessian + torch.linalg.solve"
@@ -132,14 +137,16 @@ def run_kronfluence(model: Any, d: dict, l2: float, bs: int, damping: str) -> tu
         sargs.damping_factor = None if sargs.damping_factor is None else float(sargs.damping_factor)
     task, train = CETask(), TensorDataset(d["X_train"], d["y_train"])
     query = TensorDataset(d["X_test"], d["y_test"])
-    model = prepare_model(torch.nn.Sequential(model), task)  # a bare root Linear recurses forever
+    if not isinstance(model, torch.nn.Sequential):
+        model = torch.nn.Sequential(model)  # a bare root Linear recurses forever in prepare_model
+    model = prepare_model(model, task)
     with tempfile.TemporaryDirectory() as tmp:
         an = Analyzer("peers", model, task, cpu=True, disable_tqdm=True, output_dir=tmp, log_level=40)
         an.fit_all_factors("f", train, per_device_batch_size=bs, factor_args=fargs, overwrite_output_dir=True)
         an.compute_pairwise_scores("s", "f", query, train, per_device_query_batch_size=len(query),
                                    per_device_train_batch_size=bs, score_args=sargs, overwrite_output_dir=True)
         raw = an.load_pairwise_scores("s")["all_modules"]
-    notes = (f"float64 model and factors; EK-FAC of the true Fisher (sampled labels, seed 0; = GGN = H here), "
+    notes = (f"float64 model and factors; EK-FAC of the true Fisher (sampled labels, seed 0; = GGN, = H for a linear model), "
              f"sum-reduced CE, covariances averaged per example (same scale as H); damping_factor="
              f"{sargs.damping_factor} ({damping}; None = 0.1*mean eigenvalue) instead of l2*I (l2={l2}); "
              f"approximate curvature; kronfluence returns +g_test^T (F+damping)^-1 g_train; S = -raw")
@@ -178,6 +185,23 @@ def dense_reference(t: dict) -> tuple[Any, str]:
     return S, "float64 numpy; closed-form softmax-regression Hessian, Cholesky solve"
 
 
+def task_model(t: dict) -> Any:
+    """The task's float64 model: a Linear (W, b), or Linear-Tanh-Linear when the task holds W1, b1, W2, b2."""
+    import torch
+
+    if "W1" in t:
+        model = torch.nn.Sequential(torch.nn.Linear(t["W1"].shape[1], t["W1"].shape[0]), torch.nn.Tanh(),
+                                    torch.nn.Linear(t["W2"].shape[1], t["W2"].shape[0])).double()
+        weights = [t["W1"], t["b1"], t["W2"], t["b2"]]
+    else:
+        model = torch.nn.Linear(t["W"].shape[1], t["W"].shape[0]).double()
+        weights = [t["W"], t["b"]]
+    with torch.no_grad():
+        for param, value in zip(model.parameters(), weights):
+            param.copy_(torch.from_numpy(value))
+    return model
+
+
 def child(method: str, task_path: str, out_path: str, bs: int, damping: str) -> None:
     """Run one method on the task (inside the venv) and save its timings and scores."""
     import numpy as np
@@ -198,10 +222,7 @@ def child(method: str, task_path: str, out_path: str, bs: int, damping: str) -> 
         torch.func.vmap(torch.func.grad(lambda x: (x * x).sum()))(torch.ones(2, 2))  # nor torch.func's lazy imports
         torch.manual_seed(0)
         d = {k: torch.from_numpy(t[k]) for k in ("X_train", "y_train", "X_test", "y_test")}
-        model = torch.nn.Linear(t["W"].shape[1], t["W"].shape[0]).double()
-        with torch.no_grad():
-            model.weight.copy_(torch.from_numpy(t["W"]))
-            model.bias.copy_(torch.from_numpy(t["b"]))
+        model = task_model(t)
         rss0, c0, t0 = current_rss_kib(), cpu_seconds(), time.perf_counter()
         if method == "kronfluence_ekfac":
             S, notes = run_kronfluence(model, d, l2, bs, damping)

@@ -94,31 +94,15 @@ def peers(out: Path) -> list[dict]:
     """Run benchmarks/peers.py on the same task; [] when it cannot run."""
     import torch
 
-    from task import mnist_task
+    from task import mnist_task, run_peers
 
     task = mnist_task(cache=out / "mnist_theta.pt")
     W, b = task.model.weight.detach().numpy(), task.model.bias.detach().numpy()
     path = out / "peers_task.npz"
     np.savez(path, X_train=task.X.numpy(), y_train=task.y.numpy(), X_test=task.Xt[:100].numpy(),
              y_test=task.yt[:100].numpy(), W=W, b=b, l2=np.float64(task.l2))
-    result = out / "peers_result.npz"
-    proc = subprocess.run([sys.executable, str(HERE / "peers.py"), "--task", str(path), "--out", str(result),
-                           "--kron-damping", "l2"])
-    if proc.returncode != 0 or not result.exists():
-        print("peers could not run; see the messages above", file=sys.stderr)
-        return []
-    data = np.load(result)
-    rows = []
-    for key in data.files:
-        if key.endswith("__scores"):
-            name = key[: -len("__scores")]
-            if name == "dense_reference":
-                continue
-            np.save(out / f"scores_{name}.npy", data[key])
-            rows.append({"method": name, "seconds": float(data[f"{name}__seconds"]),
-                         "peak_rss_mib": float(data[f"{name}__peak_rss_kib"]) / 1024})
     del torch
-    return rows
+    return run_peers(path, out, "pydvl_cg,pydvl_direct,kronfluence_ekfac")
 
 
 def main() -> None:

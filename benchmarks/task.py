@@ -3,6 +3,8 @@ regression (l2 = 0.01) on the built-in MNIST split (4,000 train / 1,000 test).""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,3 +67,26 @@ def misclassified(task: Task, k: int) -> list[int]:
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
+
+
+def run_peers(task_npz: Path, out: Path, methods: str) -> list[dict]:
+    """Run benchmarks/peers.py on a saved task; save each peer's scores as out/scores_<method>.npy.
+
+    Returns rows {method, seconds, peak_rss_mib}; [] when the peers cannot run.
+    """
+    result = out / "peers_result.npz"
+    result.unlink(missing_ok=True)
+    proc = subprocess.run([sys.executable, str(Path(__file__).parent / "peers.py"), "--task", str(task_npz),
+                           "--out", str(result), "--kron-damping", "l2", "--methods", methods])
+    if proc.returncode != 0 or not result.exists():
+        print("peers could not run; see the messages above", file=sys.stderr)
+        return []
+    data = np.load(result)
+    rows = []
+    for key in data.files:
+        if key.endswith("__scores") and key != "dense_reference__scores":
+            name = key[: -len("__scores")]
+            np.save(out / f"scores_{name}.npy", data[key])
+            rows.append({"method": name, "seconds": float(data[f"{name}__seconds"]),
+                         "peak_rss_mib": float(data[f"{name}__peak_rss_kib"]) / 1024})
+    return rows

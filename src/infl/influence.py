@@ -16,14 +16,14 @@ from .inputs import batches, to_tensors
 from .linear import check_curvature, curvature_operator, make_objective
 from .objective import LossFn
 from .operators import Operator
-from .solvers import CG, Arnoldi, Exact, LiSSA, SolveInfo
+from .solvers import CG, EKFAC, KFAC, Arnoldi, Exact, LiSSA, SolveInfo
 
-SOLVERS = {"exact": Exact, "cg": CG, "lissa": LiSSA, "arnoldi": Arnoldi}
-Solver = Exact | CG | LiSSA | Arnoldi
+SOLVERS = {"exact": Exact, "cg": CG, "lissa": LiSSA, "arnoldi": Arnoldi, "kfac": KFAC, "ekfac": EKFAC}
+Solver = Exact | CG | LiSSA | Arnoldi | EKFAC
 
 
 def make_solver(solver: str | Solver) -> Solver:
-    """A solver instance from a name ('exact', 'cg', 'lissa') or an instance with default settings."""
+    """A solver instance from a name (a key of SOLVERS, default settings) or a configured instance."""
     if isinstance(solver, str):
         if solver not in SOLVERS:
             raise InputError(f"unknown solver {solver!r}; choose one of {', '.join(SOLVERS)} "
@@ -60,7 +60,7 @@ class Influence:
         loss_fn: loss_fn(outputs, targets) -> per-example losses (b,).
         l2: weight decay the model was trained with (part of H).
         damping: extra multiple of I added to H (not part of the objective).
-        solver: 'exact', 'cg', 'lissa', 'arnoldi' or a configured instance
+        solver: 'exact', 'cg', 'lissa', 'arnoldi', 'kfac', 'ekfac' or a configured instance
             (copied: its fitted state belongs to this Influence).
         curvature: 'hessian' (of R), or 'gauss-newton'
             ((1/n) sum_i J_i^T Lambda_i J_i + l2 I, PSD by construction: for

@@ -94,7 +94,7 @@ class LinearHessian(Operator):
 
     def __init__(self, obj: LinearObjective, X: Tensor, y: Tensor, batch_size: int = 1024,
                  cache: tuple[Tensor, Tensor] | None = None) -> None:
-        self.obj, self.batch_size = obj, batch_size
+        self.obj, self.batch_size, self.X, self.y = obj, batch_size, X, y
         self.p, self.dtype, self.device = obj.p, obj.dtype, obj.device
         if cache is None:
             parts = [(obj.features(X[r]), obj.out_hessians(X[r], y[r])) for r in batches(X.shape[0], batch_size)]

@@ -132,7 +132,13 @@ class GaussNewton(Hessian):
         F0, pullback = vjp(f, obj.theta)
         JV = vmap(lambda v: jvp(f, (obj.theta,), (v,))[1])(V)  # (k, b, *out)
         b, m = F0.shape[0], F0[0].numel()
-        one = lambda fi, yi: obj.loss_fn(fi.view(1, *F0.shape[1:]), yi.unsqueeze(0)).squeeze(0)  # noqa: E731
-        Lam = vmap(hessian(one))(F0.reshape(b, m), y).reshape(b, m, m)
+        Lam = output_hessians(obj.loss_fn, F0, y)
         U = torch.einsum("bcm,kbm->kbc", Lam, JV.reshape(V.shape[0], b, m)).reshape(JV.shape)
         return vmap(pullback)(U)[0]
+
+
+def output_hessians(loss_fn, F: Tensor, y: Tensor) -> Tensor:
+    """Lambda_i = d^2 L(f_i, y_i) / d f_i^2 for outputs F (b, *out) -> (b, m, m), m = outputs per example."""
+    b, m = F.shape[0], F[0].numel()
+    one = lambda fi, yi: loss_fn(fi.view(1, *F.shape[1:]), yi.unsqueeze(0)).squeeze(0)  # noqa: E731
+    return vmap(hessian(one))(F.detach().reshape(b, m), y).reshape(b, m, m)

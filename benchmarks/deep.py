@@ -1,0 +1,152 @@
+"""Solvers on a network too large for a dense Hessian: an MLP of ~100k parameters.
+
+Task: the built-in MNIST (4,000 train / first 100 test points), a
+784-128-10 tanh MLP (p = 101,770) trained with L-BFGS to a stationary point of
+R = mean CE + (l2/2)||theta||^2 (cached in benchmarks/out). Reference: CG on the
+Hessian to a relative residual of 1e-10. Each method computes the 100 x 4,000
+score matrix in its own subprocess (wall time from fit to scores; training,
+imports and torch.func's lazy imports excluded), then the script prints its time,
+the ratio against infl's CG (and each peer's ratio against the method), and its
+Pearson and Spearman correlation with the reference (mean over test points, and
+over all pairs).
+
+    python benchmarks/deep.py [--l2 1e-3] [--methods ...] [--no-peers]
+
+Peers (pyDVL 0.10 CG and Arnoldi rank 100 on the Hessian, kronfluence 1.0 EK-FAC
+with damping l2) run through benchmarks/peers.py in their own environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import spearmanr
+
+HERE = Path(__file__).resolve().parent
+OURS = ["cg", "arnoldi", "ekfac", "kfac", "cg-gauss-newton"]
+PEERS = "pydvl_cg,pydvl_arnoldi,kronfluence_ekfac"
+HIDDEN = 128
+
+
+def task(out: Path, l2: float):
+    """The trained MLP and data (float64), training cached per l2."""
+    import torch
+    from torch import nn
+
+    from infl.data import load_builtin
+    from infl.objective import Objective
+    from infl.train import assign, minimize
+    from task import cross_entropy
+
+    split = load_builtin("mnist")
+    X, y = torch.tensor(split.X_train), torch.tensor(split.y_train)
+    Xt, yt = torch.tensor(split.X_test[:100]), torch.tensor(split.y_test[:100])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(X.shape[1], HIDDEN), nn.Tanh(), nn.Linear(HIDDEN, split.classes)).double()
+    obj = Objective(model, cross_entropy, l2)
+    cache = out / f"mlp_theta_l2_{l2:g}.pt"
+    if cache.exists():
+        theta = torch.load(cache)
+    else:
+        theta = minimize(obj, X, y, tol=1e-6, max_iter=1500)
+        torch.save(theta, cache)
+    assign(model, obj, theta)
+    return model, (X, y), (Xt, yt)
+
+
+def run_one(method: str, out: Path, l2: float) -> None:
+    """Child: one method's score matrix, saved with a JSON line of figures."""
+    import torch
+
+    import infl
+    from task import cross_entropy
+
+    model, train, test = task(out, l2)
+    torch.func.vmap(torch.func.grad(lambda x: (x * x).sum()))(torch.ones(2, 2))  # lazy imports: untimed
+    solver, curvature = method, "hessian"
+    if method == "reference":
+        solver = infl.CG(tol=1e-10, max_iter=5000)
+    elif method.endswith("-gauss-newton"):
+        solver, curvature = method.split("-")[0], "gauss-newton"
+    t0 = time.perf_counter()
+    inf = infl.Influence(model, cross_entropy, l2=l2, solver=solver, curvature=curvature, stationarity_tol=1e-3)
+    S = inf.fit(train).scores(test)
+    seconds = time.perf_counter() - t0
+    np.save(out / f"deep_scores_{method}.npy", S.numpy())
+    print(json.dumps({"method": method, "seconds": seconds, "note": inf.info.note,
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def child(method: str, out: Path, l2: float) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--one", method, "--out", str(out), "--l2", str(l2)],
+                          capture_output=True, text=True, cwd=HERE)
+    if proc.returncode != 0:
+        print(proc.stderr[-3000:], file=sys.stderr)
+        raise SystemExit(f"{method} failed")
+    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"  {method}: {row['seconds']:.1f} s  {row['note']}", flush=True)
+    return row
+
+
+def peers(out: Path, l2: float) -> list[dict]:
+    """The same task through pyDVL and kronfluence (benchmarks/peers.py)."""
+    from task import run_peers
+
+    model, (X, y), (Xt, yt) = task(out, l2)
+    W1, b1, W2, b2 = (p.detach().numpy() for p in model.parameters())
+    path = out / "deep_peers_task.npz"
+    np.savez(path, X_train=X.numpy(), y_train=y.numpy(), X_test=Xt.numpy(), y_test=yt.numpy(),
+             W1=W1, b1=b1, W2=W2, b2=b2, l2=np.float64(l2))
+    rows = run_peers(path, out, PEERS)
+    for r in rows:
+        (out / f"scores_{r['method']}.npy").rename(out / f"deep_scores_{r['method']}.npy")
+    return rows
+
+
+def agreement(S: np.ndarray, ref: np.ndarray) -> tuple[float, float, float, float]:
+    """Mean per-test-point Pearson and Spearman, then both over all pairs."""
+    pr = np.mean([np.corrcoef(s, r)[0, 1] for s, r in zip(S, ref)])
+    sr = np.mean([spearmanr(s, r)[0] for s, r in zip(S, ref)])
+    return pr, sr, np.corrcoef(S.ravel(), ref.ravel())[0, 1], spearmanr(S.ravel(), ref.ravel())[0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, default=HERE / "out")
+    ap.add_argument("--l2", type=float, default=1e-3)
+    ap.add_argument("--methods", default=",".join(OURS))
+    ap.add_argument("--no-peers", action="store_true")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.one:
+        return run_one(args.one, args.out, args.l2)
+    print("training / loading the MLP ...", flush=True)
+    task(args.out, args.l2)
+    rows = [child(m, args.out, args.l2) for m in ["reference", *args.methods.split(",")]]
+    if not args.no_peers:
+        rows += peers(args.out, args.l2)
+    ref = np.load(args.out / "deep_scores_reference.npy")
+    secs = {r["method"]: r["seconds"] for r in rows}
+    print(f"\n4,000 x 100 scores, MNIST 784-128-10 tanh MLP (p = 101,770), l2 = {args.l2:g}, "
+          f"{time.strftime('%Y-%m-%d')}; reference: CG on the Hessian, tol 1e-10")
+    print(f"{'method':>18s} {'seconds':>8s} {'cg/this':>8s} {'peak MiB':>9s} {'Pearson':>8s} {'Spearman':>8s}"
+          f" {'P(all)':>7s} {'S(all)':>7s}")
+    for r in rows:
+        S = np.load(args.out / f"deep_scores_{r['method']}.npy")
+        pr, sr, pa, sa = agreement(S, ref)
+        print(f"{r['method']:>18s} {r['seconds']:8.2f} {secs.get('cg', np.nan) / r['seconds']:7.2f}x "
+              f"{r['peak_rss_mib']:9.0f} {pr:8.4f} {sr:8.4f} {pa:7.4f} {sa:7.4f}")
+    print("(cg/this: infl CG's seconds / this method's; above 1 means faster than infl CG. Pearson, Spearman: mean "
+          "over the 100 test points of the correlation across the 4,000 training points; (all): over all pairs)")
+
+
+if __name__ == "__main__":
+    main()

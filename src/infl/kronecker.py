@@ -1,0 +1,248 @@
+"""Kronecker-factored Gauss-Newton statistics for nn.Linear and nn.Conv2d layers (K-FAC, EK-FAC).
+
+A layer with weight W (out, in) and optional bias computes s_t = W a_t + b at
+T locations (T = 1 for a Linear on (b, in); sequence positions for a Linear on
+(b, T, in); patches for a Conv2d). Write a_t with a trailing 1 when the bias
+is trained, so the layer's parameters form one matrix M = [W | b] (out, in').
+Its block of the Gauss-Newton matrix G = (1/n) sum_i J_i^T Lambda_i J_i is
+
+    G_layer = (1/n) sum_i sum_c vec(D_ic) vec(D_ic)^T,   D_ic = sum_t g_ict a_it^T   (out, in'),
+
+with Lambda_i = R_i R_i^T (R_i its symmetric square root's columns r_ic) and
+g_ict = d(f_i . r_ic) / d s_it the output-side gradient. vec is row-major,
+matching the flat parameter order. Then (George et al. 2018; Grosse et al. 2023)
+
+    K-FAC:  G_layer ~= S (x) A,  S = (1/n) sum_i sum_c sum_t g g^T,  A = (1/n) sum_i (1/T) sum_t a a^T,
+    EK-FAC: the eigenbasis Q_S (x) Q_A of K-FAC, with the eigenvalues refitted to
+            the exact second moments  lam_jk = (1/n) sum_i sum_c (Q_S^T D_ic Q_A)_jk^2.
+
+Parameters outside such layers get the exact diagonal of G instead, and are
+named in the result, never dropped. Layers are found with forward hooks that
+are removed before returning; the model itself is never modified.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, vmap
+
+from .inputs import batches
+from .objective import Objective
+from .operators import output_hessians
+
+
+@dataclass
+class Layer:
+    """One Kronecker-factored layer: where its parameters sit in theta and its statistics."""
+
+    name: str
+    module: nn.Linear | nn.Conv2d
+    weight: slice  # flat positions of W (out * in, row-major)
+    bias: slice | None  # flat positions of b (out,), None when absent or frozen
+    A: Tensor | None = None  # (in', in')
+    S: Tensor | None = None  # (out, out)
+    QA: Tensor | None = None
+    QS: Tensor | None = None
+    lam: Tensor | None = None  # (out, in') eigenvalues in the basis Q_S (x) Q_A
+
+    @property
+    def out(self) -> int:
+        return self.module.weight.shape[0]
+
+    @property
+    def width(self) -> int:
+        """in' = inputs per location (+1 for a trained bias)."""
+        return self.module.weight[0].numel() + (self.bias is not None)
+
+    def gather(self, V: Tensor) -> Tensor:
+        """Rows of V (k, p) -> this layer's parameter matrices M = [W | b], (k, out, in')."""
+        k = V.shape[0]
+        Mw = V[:, self.weight].reshape(k, self.out, -1)
+        return Mw if self.bias is None else torch.cat([Mw, V[:, self.bias].unsqueeze(2)], dim=2)
+
+    def scatter(self, M: Tensor, out: Tensor) -> None:
+        """Write matrices M (k, out, in') back into the flat rows of `out` (k, p)."""
+        k, w = M.shape[0], self.module.weight[0].numel()
+        out[:, self.weight] = M[:, :, :w].reshape(k, -1)
+        if self.bias is not None:
+            out[:, self.bias] = M[:, :, w]
+
+
+@dataclass
+class Factors:
+    """Kronecker statistics of a model over a data set, and the parameters left to the diagonal."""
+
+    layers: list[Layer]
+    diag_index: Tensor  # (q,) flat positions of parameters outside the factored layers
+    diag: Tensor  # (q,) the exact Gauss-Newton diagonal on them
+    diag_names: list[str] = field(default_factory=list)
+
+
+def _slices(obj: Objective) -> dict[str, slice]:
+    out, start = {}, 0
+    for name, size in zip(obj.names, obj.sizes):
+        out[name] = slice(start, start + size)
+        start += size
+    return out
+
+
+def _supported(module: nn.Module) -> bool:
+    if isinstance(module, nn.Linear):
+        return True
+    return (isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
+            and not isinstance(module.padding, str))
+
+
+def find_layers(obj: Objective, probe: Tensor) -> tuple[list[Layer], list[str]]:
+    """The factorable layers (trained weight, called once per forward) and the names of all other trained parameters."""
+    where = _slices(obj)
+    calls: dict[str, int] = {}
+    candidates = {name: m for name, m in obj.model.named_modules() if _supported(m) and _qual(name, "weight") in where}
+    with _hooks(candidates, lambda name, args, out: calls.__setitem__(name, calls.get(name, 0) + 1)):
+        with torch.no_grad():
+            obj.outputs(obj.theta, probe)
+    layers = [Layer(name, m, where[_qual(name, "weight")], where.get(_qual(name, "bias")))
+              for name, m in candidates.items() if calls.get(name) == 1]
+    covered = {_qual(layer.name, "weight") for layer in layers} | {_qual(layer.name, "bias") for layer in layers}
+    return layers, [n for n in obj.names if n not in covered]
+
+
+def _qual(module: str, param: str) -> str:
+    """The parameter's name in model.named_parameters() ('' is the model itself)."""
+    return f"{module}.{param}" if module else param
+
+
+@contextmanager
+def _hooks(modules: dict[str, nn.Module], record) -> Iterator[None]:
+    """Forward hooks calling record(name, args, out) on each module; always removed."""
+    handles = [m.register_forward_hook(lambda mod, args, out, name=name: record(name, args, out))
+               for name, m in modules.items()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _inputs(layer: Layer, x: Tensor) -> Tensor:
+    """The layer's inputs as locations: (b, T, in'), with the trailing 1 for a trained bias."""
+    m = layer.module
+    if isinstance(m, nn.Conv2d):
+        a = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride).transpose(1, 2)
+    else:
+        a = x.reshape(x.shape[0], -1, x.shape[-1])
+    if layer.bias is not None:
+        a = torch.cat([a, torch.ones_like(a[..., :1])], dim=-1)
+    return a
+
+
+def _output_grads(layer: Layer, g: Tensor) -> Tensor:
+    """Gradients at the layer's outputs as locations: (b, T, out)."""
+    if isinstance(layer.module, nn.Conv2d):
+        return g.flatten(2).transpose(1, 2)
+    return g.reshape(g.shape[0], -1, g.shape[-1])
+
+
+def _sqrt_columns(Lam: Tensor) -> Tensor:
+    """R (b, m, m) with R R^T = Lambda (b, m, m), negative eigenvalues clipped to 0 (a PSD Gauss-Newton)."""
+    e, U = torch.linalg.eigh(Lam)
+    return U * e.clamp_min(0).sqrt().unsqueeze(1)
+
+
+def _pseudo_grads(obj: Objective, layers: list[Layer], X: Tensor, y: Tensor) -> Iterator[tuple[list[Tensor], list[Tensor]]]:
+    """For each output column c: per layer, inputs a (b, T, in') and output-side gradients g_c (b, T, out)."""
+    theta = obj.theta.detach().requires_grad_(True)
+    seen: dict[str, tuple[Tensor, Tensor]] = {}
+
+    def record(name: str, args: tuple, out: Tensor) -> Tensor:
+        seen[name] = (args[0].detach(), out)
+        return out.clone()  # an in-place op after the layer must not change the tensor we differentiate at
+
+    with _hooks({layer.name: layer.module for layer in layers}, record), torch.enable_grad():
+        out = functional_call(obj.model, {**obj.fixed, **obj.unflatten(theta)}, (X,))
+    R = _sqrt_columns(output_hessians(obj.loss_fn, out, y))
+    flat = out.reshape(out.shape[0], -1)
+    A = [_inputs(layer, seen[layer.name][0]) for layer in layers]
+    outs = [seen[layer.name][1] for layer in layers]
+    for c in range(flat.shape[1]):
+        gs = torch.autograd.grad(flat, outs, grad_outputs=R[:, :, c], retain_graph=True, allow_unused=True)
+        yield A, [_output_grads(layer, torch.zeros_like(o) if g is None else g)
+                  for layer, g, o in zip(layers, gs, outs)]
+
+
+def _diag_ggn(obj: Objective, index: Tensor, X: Tensor, y: Tensor, chunk_numbers: int = 2**23) -> Tensor:
+    """sum_i diag(J_i^T Lambda_i J_i) restricted to the flat positions `index`, (q,)."""
+    with torch.no_grad():
+        R = _sqrt_columns(output_hessians(obj.loss_fn, obj.outputs(obj.theta, X), y))  # (b, m, m)
+
+    def column(x: Tensor, r: Tensor) -> Tensor:  # J_i^T r at one example, (p,)
+        return grad(lambda t: (obj.outputs(t, x.unsqueeze(0)).reshape(-1) * r).sum())(obj.theta)
+
+    per_column = vmap(vmap(column, in_dims=(None, 1)))
+    total = torch.zeros(index.numel(), dtype=obj.dtype, device=obj.device)
+    for r in batches(X.shape[0], max(1, chunk_numbers // (R.shape[1] * obj.p))):
+        total += per_column(X[r], R[r])[..., index].square().sum((0, 1))  # (b, m, p) -> (q,)
+    return total
+
+
+def _moments(layer_a: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
+    """Summed sum_i (1/T) sum_t a a^T and sum_i sum_t g g^T over a batch."""
+    T = layer_a.shape[1]
+    a = layer_a.reshape(-1, layer_a.shape[-1])
+    g2 = g.reshape(-1, g.shape[-1])
+    return a.T @ a / T, g2.T @ g2
+
+
+def _eigen_moments(layer: Layer, a: Tensor, g: Tensor, chunk_numbers: int = 2**23) -> Tensor:
+    """sum_i (Q_S^T D_i Q_A)^2 over a batch, D_i = sum_t g_it a_it^T: (out, in')."""
+    ah, gh = a @ layer.QA, g @ layer.QS  # (b, T, in'), (b, T, out)
+    if a.shape[1] == 1:
+        return gh[:, 0].square().T @ ah[:, 0].square()
+    total = torch.zeros(layer.out, layer.width, dtype=a.dtype, device=a.device)
+    rows = max(1, chunk_numbers // (layer.out * layer.width))
+    for r in batches(a.shape[0], rows):
+        total += (gh[r].transpose(1, 2) @ ah[r]).square().sum(0)
+    return total
+
+
+def fit_factors(obj: Objective, X: Tensor, y: Tensor, batch_size: int, eigen: bool) -> Factors:
+    """Kronecker statistics over the data (X, y); eigen=True refits the eigenvalues (EK-FAC, a second pass)."""
+    n = X.shape[0]
+    layers, others = find_layers(obj, X[:2])
+    for layer in layers:
+        layer.A = torch.zeros(layer.width, layer.width, dtype=obj.dtype, device=obj.device)
+        layer.S = torch.zeros(layer.out, layer.out, dtype=obj.dtype, device=obj.device)
+    where = _slices(obj)
+    index = torch.cat([torch.arange(obj.p)[where[name]] for name in others]) if others else torch.zeros(0, dtype=torch.long)
+    diag = torch.zeros(index.numel(), dtype=obj.dtype, device=obj.device)
+    for rows in batches(n, batch_size):
+        for c, (As, Gs) in enumerate(_pseudo_grads(obj, layers, X[rows], y[rows]) if layers else ()):
+            for layer, a, g in zip(layers, As, Gs):
+                mA, mS = _moments(a, g)
+                if c == 0:
+                    layer.A += mA
+                layer.S += mS
+        if index.numel():
+            diag += _diag_ggn(obj, index.to(obj.device), X[rows], y[rows])
+    for layer in layers:
+        layer.A /= n
+        layer.S /= n
+        eA, layer.QA = torch.linalg.eigh(layer.A)
+        eS, layer.QS = torch.linalg.eigh(layer.S)
+        layer.lam = eS.clamp_min(0).unsqueeze(1) * eA.clamp_min(0).unsqueeze(0)
+    if eigen and layers:
+        for layer in layers:
+            layer.lam = torch.zeros_like(layer.lam)
+        for rows in batches(n, batch_size):
+            for As, Gs in _pseudo_grads(obj, layers, X[rows], y[rows]):
+                for layer, a, g in zip(layers, As, Gs):
+                    layer.lam += _eigen_moments(layer, a, g)
+        for layer in layers:
+            layer.lam /= n
+    return Factors(layers, index.to(obj.device), diag / n, others)

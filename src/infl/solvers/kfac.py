@@ -1,0 +1,131 @@
+"""K-FAC and EK-FAC: a Kronecker-factored Gauss-Newton matrix, inverted layer by layer in its eigenbasis.
+
+(G_layer + lambda I)^{-1} v = (Q_S (x) Q_A) diag(1 / (lam + lambda)) (Q_S (x) Q_A)^T v,
+
+lambda = l2 + damping, lam the Kronecker eigenvalues (K-FAC) or the refitted
+ones (EK-FAC); statistics and conventions in `infl.kronecker`. Parameters
+outside nn.Linear / nn.Conv2d layers get the exact Gauss-Newton diagonal.
+An approximation of the Gauss-Newton matrix whichever curvature the
+operator holds; each solve measures its residual against that operator on a
+few right-hand sides and reports it in the note.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import Tensor
+
+from ..errors import InputError
+from ..kronecker import fit_factors
+from ..operators import Operator, Shifted
+from .base import SolveInfo, relative_residual
+
+
+def _data_backed(op: Operator) -> tuple[Operator, float]:
+    """The operator holding (obj, X, y) under any damping shifts, and the total shift."""
+    shift = 0.0
+    while isinstance(op, Shifted):
+        shift, op = shift + op.shift, op.op
+    if getattr(op, "X", None) is None or not hasattr(op, "obj"):
+        raise InputError("K-FAC / EK-FAC need the model and data behind the curvature: pass an operator built from "
+                         "an objective and data (infl.operators.Hessian / GaussNewton), or use them through "
+                         "infl.Influence(..., solver='ekfac')")
+    return op, shift
+
+
+def _l2_on(l2: float | Tensor, index: slice | Tensor) -> tuple[float, bool]:
+    """The weight decay on a group of flat positions (mean if it varies) and whether it is uniform."""
+    if not isinstance(l2, Tensor) or l2.ndim == 0:
+        return float(l2), True
+    part = l2[index]
+    return float(part.mean()), bool((part == part[0]).all()) if part.numel() else True
+
+
+class EKFAC:
+    """Kronecker-factored inverse of the Gauss-Newton matrix, fitted once (two passes over the data).
+
+    others: what to do with trained parameters outside nn.Linear / nn.Conv2d
+    layers (or layers called more than once per forward): 'diagonal' uses
+    the exact Gauss-Newton diagonal for them and warns, naming them;
+    'error' refuses. check: right-hand sides per solve whose residual
+    against the true curvature is measured (one curvature product; 0 skips).
+    """
+
+    name = "ekfac"
+    eigen = True
+
+    def __init__(self, others: str = "diagonal", check: int = 8) -> None:
+        if others not in ("diagonal", "error"):
+            raise InputError(f"others must be 'diagonal' or 'error', got {others!r}")
+        if not (isinstance(check, int) and check >= 0):
+            raise InputError(f"check must be an integer >= 0 (right-hand sides to verify), got {check!r}")
+        self.others, self.check = others, check
+
+    def fit(self, op: Operator) -> EKFAC:
+        """Collect the Kronecker statistics of the data behind op."""
+        base, shift = _data_backed(op)
+        obj = base.obj
+        factors = fit_factors(obj, base.X, base.y, getattr(base, "batch_size", 512), self.eigen)
+        if factors.diag_names:
+            what = ", ".join(factors.diag_names[:8]) + (" ..." if len(factors.diag_names) > 8 else "")
+            if self.others == "error":
+                raise InputError(f"{self.name} factors only nn.Linear and nn.Conv2d layers (groups=1, numeric "
+                                 f"padding, one call per forward); these trained parameters are elsewhere: {what}. "
+                                 "Freeze them (requires_grad=False), pass others='diagonal', or use solver='cg'")
+            warnings.warn(f"{self.name}: {len(factors.diag_names)} trained parameter tensors are not in a factorable "
+                          f"layer and get the exact Gauss-Newton diagonal instead: {what}", stacklevel=3)
+        self.op, self.factors = op, factors
+        self.shifts, uniform = [], True
+        for layer in factors.layers:
+            l2, same = _l2_on(obj.l2, layer.weight if layer.bias is None else
+                              torch.cat([torch.arange(obj.p)[layer.weight], torch.arange(obj.p)[layer.bias]]))
+            self.shifts.append(l2 + shift)
+            uniform &= same
+        self.diag_shift = shift + (obj.l2[factors.diag_index] if isinstance(obj.l2, Tensor) and obj.l2.ndim
+                                   else float(obj.l2))
+        self.uniform_l2 = uniform
+        return self
+
+    def power(self, B: Tensor, exponent: float = -1.0) -> Tensor:
+        """(G_kron + lambda I)^exponent b for each row b of B (k, p): -1 solves, +1 multiplies."""
+        X = torch.empty_like(B)
+        for layer, shift in zip(self.factors.layers, self.shifts):
+            M = layer.QS.T @ layer.gather(B) @ layer.QA  # (k, out, in') in the eigenbasis
+            layer.scatter(layer.QS @ (M * (layer.lam + shift) ** exponent) @ layer.QA.T, X)
+        f = self.factors
+        if f.diag_index.numel():
+            X[:, f.diag_index] = B[:, f.diag_index] * (f.diag + self.diag_shift) ** exponent
+        return X
+
+    def solve(self, B: Tensor) -> tuple[Tensor, SolveInfo]:
+        """X (k, p) ~= A^{-1} b for each row b of B (k, p); the note says how close on a sample of rows."""
+        X = self.power(B, -1.0)
+        return X, SolveInfo(self.name, 0, None, True, self._note(X, B))
+
+    def _note(self, X: Tensor, B: Tensor) -> str:
+        f = self.factors
+        note = (f"{self.name} of the Gauss-Newton matrix over {len(f.layers)} layers"
+                + (f", exact diagonal on {f.diag_index.numel()} other parameters" if f.diag_index.numel() else ""))
+        if not self.uniform_l2:
+            note += "; l2 differs within a layer, its mean used there"
+        k = min(self.check, B.shape[0])
+        if k:
+            res = relative_residual(self.op.matmat(X[:k]), B[:k])
+            note += (f"; relative residual against {self.op.name} on {k} of {B.shape[0]} right-hand sides: "
+                     f"median {float(res.median()):.3g}, max {float(res.max()):.3g}")
+        return note
+
+    def memory_numbers(self) -> int:
+        """Numbers held after fit: per layer out^2 + in'^2 + out * in', plus the diagonal."""
+        f = self.factors
+        return sum(L.out**2 + L.width**2 + L.out * L.width for L in f.layers) + f.diag.numel()
+
+
+class KFAC(EKFAC):
+    """K-FAC: the Kronecker eigenvalues themselves (one pass over the data); otherwise as EKFAC."""
+
+    name = "kfac"
+    eigen = False
+

@@ -1,0 +1,169 @@
+"""K-FAC / EK-FAC against the dense Gauss-Newton matrix on small float64 models."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import infl
+from infl.errors import InputError
+from infl.linear import make_objective
+from infl.operators import GaussNewton
+from infl.testing import dense_scores
+
+from conftest import cross_entropy, make_blobs, trained
+
+
+class Scale(nn.Module):
+    """An elementwise learned scale: a parameter outside any Linear / Conv2d layer."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.s = nn.Parameter(torch.ones(d, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.s
+
+
+def tiny_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Tanh(), nn.Conv2d(2, 2, 2, stride=2, bias=False),
+                         nn.Tanh(), nn.Flatten(), nn.Linear(2 * 2 * 2, 3)).double()
+
+
+class Tokens(nn.Module):
+    """A Linear applied at every position of a sequence (T = 4 locations), then pooled."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix, self.head = nn.Linear(3, 5), nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.mix(x.view(-1, 4, 3))).mean(1))
+
+
+def fitted(model: nn.Module, X, y, solver: str = "ekfac", l2: float = 0.1, **kw):
+    inf = infl.Influence(model, cross_entropy, l2=l2, solver=solver, curvature="gauss-newton",
+                         stationarity_tol=float("inf"), **kw)
+    return inf.fit((X, y))
+
+
+def kron_dense(solver) -> torch.Tensor:
+    """The p x p matrix the solver inverts, from its forward product."""
+    p = solver.op.p
+    return solver.power(torch.eye(p, dtype=torch.float64), 1.0)
+
+
+def data(n: int, d: int, seed: int):
+    return make_blobs(n, d, 3, seed=seed)
+
+
+@pytest.mark.parametrize("solver", ["kfac", "ekfac"])
+def test_single_example_is_exact(solver):
+    """With one example, the Gauss-Newton block of a Linear layer is exactly S (x) a a^T."""
+    X, y = data(1, 4, seed=0)
+    model = nn.Sequential(nn.Linear(4, 3)).double()
+    inf = fitted(model, X, y, solver)
+    G = GaussNewton(inf.objective_, X, y).to_dense()
+    assert torch.allclose(kron_dense(inf.solver), G, atol=1e-12)
+    B = torch.randn(3, G.shape[0], dtype=torch.float64)
+    assert torch.allclose(inf.solver.solve(B)[0], torch.linalg.solve(G, B.T).T, atol=1e-10)
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3)).double(),
+                                  lambda: Tokens().double(), tiny_cnn], ids=["mlp", "sequence", "cnn"])
+def test_ekfac_eigenvalues_are_the_exact_second_moments(make):
+    """In EK-FAC's eigenbasis Q, diag(Q^T G_layer Q) of the dense Gauss-Newton matrix equals the fitted eigenvalues."""
+    torch.manual_seed(0)
+    model = make()
+    d = 16 if isinstance(model, nn.Sequential) and isinstance(model[0], nn.Conv2d) else (12 if isinstance(model, Tokens) else 4)
+    X, y = data(20, d, seed=1)
+    if d == 16:
+        X = X.view(20, 1, 4, 4)
+    inf = fitted(model, X, y, "ekfac", l2=0.0, damping=0.1)
+    G = GaussNewton(inf.objective_, X, y).to_dense()
+    K = kron_dense(inf.solver)
+    assert len(inf.solver.factors.layers) == len([m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv2d))])
+    for layer in inf.solver.factors.layers:
+        idx = torch.cat([torch.arange(inf.objective_.p)[layer.weight]]
+                        + ([torch.arange(inf.objective_.p)[layer.bias]] if layer.bias else []))
+        Q_flat = _layer_basis(layer)  # columns: eigenvectors in the layer's flat order
+        true = torch.einsum("pj,pq,qj->j", Q_flat, G[idx][:, idx], Q_flat)
+        approx = torch.einsum("pj,pq,qj->j", Q_flat, K[idx][:, idx], Q_flat) - 0.1
+        assert torch.allclose(approx, true, atol=1e-10, rtol=1e-8)
+        assert torch.allclose(true, layer.lam.reshape(-1)[_flat_order(layer)], atol=1e-10, rtol=1e-8)
+
+
+def _flat_order(layer) -> torch.Tensor:
+    """Position in M = [W | b] (row-major) of each flat parameter (W row-major, then b)."""
+    out, w = layer.out, layer.width - (layer.bias is not None)
+    grid = torch.arange(out * layer.width).view(out, layer.width)
+    order = [grid[:, :w].reshape(-1)]
+    if layer.bias is not None:
+        order.append(grid[:, w])
+    return torch.cat(order)
+
+
+def _layer_basis(layer) -> torch.Tensor:
+    """The Kronecker eigenvectors Q_S (x) Q_A as columns, rows in the flat parameter order."""
+    Q = torch.kron(layer.QS, layer.QA)  # rows and columns in M's row-major order
+    return Q[_flat_order(layer)][:, _flat_order(layer)]
+
+
+def test_ekfac_scores_track_exact_on_logistic_regression(logreg):
+    inf = infl.Influence(logreg.model, logreg.loss_fn, l2=logreg.l2, solver="ekfac").fit(logreg.train)
+    got = inf.scores(logreg.test)
+    ref = dense_scores(logreg.model, logreg.loss_fn, logreg.train, logreg.test, logreg.l2)
+    r = torch.corrcoef(torch.stack([got.reshape(-1), ref.reshape(-1)]))[0, 1]
+    assert r > 0.95
+    assert "relative residual" in inf.info.note and "1 layers" in inf.info.note
+
+
+def test_kfac_is_worse_than_ekfac_where_factors_are_approximate(mlp):
+    """EK-FAC's refitted eigenvalues fit the Gauss-Newton matrix at least as well as K-FAC's (Frobenius norm)."""
+    errs = {}
+    for name in ("kfac", "ekfac"):
+        inf = fitted(mlp.model, mlp.X, mlp.y, name, l2=mlp.l2)
+        G = GaussNewton(inf.objective_, mlp.X, mlp.y).to_dense()
+        errs[name] = float((kron_dense(inf.solver) - G).norm())
+    assert errs["ekfac"] <= errs["kfac"]
+
+
+def test_other_parameters_get_the_exact_diagonal_and_a_warning():
+    torch.manual_seed(0)
+    model = nn.Sequential(Scale(4), nn.Linear(4, 3).double())
+    X, y = data(15, 4, seed=2)
+    with pytest.warns(UserWarning, match=r"0\.s"):
+        inf = fitted(model, X, y, "ekfac")
+    G = GaussNewton(inf.objective_, X, y).to_dense()
+    K = kron_dense(inf.solver)
+    assert torch.allclose(K.diagonal()[:4], G.diagonal()[:4], atol=1e-12)
+    with pytest.raises(InputError, match=r"0\.s.*requires_grad=False"):
+        fitted(model, X, y, infl.EKFAC(others="error"))
+
+
+def test_layer_called_twice_is_not_factored():
+    """A weight shared between two calls is not one Kronecker block: it falls back to the diagonal, named."""
+
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.lin(torch.tanh(self.lin(x)))
+
+    X, y = data(10, 3, seed=3)
+    with pytest.warns(UserWarning, match="lin.weight"):
+        inf = fitted(Twice().double(), X, y, "kfac")
+    assert inf.solver.factors.layers == []
+
+
+def test_needs_a_data_backed_operator():
+    from infl.operators import Dense
+
+    with pytest.raises(InputError, match="model and data"):
+        infl.EKFAC().fit(Dense(torch.eye(3, dtype=torch.float64)))
+    with pytest.raises(InputError, match="others"):
+        infl.EKFAC(others="drop")
