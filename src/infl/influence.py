@@ -86,8 +86,8 @@ class Influence:
         self.stationarity_tol = stationarity_tol
 
     # ----------------------------------------------------------------- fit
-    def fit(self, train: Any) -> Influence:
-        """Read the training data, build the curvature operator and prepare the solver."""
+    def _operator(self, train: Any) -> Operator:
+        """Validate the training data and model; the (damped) curvature operator over them (built lazily)."""
         self.__dict__.pop("curvature_", None)  # a failed re-fit must not leave the old solver usable
         trainable = [p for p in self.model.parameters() if p.requires_grad] if isinstance(self.model, nn.Module) else []
         if not trainable:
@@ -96,13 +96,32 @@ class Influence:
         obj = make_objective(self.model, self.loss_fn, self.l2, probe=X[:2])
         obj.check_loss(X[:2], y[:2])
         self.objective_, self.X_train_, self.y_train_ = obj, X, y
+        return curvature_operator(obj, X, y, self.batch_size, self.curvature) + self.damping
+
+    def plan(self, train: Any) -> dict[str, int]:
+        """Bytes that fit and the queries will hold, by item, known before any pass over the data.
+
+        The solver's own items (solver.footprint), the gradient chunk of
+        batch_size rows, and the n x p training gradients if kept.
+        """
+        op = self._operator(train)
+        s, n = torch.finfo(op.dtype).bits // 8, self.X_train_.shape[0]
+        out = dict(self.solver.footprint(op))
+        out[f"gradient chunk ({min(self.batch_size, n)} x {op.p})"] = min(self.batch_size, n) * op.p * s
+        if self.keep_train_grads:
+            out[f"training gradients kept ({n} x {op.p})"] = n * op.p * s
+        return out
+
+    def fit(self, train: Any) -> Influence:
+        """Read the training data, build the curvature operator and prepare the solver."""
+        op = self._operator(train)
+        obj, X, y = self.objective_, self.X_train_, self.y_train_
         self.grad_norm_ = float(mean_grad(obj, X, y, self.batch_size).norm())
         if self.grad_norm_ > self.stationarity_tol:
             warnings.warn(
                 f"the model is not at a stationary point of the training objective: ||grad R|| = "
                 f"{self.grad_norm_:.3g} (l2={self.l2:g}). Influence assumes theta_hat minimises R; train longer, "
                 "check that l2 matches the training weight decay, or add damping", stacklevel=2)
-        op = curvature_operator(obj, X, y, self.batch_size, self.curvature) + self.damping
         if isinstance(self.solver, LiSSA):
             self.solver.fit(op, floor=self.l2 + self.damping)
         else:

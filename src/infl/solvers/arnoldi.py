@@ -22,7 +22,7 @@ from torch import Tensor
 
 from ..errors import CurvatureError, InputError
 from ..operators import Operator
-from .base import SolveInfo
+from .base import SolveInfo, itemsize
 
 
 class Arnoldi:
@@ -38,6 +38,13 @@ class Arnoldi:
         if not (isinstance(rank, int) and rank >= 1) or not (isinstance(probes, int) and probes >= 1):
             raise InputError(f"Arnoldi needs integer rank >= 1 and probes >= 1, got rank={rank!r}, probes={probes!r}")
         self.rank, self.probes, self.tol, self.seed = rank, probes, tol, seed
+
+    def footprint(self, op: Operator) -> dict[str, int]:
+        """Bytes held, by item: the kept eigenvectors, and ARPACK's Lanczos basis (float64) while fitting."""
+        r = min(self.rank, op.p)
+        return {f"eigenvectors ({r} x {op.p})": r * op.p * itemsize(op),
+                f"Lanczos basis ({min(2 * r + 1, op.p)} x {op.p}, float64), during fit": min(2 * r + 1, op.p) * op.p * 8,
+                f"probes ({self.probes} x {op.p}), during fit": self.probes * op.p * itemsize(op)}
 
     def fit(self, op: Operator) -> Arnoldi:
         """Find the top eigenpairs of op and the mean eigenvalue of the rest."""

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..operators import Operator
+
 
 @dataclass(frozen=True)
 class SolveInfo:
@@ -32,6 +34,11 @@ class SolveInfo:
     def max_residual(self) -> float:
         """The worst relative residual, nan when not measured."""
         return float("nan") if self.residual is None else float(self.residual.max())
+
+
+def itemsize(op: Operator) -> int:
+    """Bytes per number of the operator's dtype."""
+    return torch.finfo(op.dtype).bits // 8
 
 
 def relative_residual(AX: Tensor, B: Tensor) -> Tensor:

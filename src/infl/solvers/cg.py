@@ -10,7 +10,7 @@ from torch import Tensor
 
 from ..errors import CurvatureError, InputError
 from ..operators import Operator
-from .base import SolveInfo
+from .base import SolveInfo, itemsize
 from .nystrom import NystromPreconditioner
 
 MatMat = Callable[[Tensor], Tensor]
@@ -76,6 +76,13 @@ class CG:
             raise InputError(f"CG needs tol > 0, max_iter >= 1 and rank >= 0; got tol={tol}, "
                              f"max_iter={max_iter}, rank={rank}")
         self.tol, self.max_iter, self.rank, self.seed = tol, max_iter, rank, seed
+
+    def footprint(self, op: Operator) -> dict[str, int]:
+        """Bytes held, by item: the preconditioner, its sketch while fitting, and CG's vectors per right-hand side."""
+        r, s = min(self.rank, op.p), itemsize(op)
+        return {f"Nystrom preconditioner ({r} x {op.p})": r * op.p * s,
+                f"its sketch ({r} x {op.p}, x3), during fit": 3 * r * op.p * s,
+                f"per right-hand side (5 vectors of {op.p})": 5 * op.p * s}
 
     def fit(self, op: Operator) -> CG:
         """Build the preconditioner (if rank > 0)."""

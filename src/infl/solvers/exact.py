@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..errors import CurvatureError, InputError
 from ..operators import Operator
-from .base import SolveInfo, relative_residual
+from .base import SolveInfo, itemsize, relative_residual
 
 
 class Exact:
@@ -24,6 +24,11 @@ class Exact:
         if max_params < 1:
             raise InputError(f"max_params must be >= 1, got {max_params}")
         self.max_params = max_params
+
+    def footprint(self, op: Operator) -> dict[str, int]:
+        """Bytes held, by item: the dense curvature while factoring, then its Cholesky factor."""
+        return {f"dense curvature ({op.p} x {op.p}), during fit": op.p**2 * itemsize(op),
+                f"Cholesky factor ({op.p} x {op.p})": op.p**2 * itemsize(op)}
 
     def fit(self, op: Operator) -> Exact:
         """Form and factor A = op.to_dense()."""

@@ -18,9 +18,9 @@ import torch
 from torch import Tensor
 
 from ..errors import InputError
-from ..kronecker import fit_factors
+from ..kronecker import find_layers, fit_factors
 from ..operators import Operator, Shifted
-from .base import SolveInfo, relative_residual
+from .base import SolveInfo, itemsize, relative_residual
 
 
 def _data_backed(op: Operator) -> tuple[Operator, float]:
@@ -62,6 +62,19 @@ class EKFAC:
         if not (isinstance(check, int) and check >= 0):
             raise InputError(f"check must be an integer >= 0 (right-hand sides to verify), got {check!r}")
         self.others, self.check = others, check
+
+    def footprint(self, op: Operator) -> dict[str, int]:
+        """Bytes held, by item: per layer the two factors, their eigenvectors and the eigenvalues; the diagonal."""
+        base, _ = _data_backed(op)
+        layers, others = find_layers(base.obj, base.X[:2])
+        s = itemsize(op)
+        out = {f"{layer.name or 'model'}: factors and eigenvectors ({layer.out}^2, {layer.width}^2, x2) and "
+               f"eigenvalues ({layer.out} x {layer.width})": s * (2 * layer.out**2 + 2 * layer.width**2
+                                                                  + layer.out * layer.width) for layer in layers}
+        if others:
+            out[f"diagonal of {len(others)} other parameter tensors"] = s * (op.p - sum(
+                layer.out * layer.width for layer in layers))
+        return out
 
     def fit(self, op: Operator) -> EKFAC:
         """Collect the Kronecker statistics of the data behind op."""
@@ -116,11 +129,6 @@ class EKFAC:
             note += (f"; relative residual against {self.op.name} on {k} of {B.shape[0]} right-hand sides: "
                      f"median {float(res.median()):.3g}, max {float(res.max()):.3g}")
         return note
-
-    def memory_numbers(self) -> int:
-        """Numbers held after fit: per layer out^2 + in'^2 + out * in', plus the diagonal."""
-        f = self.factors
-        return sum(L.out**2 + L.width**2 + L.out * L.width for L in f.layers) + f.diag.numel()
 
 
 class KFAC(EKFAC):

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..errors import DivergenceError, InputError
 from ..operators import Operator
-from .base import SolveInfo
+from .base import SolveInfo, itemsize
 from .spectrum import top_eigenvalue
 
 
@@ -48,6 +48,10 @@ class LiSSA:
             raise InputError(f"LiSSA tol must lie in (0, 1), got {tol!r}")
         self.depth, self.repeats, self.batch_size = depth, repeats, batch_size
         self.scale, self.tol, self.max_depth, self.seed = scale, tol, max_depth, seed
+
+    def footprint(self, op: Operator) -> dict[str, int]:
+        """Bytes held, by item: the recursion's vectors per right-hand side (nothing is kept between solves)."""
+        return {f"per right-hand side (4 vectors of {op.p})": 4 * op.p * itemsize(op)}
 
     def fit(self, op: Operator, floor: float = 0.0) -> LiSSA:
         """Choose scale and depth for op; floor is a known lower bound on its eigenvalues."""
