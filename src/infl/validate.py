@@ -1,4 +1,4 @@
-"""Leave-one-out retraining: the paper's own test of influence (MATH.md).
+"""Retraining checks of influence: leave-one-out (the paper's own test, MATH.md) and the LDS.
 
 Removing training point j (weight 0, the others keep 1/n) is the
 epsilon = -1/n perturbation, so
@@ -17,7 +17,7 @@ from scipy import stats
 from torch import Tensor
 from torch.func import grad, vmap
 
-from .errors import InflError
+from .errors import InflError, InputError
 from .influence import Influence
 from .solvers import Exact
 from .train import minimize, weighted_risk
@@ -114,3 +114,69 @@ def leave_one_out(inf: Influence, test: Any, train_indices: Sequence[int],
     pairs = [correlations(p, a) for p, a in zip(predicted, actual)]
     return LeaveOneOut(np.asarray(index), predicted, actual,
                        np.array([p for p, _ in pairs]), np.array([s for _, s in pairs]))
+
+
+@dataclass(frozen=True)
+class DatamodelingScore:
+    """The linear datamodeling score (LDS, Park et al. 2023) of influence scores, per test point.
+
+    subsets (s, n) bool: the training points each retrain kept; predicted, actual (m, s):
+    predicted = (1/n) sum_{i in subset} I_up,loss(z_i, z_test), the first-order change of the
+    test loss up to a constant shared by all subsets; actual = the retrained test loss.
+    spearman (m,): rank correlation over the subsets, per test point; mean: its mean.
+    """
+
+    subsets: np.ndarray
+    predicted: np.ndarray
+    actual: np.ndarray
+    spearman: np.ndarray
+    mean: float
+
+
+def random_subsets(n: int, subsets: int, fraction: float, seed: int) -> np.ndarray:
+    """(subsets, n) bool masks, each keeping round(fraction * n) training points drawn without replacement."""
+    if not (isinstance(subsets, int) and subsets >= 3):
+        raise InputError(f"subsets must be an integer >= 3 (a rank correlation needs several), got {subsets!r}")
+    if not 0 < fraction < 1:
+        raise InputError(f"fraction must lie strictly between 0 and 1 (the share of training points kept), got {fraction!r}")
+    size = int(round(fraction * n))
+    if not 0 < size < n:
+        raise InputError(f"fraction={fraction} keeps {size} of {n} training points; choose a fraction that keeps some but not all")
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((subsets, n), dtype=bool)
+    for row in masks:
+        row[rng.choice(n, size, replace=False)] = True
+    return masks
+
+
+def lds(scores: Tensor | np.ndarray, retrain_fn: Callable[[np.ndarray], Any], *, subsets: int = 100,
+        fraction: float = 0.5, seed: int = 0, done: Callable[[int], object] = lambda count: None) -> DatamodelingScore:
+    """Linear datamodeling score of I_up,loss scores (m, n) against retraining on random subsets.
+
+    retrain_fn(index) trains the model your way on the training points `index` (sorted ints,
+    round(fraction * n) of them) and returns the test losses of the m scored test points, (m,),
+    measured the same way as the scores (the loss_fn given to Influence). Training on a subset
+    S removes the points outside it, so to first order (MATH.md)
+        L(z_test, theta_S) ~= L(z_test, theta_hat) - (1/n) sum_{i not in S} I_up,loss(z_i, z_test)
+                            = constant + (1/n) sum_{i in S} I_up,loss(z_i, z_test),
+    which is the prediction; the same holds, with another positive factor and constant, when
+    retrain_fn averages the loss over the subset instead. Spearman's rho between predicted and
+    actual over the subsets, per test point; 1 is a perfect ranking. A retrain_fn with random
+    initialisation or minibatches adds noise to `actual`: average a few seeds inside it.
+    """
+    S = scores.detach().cpu().numpy() if isinstance(scores, Tensor) else np.asarray(scores, dtype=np.float64)
+    if S.ndim != 2:
+        raise InputError(f"scores must be (m test points, n training points), got shape {S.shape}")
+    m, n = S.shape
+    masks = random_subsets(n, subsets, fraction, seed)
+    predicted = S @ masks.T.astype(S.dtype) / n
+    actual = np.empty_like(predicted)
+    for k, mask in enumerate(masks):
+        out = retrain_fn(np.flatnonzero(mask))
+        out = out.detach().cpu().numpy() if isinstance(out, Tensor) else np.asarray(out, dtype=np.float64)
+        if out.shape != (m,):
+            raise InputError(f"retrain_fn must return the {m} test losses as shape ({m},), got shape {out.shape}")
+        actual[:, k] = out
+        done(1)
+    rho = np.array([stats.spearmanr(p, a)[0] for p, a in zip(predicted, actual)])
+    return DatamodelingScore(masks, predicted, actual, rho, float(np.nanmean(rho)))
