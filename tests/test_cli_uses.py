@@ -1,4 +1,4 @@
-"""`infl attack` end to end on the built-in digits, its report, and its error messages."""
+"""`infl attack` and `infl behaviour` end to end on the built-in digits, their reports, and their error messages."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ from click.testing import CliRunner
 from infl.cli import main
 
 
+def _invoke(command: str, cache, *args: str):
+    return CliRunner().invoke(main, [command, "--data", "digits", "--epochs", "1", "--cache", str(cache), *args])
+
+
 def _attack(tmp_path, *args: str):
-    common = ["attack", "--data", "digits", "--epochs", "1", "--cache", str(tmp_path / "cache")]
-    return CliRunner().invoke(main, [*common, *args])
+    return _invoke("attack", tmp_path / "cache", *args)
 
 
 @pytest.fixture(scope="module")
@@ -57,3 +60,27 @@ def test_attack_bad_input(tmp_path, args, words):
     assert result.exit_code != 0
     assert words in result.output
     assert "Traceback" not in result.output
+
+
+def test_behaviour_writes_its_plot_and_report(run):
+    _, _, tmp = run  # reuses the cached extractor
+    out = tmp / "behaviour"
+    result = _invoke("behaviour", tmp / "cache", "--test-index", "3", "--top", "4", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "RBF SVM: spearman |influence| vs distance" in result.output
+    page = (out / "report.html").read_text()
+    assert "http" not in page and "<script" not in page
+    assert len(re.findall(r'src="data:image/png;base64,', page)) == 2 + 2 * 4  # test image, plot, 4 per model
+    assert (out / "influence_vs_distance.png").read_bytes()[:4] == b"\x89PNG"
+    again = _invoke("behaviour", tmp / "cache", "--out", str(out))
+    assert again.exit_code != 0 and "not empty" in again.output
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--test-index", "-1"], "out of range"),
+    (["--gamma", "-2"], "-2"),
+    (["--digits", "4", "11"], "digit class 11 has no training points"),
+])
+def test_behaviour_bad_input(tmp_path, args, words):
+    result = _invoke("behaviour", tmp_path / "cache", "--out", str(tmp_path / "o"), *args)
+    assert result.exit_code != 0 and words in result.output and "Traceback" not in result.output

@@ -293,9 +293,10 @@ def _explain(opts: dict) -> None:
     click.echo(f"[{clock.elapsed():7.1f}s] done", err=True)
 
 
-from .cli_uses import attack  # noqa: E402  (the paper's uses; no import of this module there)
+from .cli_uses import attack, behaviour  # noqa: E402  (the paper's uses; no import of this module there)
 
 main.add_command(attack)
+main.add_command(behaviour)
 
 if __name__ == "__main__":
     main()

@@ -17,7 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from .attack import EIGHT_BIT, Budget, HeadAttack, flip_fractions
-from .attack_report import REPORT_NAME, flip_fraction, write_attack_report
+from .attack_report import flip_fraction, write_attack_report
+from .behaviour import CNN, SVM, compare_behaviour, write_behaviour_report
 from .data import BUILTINS, load_builtin
 from .errors import InflError
 from .frozen import binary_task, default_cache, load_extractor, predict
@@ -135,5 +136,53 @@ def _attack(opts: dict) -> None:
                "budget": budget.describe(), "attacked test points": str(tests),
                "time": f"{time.perf_counter() - start:.1f} s"}
     path = write_attack_report(out, results, task.X_test, task.image_shape, summary, f"infl attack: {task.name}")
+    click.echo(f"\nreport: {path}")
+    say(start, "done")
+
+
+@click.command(short_help="Compare what an RBF SVM and a CNN rely on for a test image (paper section 5.1).")
+@data_options
+@click.option("--test-index", type=int, default=0, show_default=True, help="Test point of the binary task.")
+@click.option("--top", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Most helpful training images shown per model.")
+@click.option("--svm-l2", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+              help="Weight decay of the RBF SVM.")
+@click.option("--gamma", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="RBF kernel width [default: 1 / (d * Var(X)), scikit-learn's 'scale'].")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("infl-behaviour"), show_default=True,
+              help="Output folder for report.html and influence_vs_distance.png.")
+def behaviour(**opts) -> None:
+    """Plot influence against pixel distance for an RBF SVM and a CNN on the same test image.
+
+    Both models are trained on the same two digit classes: an RBF-kernel SVM (smooth hinge,
+    l2) and a CNN feature extractor trained on the other digits, frozen, with a trained
+    Linear top layer. Shows each model's most helpful training images (Koh & Liang 2017, Figure 4)."""
+    try:
+        _behaviour(opts)
+    except InflError as error:
+        raise click.ClickException(str(error)) from error
+    except OSError as error:
+        raise click.ClickException(f"cannot write the output: {error}") from error
+
+
+def _behaviour(opts: dict) -> None:
+    start = time.perf_counter()
+    out = prepare_folder(opts["out"], opts["force"])
+    split = load_builtin(opts["data"])
+    task = binary_task(split, opts["digits"])
+    test = check_test_index((opts["test_index"],), len(task.y_test))[0]
+    say(start, f"feature extractor (trained on {split.name} without digits {task.digits}, cached) ...")
+    net, cached = load_extractor(split, task.digits, cache=opts["cache"], seed=opts["seed"], epochs=opts["epochs"])
+    say(start, f"training both models on {len(task.y_train)} images of {task.name} and scoring ...")
+    result = compare_behaviour(task, net, test, l2=opts["l2"], svm_l2=opts["svm_l2"], gamma=opts["gamma"])
+    click.echo(f"test point {test}: digit {task.digits[result.label]}")
+    for name, row in result.summary(10).items():
+        click.echo(f"  {name}: " + ", ".join(f"{k} {v:.3g}" for k, v in row.items()))
+    summary = {"data": f"{task.name}: {len(task.y_train)} train, {len(task.y_test)} test",
+               SVM: f"RBF kernel features (whitened, all training points as landmarks), smooth hinge t = 0.1, "
+                    f"l2 = {opts['svm_l2']:g}, gamma = {opts['gamma'] or 'scale'}",
+               CNN: f"frozen CNN ({cached.name}) + nn.Linear(64, 2), cross-entropy, l2 = {opts['l2']:g}",
+               "time": f"{time.perf_counter() - start:.1f} s"}
+    path = write_behaviour_report(out, result, task, opts["top"], summary, f"infl behaviour: {task.name}")
     click.echo(f"\nreport: {path}")
     say(start, "done")
