@@ -9,9 +9,9 @@ import torch
 from infl import Influence, InputError
 from infl.attack import EIGHT_BIT, Budget, HeadAttack, project
 from infl.data import load_builtin
+from infl.frozen import binary_task, cross_entropy, features, fit_head, train_extractor
 from infl.grads import mean_grad
 from infl.objective import Objective
-from infl.frozen import binary_task, cross_entropy, features, fit_head, train_extractor
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ def test_kernel_map_reproduces_the_kernel():
 
 
 def test_svm_is_at_its_optimum_and_classifies(svm_task):
-    X, y, Xt, yt = svm_task
+    X, y, _, _ = svm_task
     svm = rbf_svm(X, y, l2=1e-3, t=0.1)
     inf = Influence(svm, make_smooth_hinge(0.1), l2=1e-3).fit((X, to_pm(y)))
     assert inf.grad_norm_ < 1e-8

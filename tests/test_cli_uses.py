@@ -37,7 +37,8 @@ def test_attack_writes_a_self_contained_report(run):
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == 3  # the loss curves, then one figure per (test point, count)
     assert all(base64.b64decode(png)[:8] == b"\x89PNG\r\n\x1a\n" for png in images)
-    assert sorted(p.name for p in out.glob("*.png"))[-1] == "losses.png"
+    shown = re.findall(r"Test image (\d+):", page)
+    assert {p.name for p in out.glob("*.png")} == {"losses.png", f"attack-{shown[0]}-1.png", f"attack-{shown[0]}-2.png"}
     assert "L-inf radius 0.05" in page
 
 

@@ -10,7 +10,7 @@ to first order (MATH.md). Proj clips to the allowed set: by default images
 whose 8-bit representation is unchanged (each pixel within 0.5/255 of its
 original value, as in the paper), otherwise an L-infinity ball of the given
 radius; always inside [0, 1]. After every step the Linear head on the frozen
-features is retrained exactly (convex, Newton to |grad| <= 1e-10) and
+features is retrained exactly (convex, Newton to |grad| <= 1e-9) and
 I_pert,loss is recomputed at the new optimum.
 """
 

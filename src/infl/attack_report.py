@@ -32,7 +32,7 @@ def pairs_figure(result: AttackResult, x_test: np.ndarray, shape: tuple[int, int
     ax = fig.add_subplot(grid[0, 0])
     ax.imshow(x_test.reshape(shape), cmap="gray_r", vmin=0, vmax=1)
     verdict = "flipped" if result.flipped else "not flipped"
-    ax.set_title(f"test {result.test_index}: label {result.label}\n{verdict}", fontsize=8)
+    ax.set_title(f"test {result.test_index}: class {result.label}\n{verdict}", fontsize=8)
     ax.axis("off")
     change = (result.X_perturbed - result.X_original) * 255
     bound = max(float(np.abs(change).max()), 1e-12)

@@ -35,6 +35,16 @@ def prepare_folder(out: Path, force: bool) -> Path:
     return out
 
 
+def run_command(body, opts: dict) -> None:
+    """body(opts), with infl's errors and failed writes turned into one-line click errors."""
+    try:
+        body(opts)
+    except InflError as error:
+        raise click.ClickException(str(error)) from error
+    except OSError as error:
+        raise click.ClickException(f"cannot write the output: {error}") from error
+
+
 def say(start: float, what: str) -> None:
     click.echo(f"[{time.perf_counter() - start:7.1f}s] {what}", err=True)
 
@@ -89,12 +99,7 @@ def attack(**opts) -> None:
     images whose 8-bit representation is unchanged, as in Koh & Liang 2017; --radius for an
     L-infinity budget), with the top layer retrained exactly after each step. Reports the
     fraction of attacked test images whose prediction flips."""
-    try:
-        _attack(opts)
-    except InflError as error:
-        raise click.ClickException(str(error)) from error
-    except OSError as error:
-        raise click.ClickException(f"cannot write the output: {error}") from error
+    run_command(_attack, opts)
 
 
 def _attack(opts: dict) -> None:
@@ -157,12 +162,7 @@ def behaviour(**opts) -> None:
     Both models are trained on the same two digit classes: an RBF-kernel SVM (smooth hinge,
     l2) and a CNN feature extractor trained on the other digits, frozen, with a trained
     Linear top layer. Shows each model's most helpful training images (Koh & Liang 2017, Figure 4)."""
-    try:
-        _behaviour(opts)
-    except InflError as error:
-        raise click.ClickException(str(error)) from error
-    except OSError as error:
-        raise click.ClickException(f"cannot write the output: {error}") from error
+    run_command(_behaviour, opts)
 
 
 def _behaviour(opts: dict) -> None:

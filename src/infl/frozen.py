@@ -227,5 +227,19 @@ def predict(model: nn.Module, X: np.ndarray | Tensor) -> np.ndarray:
         return model(torch.as_tensor(X, dtype=torch.float64)).argmax(1).numpy()
 
 
-__all__ = ["BinaryTask", "DigitCNN", "cross_entropy", "binary_task", "check_two_classes", "default_cache", "features", "fit_head",
-           "freeze", "head_model", "load_extractor", "predict", "train_extractor", "train_head"]
+__all__ = [
+    "BinaryTask",
+    "DigitCNN",
+    "binary_task",
+    "check_two_classes",
+    "cross_entropy",
+    "default_cache",
+    "features",
+    "fit_head",
+    "freeze",
+    "head_model",
+    "load_extractor",
+    "predict",
+    "train_extractor",
+    "train_head",
+]
