@@ -291,3 +291,12 @@ def _explain(opts: dict) -> None:
                                     loo_test_index=tests[0], summary=summary, title=f"infl explain: {split.name}")
     click.echo(f"\nreport: {path}")
     click.echo(f"[{clock.elapsed():7.1f}s] done", err=True)
+
+
+from .cli_uses import attack, behaviour  # noqa: E402  (the paper's uses; no import of this module there)
+
+main.add_command(attack)
+main.add_command(behaviour)
+
+if __name__ == "__main__":
+    main()

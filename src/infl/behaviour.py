@@ -1,0 +1,148 @@
+"""Understanding model behaviour (Koh & Liang 2017, section 5.1, Figure 4).
+
+Two models on the same binary digit task: an RBF-kernel SVM (smooth hinge, `infl.rbf`)
+and a frozen CNN with a trained Linear top layer (`infl.frozen`). For one test point,
+I_up,loss(z_i, z_test) of every training point under each model, against the pixel
+(Euclidean) distance ||x_i - x_test||, shows what each model leans on: the SVM on
+training images close in pixel space, the CNN on images that share features.
+Plots show -I_up,loss (positive = helpful: up-weighting z_i lowers the test loss).
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from scipy import stats
+from torch import nn
+
+from .errors import InputError
+from .frozen import BinaryTask, cross_entropy, train_head
+from .influence import Influence
+from .losses import make_smooth_hinge
+from .rbf import rbf_svm, to_pm
+from .report import _CSS, _data_uri, _image_tag, _summary_section, _train_grid, figure_png, pixels_png
+
+SVM, CNN = "RBF SVM", "CNN features + Linear"
+
+
+@dataclass(frozen=True)
+class ModelView:
+    """One model's view of a test point: scores I_up,loss (n,) (positive = harmful), its prediction and test loss."""
+
+    name: str
+    scores: np.ndarray
+    predicted: int
+    loss: float
+
+    def helpful(self, k: int) -> np.ndarray:
+        """The k most helpful training indices (most negative I_up,loss)."""
+        return np.argsort(self.scores, kind="stable")[:k]
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """The test point, distances ||x_i - x_test|| (n,), training labels (n,) and both models' views."""
+
+    test_index: int
+    x_test: np.ndarray
+    label: int
+    distances: np.ndarray
+    y_train: np.ndarray
+    views: tuple[ModelView, ModelView]
+
+    def summary(self, k: int = 10) -> dict[str, dict[str, float]]:
+        """Per model: Spearman(|I_up,loss|, distance), mean distance of the k most helpful, their same-label share."""
+        out = {}
+        for v in self.views:
+            top = v.helpful(k)
+            out[v.name] = {"spearman |influence| vs distance": float(stats.spearmanr(np.abs(v.scores),
+                                                                                       self.distances)[0]),
+                           f"mean distance of top {k} helpful": float(self.distances[top].mean()),
+                           "mean distance of all": float(self.distances.mean()),
+                           f"top {k} helpful with the test label": float(np.mean(self.y_train[top] == self.label))}
+        return out
+
+
+def _view(name: str, model: nn.Module, loss_fn, l2: float, train: tuple, test: tuple) -> ModelView:
+    inf = Influence(model, loss_fn, l2=l2, solver="exact").fit(train)
+    scores = inf.scores(test)[0].numpy()
+    with torch.no_grad():
+        out = model(test[0])
+    predicted = int(out.argmax(1)[0]) if out.shape[1] > 1 else int(out[0, 0] > 0)
+    return ModelView(name, scores, predicted, float(loss_fn(out, test[1])[0]))
+
+
+def compare_behaviour(task: BinaryTask, extractor: nn.Module, test_index: int, *, l2: float = 0.01,
+                      svm_l2: float = 1e-3, gamma: float | None = None, t: float = 0.1) -> Behaviour:
+    """I_up,loss of every training point for test point `test_index` under the RBF SVM and the CNN head.
+
+    SVM: rbf_svm(gamma, svm_l2, smooth hinge t), influence with the same loss and l2.
+    CNN: the frozen extractor with a Linear(64, 2) head, cross-entropy, l2.
+    """
+    m = len(task.y_test)
+    if isinstance(test_index, bool) or not isinstance(test_index, (int, np.integer)) or not 0 <= test_index < m:
+        raise InputError(f"test index {test_index!r} is out of range: the task has {m} test points (0 to {m - 1})")
+    X, Xt = torch.as_tensor(task.X_train), torch.as_tensor(task.X_test[[test_index]])
+    y, yt = torch.as_tensor(task.y_train), torch.as_tensor(task.y_test[[test_index]])
+    svm = rbf_svm(X, y, gamma=gamma, l2=svm_l2, t=t)
+    views = (_view(SVM, svm, make_smooth_hinge(t), svm_l2, (X, to_pm(y)), (Xt, to_pm(yt))),
+             _view(CNN, train_head(extractor, task.X_train, task.y_train, l2), cross_entropy, l2, (X, y), (Xt, yt)))
+    distances = np.linalg.norm(task.X_train - task.X_test[test_index], axis=1)
+    return Behaviour(int(test_index), task.X_test[test_index], int(task.y_test[test_index]), distances,
+                     task.y_train, views)
+
+
+def behaviour_figure(result: Behaviour, digits: tuple[int, int]) -> Figure:
+    """Figure 4 (top): -I_up,loss against Euclidean distance, one panel per model, coloured by training label."""
+    fig = Figure(figsize=(9.5, 3.6))
+    for col, v in enumerate(result.views, start=1):
+        ax = fig.add_subplot(1, 2, col)
+        for label, colour in ((0, "#2166ac"), (1, "#d6604d")):
+            rows = result.y_train == label
+            ax.scatter(result.distances[rows], -v.scores[rows], s=8, alpha=0.6, color=colour,
+                       label=f"digit {digits[label]}" + (" (test label)" if label == result.label else ""))
+        ax.axhline(0, color="#888", lw=0.8)
+        ax.set_xlabel("Euclidean distance to the test image (pixels)")
+        ax.set_ylabel("-I_up,loss  (positive = helpful)" if col == 1 else "")
+        ax.set_title(v.name, fontsize=10)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def write_behaviour_report(out_dir: str | Path, result: Behaviour, task: BinaryTask, top: int = 8,
+                           summary: Mapping[str, str] | None = None, title: str = "infl behaviour") -> Path:
+    """Write influence_vs_distance.png and report.html (self-contained) into out_dir; returns the page."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    png = figure_png(behaviour_figure(result, task.digits), dpi=110)
+    (out / "influence_vs_distance.png").write_bytes(png)
+    labels = np.asarray(task.digits)[task.y_train]
+    stats_rows = "".join(f"<tr><th>{html.escape(name)}</th>" + "".join(f"<td>{value:.3g}</td>" for value in row.values())
+                         + "</tr>" for name, row in result.summary(10).items())
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in next(iter(result.summary(10).values())))
+    body = [f"<h1>{html.escape(title)}</h1><p class='note'>Test image {result.test_index} (digit "
+            f"{task.digits[result.label]}). Scores are I_up,loss (Koh &amp; Liang 2017): negative = helpful. The plot "
+            "shows -I_up,loss against the pixel distance of each training image to the test image.</p>",
+            _image_tag(pixels_png(result.x_test, task.image_shape, (0, 1)), "the test image", "pixels test"),
+            f'<img src="{_data_uri(png)}" alt="influence against distance for both models" style="max-width:100%">',
+            f"<table><tr><th>model</th>{head}</tr>{stats_rows}</table>"]
+    for v in result.views:
+        verdict = "correct" if v.predicted == result.label else "wrong"
+        body.append(f"<h2>{html.escape(v.name)}: most helpful training images</h2><p class='note'>predicted digit "
+                    f"{task.digits[v.predicted]} ({verdict}), test loss {v.loss:.4g}</p>")
+        body.append(_train_grid("helpful", v.helpful(top), v.scores, task.X_train, labels, task.image_shape, (0, 1)))
+    if summary:
+        body.append(_summary_section(summary))
+    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
+    path = out / "report.html"
+    path.write_text(page, encoding="utf-8")
+    return path

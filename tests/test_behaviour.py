@@ -1,0 +1,63 @@
+"""The RBF SVM of `infl behaviour`: its kernel map, its optimum, and its influence against leave-one-out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from infl import Influence, InputError
+from infl.behaviour import compare_behaviour
+from infl.data import load_builtin
+from infl.frozen import binary_task
+from infl.losses import make_smooth_hinge
+from infl.rbf import RBFFeatures, rbf_svm, squared_distances, to_pm
+from infl.validate import leave_one_out
+
+
+@pytest.fixture(scope="module")
+def svm_task():
+    split = load_builtin("digits")
+    task = binary_task(split, (3, 8))
+    X = torch.as_tensor(task.X_train[:200])
+    y = torch.as_tensor(task.y_train[:200])
+    return X, y, torch.as_tensor(task.X_test[:3]), torch.as_tensor(task.y_test[:3])
+
+
+def test_kernel_map_reproduces_the_kernel():
+    X = torch.as_tensor(np.random.default_rng(0).random((30, 6)))
+    phi = RBFFeatures(X, gamma=0.7)
+    K = torch.exp(-0.7 * squared_distances(X, X))
+    torch.testing.assert_close(phi(X) @ phi(X).T, K, atol=1e-8, rtol=0)
+
+
+def test_svm_is_at_its_optimum_and_classifies(svm_task):
+    X, y, _, _ = svm_task
+    svm = rbf_svm(X, y, l2=1e-3, t=0.1)
+    inf = Influence(svm, make_smooth_hinge(0.1), l2=1e-3).fit((X, to_pm(y)))
+    assert inf.grad_norm_ < 1e-8
+    with torch.no_grad():
+        assert ((svm(X)[:, 0] > 0).long() == y).float().mean() > 0.95
+
+
+def test_svm_influence_matches_leave_one_out(svm_task):
+    X, y, Xt, yt = svm_task
+    svm = rbf_svm(X, y, l2=1e-2, t=0.1)
+    inf = Influence(svm, make_smooth_hinge(0.1), l2=1e-2).fit((X, to_pm(y)))
+    scores = inf.scores((Xt[:1], to_pm(yt[:1])))[0]
+    idx = torch.argsort(scores.abs(), descending=True)[:15].tolist()
+    res = leave_one_out(inf, (Xt[:1], to_pm(yt[:1])), idx)
+    assert res.pearson[0] > 0.95 and res.spearman[0] > 0.95  # 0.981 and 0.982 when written
+
+
+def test_bad_inputs(svm_task):
+    X, y, _, _ = svm_task
+    with pytest.raises(InputError, match="single class"):
+        rbf_svm(X, torch.zeros_like(y))
+    with pytest.raises(InputError, match="gamma must be a finite number > 0"):
+        RBFFeatures(X, gamma=float("nan"))
+    with pytest.raises(InputError, match="labelled 0/1 or -1/\\+1"):
+        to_pm(torch.tensor([0, 2]))
+    task = binary_task(load_builtin("digits"), (3, 8))
+    with pytest.raises(InputError, match="out of range"):
+        compare_behaviour(task, torch.nn.Identity(), len(task.y_test))
