@@ -8,8 +8,9 @@ Definitions, signs and scalings: MATH.md (Koh & Liang 2017).
 
 from .errors import CurvatureError, DivergenceError, InflError, InputError, NotFittedError
 from .influence import Influence
+from .sklearn import from_sklearn
 from .solvers import CG, Arnoldi, Exact, LiSSA, SolveInfo
 
 __all__ = ["Arnoldi", "CG", "CurvatureError", "DivergenceError", "Exact", "Influence", "InflError", "InputError",
-           "LiSSA", "NotFittedError", "SolveInfo"]
+           "LiSSA", "NotFittedError", "SolveInfo", "from_sklearn"]
 __version__ = "0.1.0"
