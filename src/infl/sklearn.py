@@ -148,7 +148,7 @@ def _logistic_penalty(est: Any) -> str | None:
     """The penalty LogisticRegression.fit applies: 'l2', 'l1', 'elasticnet' or None (also for sklearn >= 1.8)."""
     penalty = getattr(est, "penalty", "l2")
     if penalty != "deprecated":
-        return penalty
+        return None if penalty == "none" else penalty  # "none": the spelling before scikit-learn 1.2
     if np.isinf(est.C):
         return None
     ratio = est.l1_ratio
@@ -205,6 +205,8 @@ def _logistic(est: Any, n: int) -> Recipe:
         raise _refuse(est, f"solver={est.solver!r}")
     if K == 1:
         return Recipe(coef, intercept, logistic_pm, l2, _plus_minus(classes, 1), False)
+    if getattr(est, "multi_class", "auto") == "ovr" or est.solver == "liblinear":  # scikit-learn < 1.8 only
+        raise _refuse(est, "one-vs-rest multi-class fits (refit with the multinomial default, e.g. solver='lbfgs')")
     coef, intercept, l2 = _fix_softmax_gauge(coef, intercept, l2)
     return Recipe(coef, intercept, multinomial, l2, lambda y: _class_index(classes, y), False)
 
