@@ -7,9 +7,11 @@ Definitions, signs and scalings: MATH.md (Koh & Liang 2017).
 """
 
 from .errors import CurvatureError, DivergenceError, InflError, InputError, NotFittedError
+from .frame import to_frame
 from .influence import Influence
+from .sklearn import from_sklearn
 from .solvers import CG, EKFAC, KFAC, Arnoldi, Exact, LiSSA, SolveInfo
 
-__all__ = ["Arnoldi", "CG", "CurvatureError", "DivergenceError", "EKFAC", "Exact", "KFAC", "Influence", "InflError", "InputError",
-           "LiSSA", "NotFittedError", "SolveInfo"]
+__all__ = ["Arnoldi", "CG", "CurvatureError", "DivergenceError", "EKFAC", "Exact", "Influence", "InflError",
+           "InputError", "KFAC", "LiSSA", "NotFittedError", "SolveInfo", "from_sklearn", "to_frame"]
 __version__ = "0.1.0"

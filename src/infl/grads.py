@@ -26,7 +26,7 @@ def stack_grads(obj: Objective, X: Tensor, y: Tensor, batch_size: int) -> Tensor
 
 
 def mean_grad(obj: Objective, X: Tensor, y: Tensor, batch_size: int) -> Tensor:
-    """grad R(theta_hat) = (1/n) sum_i grad L(z_i) + l2 * theta_hat, shape (p,)."""
+    """grad R(theta_hat) = (1/n) sum_i grad L(z_i) + l2 * theta_hat (l2 a float or (p,)), shape (p,)."""
     total = torch.zeros(obj.p, dtype=obj.dtype, device=obj.device)
     for rows in batches(X.shape[0], batch_size):
         total += torch.func.grad(obj.loss_sum)(obj.theta, X[rows], y[rows])

@@ -14,7 +14,7 @@ from .errors import InputError, NotFittedError
 from .grads import iter_grads, mean_grad, stack_grads
 from .inputs import batches, to_tensors
 from .linear import check_curvature, curvature_operator, make_objective
-from .objective import LossFn
+from .objective import L2, LossFn, check_l2, describe_l2
 from .operators import Operator
 from .solvers import CG, EKFAC, KFAC, Arnoldi, Exact, LiSSA, SolveInfo
 
@@ -51,14 +51,18 @@ def _check_number(name: str, value: float) -> float:
 class Influence:
     """Influence of upweighting each training point, for a trained model.
 
-    H = (1/n) sum_i grad^2 L(z_i, theta_hat) + l2 * I, plus damping * I on
+    H = (1/n) sum_i grad^2 L(z_i, theta_hat) + diag(l2), plus damping * I on
     top (for non-convex models); gradients are of the unregularised
     per-example loss. Signs and scalings follow MATH.md.
 
     Args:
         model: trained torch module, left unchanged (never modified or switched mode).
         loss_fn: loss_fn(outputs, targets) -> per-example losses (b,).
-        l2: weight decay the model was trained with (part of H).
+        l2: weight decay the model was trained with (part of H): a float for
+            every trainable parameter, or {parameter name: l2} (names as in
+            model.named_parameters(); each value a number or a tensor shaped
+            like the parameter; trainable parameters not named get 0), e.g.
+            {"weight": 0.01} for an unpenalised bias.
         damping: extra multiple of I added to H (not part of the objective).
         solver: 'exact', 'cg', 'lissa', 'arnoldi', 'kfac', 'ekfac' or a configured instance
             (copied: its fitted state belongs to this Influence).
@@ -72,13 +76,13 @@ class Influence:
         stationarity_tol: warn when ||grad R(theta_hat)|| exceeds this.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, *, l2: float = 0.0, damping: float = 0.0,
+    def __init__(self, model: nn.Module, loss_fn: LossFn, *, l2: L2 = 0.0, damping: float = 0.0,
                  solver: str | Solver = "exact", curvature: str = "hessian", batch_size: int = 512,
                  keep_train_grads: bool = False, stationarity_tol: float = 1e-3) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         self.model, self.loss_fn = model, loss_fn
-        self.l2, self.damping = _check_number("l2", l2), _check_number("damping", damping)
+        self.l2, self.damping = check_l2(l2), _check_number("damping", damping)
         self.solver = make_solver(solver)
         check_curvature(curvature)
         self.curvature = curvature
@@ -120,10 +124,10 @@ class Influence:
         if self.grad_norm_ > self.stationarity_tol:
             warnings.warn(
                 f"the model is not at a stationary point of the training objective: ||grad R|| = "
-                f"{self.grad_norm_:.3g} (l2={self.l2:g}). Influence assumes theta_hat minimises R; train longer, "
+                f"{self.grad_norm_:.3g} (l2={describe_l2(self.l2)}). Influence assumes theta_hat minimises R; train longer, "
                 "check that l2 matches the training weight decay, or add damping", stacklevel=2)
         if isinstance(self.solver, LiSSA):
-            self.solver.fit(op, floor=self.l2 + self.damping)
+            self.solver.fit(op, floor=obj.l2_min + self.damping)
         else:
             self.solver.fit(op)
         self.curvature_: Operator = op

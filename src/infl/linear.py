@@ -17,7 +17,7 @@ from torch.func import grad, hessian, vmap
 
 from .errors import InputError
 from .inputs import batches
-from .objective import LossFn, Objective
+from .objective import L2, LossFn, Objective
 from .operators import GaussNewton, Hessian, Operator
 
 
@@ -38,7 +38,7 @@ class LinearObjective(Objective):
     theta = (W.flatten(), b) in parameter order; C outputs, d features.
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, l2: float, head: nn.Linear) -> None:
+    def __init__(self, model: nn.Module, loss_fn: LossFn, l2: L2, head: nn.Linear) -> None:
         super().__init__(model, loss_fn, l2)
         self.head = head
         self.C, self.d = head.out_features, head.in_features
@@ -84,7 +84,7 @@ class LinearObjective(Objective):
 
 
 class LinearHessian(Operator):
-    """H = (1/n) sum_i J_i^T Lambda_i J_i + l2 * I for outputs affine in theta (exact, not an approximation).
+    """H = (1/n) sum_i J_i^T Lambda_i J_i + diag(l2) for outputs affine in theta (exact, not an approximation).
 
     Holds the features A (n, d) and output Hessians Lambda (n, C, C) of the
     data, computed once; a product with k rows costs O(k n C d).
@@ -149,7 +149,7 @@ class LinearHessian(Operator):
         return LinearHessian(self.obj, None, None, self.batch_size, (self.A[index], self.Lam[index]))
 
 
-def make_objective(model: nn.Module, loss_fn: LossFn, l2: float, probe: Tensor | None = None) -> Objective:
+def make_objective(model: nn.Module, loss_fn: LossFn, l2: L2, probe: Tensor | None = None) -> Objective:
     """A LinearObjective when the model's outputs are affine in its trainable parameters, else an Objective.
 
     `probe` (a few inputs) confirms the head's output is the model's output.

@@ -1,6 +1,9 @@
 """The training objective as a pure function of one flat parameter vector.
 
-R(theta) = (1/n) * sum_i L(z_i, theta) + (l2/2) * ||theta||^2   (MATH.md)
+R(theta) = (1/n) * sum_i L(z_i, theta) + (1/2) * sum_k l2_k * theta_k^2   (MATH.md)
+
+l2 is one weight decay for every trainable parameter (a float) or one per
+parameter (a mapping by name), e.g. scikit-learn's unpenalised intercepts.
 
 theta is the concatenation of the model's trainable parameters in
 `model.parameters()` order, so it has p = sum of their sizes entries. The
@@ -11,7 +14,7 @@ model is never modified: every evaluation goes through
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Callable, Mapping, Union
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +23,59 @@ from torch.func import functional_call, grad, jvp, vmap
 from .errors import InputError
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+L2 = Union[float, Mapping[str, Union[float, Tensor]]]
+"""A float (the same l2 on every trainable parameter) or {parameter name: l2}, where each l2 is
+a number or a tensor shaped like that parameter; trainable parameters not named get 0."""
+
+
+def _is_l2_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+def check_l2(l2: L2) -> L2:
+    """l2 unchanged when it is a number >= 0 or a mapping of such values, else an InputError."""
+    if isinstance(l2, Mapping):
+        for name, value in l2.items():
+            ok = _is_l2_number(value) or (isinstance(value, Tensor) and bool(torch.isfinite(value).all())
+                                          and bool((value >= 0).all()))
+            if not ok:
+                raise InputError(f"l2[{name!r}] must be a finite number >= 0 or a tensor of them shaped like the "
+                                 f"parameter, got {value!r}")
+        return l2
+    if not _is_l2_number(l2):
+        raise InputError(f"l2 must be a finite number >= 0 (the training weight decay) or a mapping "
+                         f"{{parameter name: l2}}, got {l2!r}")
+    return float(l2)
+
+
+def l2_vector(l2: L2, trainable: list[tuple[str, Tensor]]) -> float | Tensor:
+    """l2 as R uses it: the float itself, or for a mapping a (p,) tensor in parameter order (0 where unnamed).
+
+    Either way `l2 * V` is the l2 term of H times each row of V (k, p).
+    """
+    l2 = check_l2(l2)
+    if not isinstance(l2, Mapping):
+        return l2
+    shapes = {n: p.shape for n, p in trainable}
+    unknown = [k for k in l2 if k not in shapes]
+    if unknown:
+        raise InputError(f"l2 names {unknown} that are not trainable parameters of the model; valid names: "
+                         f"{', '.join(shapes)}")
+    parts = []
+    for name, param in trainable:
+        value = torch.as_tensor(l2.get(name, 0.0), dtype=param.dtype).to(param.device)
+        if value.ndim and value.shape != param.shape:
+            raise InputError(f"l2[{name!r}] has shape {tuple(value.shape)} but the parameter has shape "
+                             f"{tuple(param.shape)}; give a number or a tensor of the parameter's shape")
+        parts.append(value.expand(param.shape).reshape(-1))
+    return torch.cat(parts)
+
+
+def describe_l2(l2: L2) -> str:
+    """A short text for messages: the float, or name=value pairs."""
+    if not isinstance(l2, Mapping):
+        return f"{l2:g}"
+    return "{" + ", ".join(f"{k}: {v:g}" if _is_l2_number(v) else f"{k}: tensor" for k, v in l2.items()) + "}"
 
 _STOCHASTIC_IN_TRAINING = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
 
@@ -48,21 +104,29 @@ class Objective:
         model: the trained network; left exactly as it was.
         loss_fn: loss_fn(outputs, targets) -> per-example losses (b,), i.e.
             with reduction="none". The 1/n is applied here, not by loss_fn.
-        l2: weight decay of the training objective; part of the Hessian.
+        l2: weight decay of the training objective (part of the Hessian): a
+            float for every trainable parameter, or {parameter name: l2}.
+
+    Attributes:
+        l2: a float, or a (p,) tensor of per-entry weight decays in theta
+            order; either way `l2 * V` is the l2 part of H times the rows of V.
+        l2_min: the smallest of them (a lower bound on H's eigenvalues for a
+            convex loss).
     """
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, l2: float = 0.0) -> None:
+    def __init__(self, model: nn.Module, loss_fn: LossFn, l2: L2 = 0.0) -> None:
         if not isinstance(model, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if not callable(loss_fn):
             raise InputError(f"loss_fn must be callable as loss_fn(outputs, targets), got {loss_fn!r}")
-        if not (isinstance(l2, (int, float)) and math.isfinite(l2) and l2 >= 0):
-            raise InputError(f"l2 must be a finite number >= 0 (the training weight decay), got {l2!r}")
+        check_l2(l2)
         check_deterministic(model)
         trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not trainable:
             raise InputError("the model has no parameters with requires_grad=True; nothing to differentiate")
-        self.model, self.loss_fn, self.l2 = model, loss_fn, float(l2)
+        self.model, self.loss_fn = model, loss_fn
+        self.l2 = l2_vector(l2, trainable)
+        self.l2_min = float(self.l2.min()) if isinstance(self.l2, Tensor) else self.l2
         self.names = [n for n, _ in trainable]
         self.shapes = [p.shape for _, p in trainable]
         self.sizes = [p.numel() for _, p in trainable]

@@ -85,7 +85,9 @@ class Shifted(Operator):
 
 
 class Hessian(Operator):
-    """H = (1/n) sum_i grad^2 L(z_i, theta_hat) + l2 * I over the data (X, y).
+    """H = (1/n) sum_i grad^2 L(z_i, theta_hat) + diag(l2) over the data (X, y).
+
+    l2 is obj.l2: a float (l2 * I) or a (p,) vector of per-parameter weight decays.
 
     Matrix-free: each product is a pass over the data in chunks of
     `batch_size` examples (forward-over-reverse, vectorised over the rows).
@@ -117,11 +119,11 @@ class Hessian(Operator):
 
 
 class GaussNewton(Hessian):
-    """G = (1/n) sum_i J_i^T Lambda_i J_i + l2 * I: the generalised Gauss-Newton matrix.
+    """G = (1/n) sum_i J_i^T Lambda_i J_i + diag(l2): the generalised Gauss-Newton matrix.
 
     J_i = d f(x_i) / d theta (outputs by parameters), Lambda_i = d^2 L / d f^2.
     Its data part is positive semi-definite whenever the loss is convex in
-    the outputs, so G is positive definite for l2 > 0, whatever the network.
+    the outputs, so G is positive definite when every l2 > 0, whatever the network.
     """
 
     name = "gauss-newton"

@@ -8,21 +8,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .objective import LossFn, Objective
+from .objective import L2, LossFn, Objective
 
 
-def dense_hessian(model: nn.Module, loss_fn: LossFn, X: Tensor, y: Tensor, l2: float = 0.0) -> Tensor:
-    """H = grad^2 [(1/n) sum_i L(z_i) + (l2/2)||theta||^2] at the model's parameters, (p, p), by torch.func.hessian."""
+def dense_hessian(model: nn.Module, loss_fn: LossFn, X: Tensor, y: Tensor, l2: L2 = 0.0) -> Tensor:
+    """H = grad^2 [(1/n) sum_i L(z_i) + (1/2) sum_k l2_k theta_k^2] at the model's parameters, (p, p),
+    by torch.func.hessian. l2: a float or {parameter name: l2} as in Influence."""
     obj = Objective(model, loss_fn, l2)
 
     def risk(theta: Tensor) -> Tensor:
-        return obj.losses(theta, X, y).mean() + 0.5 * l2 * theta.square().sum()
+        return obj.losses(theta, X, y).mean() + 0.5 * (obj.l2 * theta.square()).sum()
 
     return torch.func.hessian(risk)(obj.theta)
 
 
 def dense_scores(model: nn.Module, loss_fn: LossFn, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],
-                 l2: float = 0.0, damping: float = 0.0) -> Tensor:
+                 l2: L2 = 0.0, damping: float = 0.0) -> Tensor:
     """I_up,loss(z_i, z_test) = -grad L(z_test)^T (H + damping I)^{-1} grad L(z_i), (m, n), by dense solve."""
     obj = Objective(model, loss_fn, l2)
     eye = torch.eye(obj.p, dtype=obj.dtype, device=obj.device)

@@ -13,8 +13,8 @@ from .objective import Objective
 
 
 def weighted_risk(obj: Objective, theta: Tensor, X: Tensor, y: Tensor, weights: Tensor, batch_size: int) -> Tensor:
-    """sum_i weights_i * L(z_i, theta) + (l2/2) ||theta||^2 (a scalar)."""
-    total = 0.5 * obj.l2 * theta.square().sum()
+    """sum_i weights_i * L(z_i, theta) + (1/2) sum_k l2_k theta_k^2 (a scalar)."""
+    total = 0.5 * (obj.l2 * theta.square()).sum()
     for rows in batches(X.shape[0], batch_size):
         total = total + (weights[rows] * obj.losses(theta, X[rows], y[rows])).sum()
     return total
@@ -23,7 +23,7 @@ def weighted_risk(obj: Objective, theta: Tensor, X: Tensor, y: Tensor, weights: 
 def minimize(obj: Objective, X: Tensor, y: Tensor, *, weights: Tensor | None = None,
              theta0: Tensor | None = None, tol: float = 1e-9, max_iter: int = 1000,
              batch_size: int = 4096) -> Tensor:
-    """argmin_theta sum_i w_i L(z_i, theta) + (l2/2)||theta||^2 by full-batch L-BFGS.
+    """argmin_theta sum_i w_i L(z_i, theta) + (1/2) sum_k l2_k theta_k^2 by full-batch L-BFGS.
 
     weights default to 1/n (the objective R of MATH.md); theta0 defaults to
     the model's parameters (a warm start). Stops when the gradient's largest

@@ -27,7 +27,7 @@ class LiSSA:
     scale: default 1.2 x the largest eigenvalue seen on a few sampled batches.
     depth: default the number of steps that brings the truncation error
         (1 - floor / scale)^depth below `tol`, where floor = a lower bound on
-        A's eigenvalues (l2 + damping for a PSD data curvature).
+        A's eigenvalues (smallest l2 + damping for a PSD data curvature).
     batch_size: examples per sampled curvature (the op must offer `subset`;
         otherwise the whole op is used every step).
     Raises DivergenceError, naming the knob to change, when the iterates blow up.
@@ -75,7 +75,8 @@ class LiSSA:
         if self.floor <= 0:
             raise InputError(
                 "LiSSA cannot choose its depth: the curvature has no known positive lower bound on its "
-                "eigenvalues (l2 + damping = 0). Pass damping > 0 (or l2 > 0), or set depth explicitly")
+                "eigenvalues (smallest l2 + damping = 0). Pass damping > 0 (or l2 > 0 on every parameter), "
+                "or set depth explicitly")
         rate = 1 - self.floor / self.scale_
         depth = math.ceil(math.log(self.tol) / math.log(rate)) if rate > 0 else 1
         if depth > self.max_depth:
