@@ -7,9 +7,10 @@ Definitions, signs and scalings: MATH.md (Koh & Liang 2017).
 """
 
 from .errors import CurvatureError, DivergenceError, InflError, InputError, NotFittedError
+from .index import Index
 from .influence import Influence
 from .solvers import CG, Arnoldi, Exact, LiSSA, SolveInfo
 
-__all__ = ["Arnoldi", "CG", "CurvatureError", "DivergenceError", "Exact", "Influence", "InflError", "InputError",
+__all__ = ["Arnoldi", "CG", "CurvatureError", "DivergenceError", "Exact", "Index", "Influence", "InflError", "InputError",
            "LiSSA", "NotFittedError", "SolveInfo"]
 __version__ = "0.1.0"

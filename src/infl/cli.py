@@ -291,3 +291,16 @@ def _explain(opts: dict) -> None:
                                     loo_test_index=tests[0], summary=summary, title=f"infl explain: {split.name}")
     click.echo(f"\nreport: {path}")
     click.echo(f"[{clock.elapsed():7.1f}s] done", err=True)
+
+
+def _register_index_commands() -> None:
+    from .cli_index import index, query
+    main.add_command(index)
+    main.add_command(query)
+
+
+_register_index_commands()
+
+
+if __name__ == "__main__":  # python -m infl.cli, e.g. under torchrun
+    main()

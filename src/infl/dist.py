@@ -57,6 +57,13 @@ def all_sum(t: Tensor) -> Tensor:
     return t
 
 
+def broadcast_(t: Tensor, src: int = 0) -> Tensor:
+    """Overwrite t in place with rank src's t (no-op without a process group)."""
+    if world()[1] > 1:
+        dist.broadcast(t, src)
+    return t
+
+
 def barrier() -> None:
     """Wait for every rank (no-op without a process group)."""
     if world()[1] > 1:
