@@ -1,7 +1,7 @@
 """Scale: build an influence index on augmented MNIST, query it, bound its memory, run it on 2 processes.
 
     python benchmarks/scale.py                       # full size: 50,000 training points
-    python benchmarks/scale.py --n 10000 --k 128     # reduced
+    python benchmarks/scale.py --train-size 10000 --proj 64   # reduced
 
 Data: the built-in MNIST training images (4,000) with seeded augmentations
 (shifts of up to 2 pixels, Gaussian pixel noise 0.05), n rows; queries: the
@@ -120,7 +120,7 @@ def run_child(args: argparse.Namespace, *, n: int, k: int, budget: str | None, f
               queries: int = 0) -> dict:
     cmd = [sys.executable] + (["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(procs)]
                               if procs > 1 else [])
-    cmd += [__file__, "build", "--n", str(n), "--k", str(k), "--folder", str(folder),
+    cmd += [__file__, "build", "--train-size", str(n), "--proj", str(k), "--folder", str(folder),
             "--queries", str(queries)] + (["--budget", budget] if budget else [])
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // procs))}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -157,8 +157,8 @@ def _mean_spearman(a: np.ndarray, b: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("step", nargs="?", default="all", choices=["all", "build"])
-    parser.add_argument("--n", type=int, default=50_000)
-    parser.add_argument("--k", type=int, default=256, help="projection of the timed builds")
+    parser.add_argument("--train-size", dest="n", type=int, default=50_000)
+    parser.add_argument("--proj", dest="k", type=int, default=256, help="projection of the timed builds")
     parser.add_argument("--ks", type=lambda s: [int(v) for v in s.split(",")], default=[64, 256, 1024, 4096])
     parser.add_argument("--budget", default=None)
     parser.add_argument("--mem-n", type=int, default=26_400, help="training points of the memory-budget build")
@@ -174,9 +174,9 @@ def main() -> None:
         mlp(*augmented(n)[:2])  # trained once, before any timing
     if "speed" in args.steps:
         one = run_child(args, n=args.n, k=args.k, budget=None, folder=OUT / "index-1", queries=args.queries)
-        two = run_child(args, n=args.n, k=args.k, budget=None, folder=OUT / "index-2", procs=2)
         print(f"n = {args.n} augmented MNIST, MLP p = {P_MLP}, float32, k = {args.k}, Gauss-Newton + {DAMPING} I")
-        print(f"build, 1 process: {one['build_s']:.1f} s, peak RSS {one['peak_rss'] / 2**20:.0f} MiB")
+        print(f"build, 1 process: {one['build_s']:.1f} s, peak RSS {one['peak_rss'] / 2**20:.0f} MiB", flush=True)
+        two = run_child(args, n=args.n, k=args.k, budget=None, folder=OUT / "index-2", procs=2)
         print(f"build, 2 processes (torchrun): {two['build_s']:.1f} s, speed-up {one['build_s'] / two['build_s']:.2f}x")
         print(f"top-10 query: {1000 * one['query_s_per_point']:.2f} ms per test point ({args.queries} test points)")
     if "memory" in args.steps:

@@ -10,15 +10,31 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import infl  # noqa: E402
-from infl import dist  # noqa: E402
+from infl import dist, store  # noqa: E402
 from infl.index import Index  # noqa: E402
 from scale_problems import SOLVERS, logreg, mlp  # noqa: E402
 
 
-def main(out: str, die_rank: int) -> None:
+def lose_rank_1_mid_index(folder: str) -> None:
+    """Rank 1 dies right after writing its first chunk: the job must fail naming it and leave the index resumable."""
+    if dist.world()[0] == 1:
+        write = store.write_json
+
+        def write_then_die(path, obj):
+            write(path, obj)
+            os._exit(3)
+
+        store.write_json = write_then_die
+    prob = mlp()
+    Index.build(infl.Influence(prob.model, prob.loss_fn, l2=prob.l2), folder, prob.train, chunk_rows=7, verbose=False)
+
+
+def main(out: str, die: str) -> None:
     rank, size = dist.init(timeout_s=60)
-    if rank == die_rank:
+    if die == "start" and rank == 1:
         os._exit(3)  # a rank lost mid-run: the job must fail naming it, not hang
+    if die == "index":
+        return lose_rank_1_mid_index(out)
     results = {}
     for make in (logreg, mlp):
         name = make.__name__
@@ -39,4 +55,4 @@ def main(out: str, die_rank: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else -1)
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 
 import infl
-from infl.index import Index
+from infl.index import IncompleteIndexError, Index
+from infl.testing import dense_scores
 from scale_problems import SOLVERS, logreg, mlp
 
 HERE = Path(__file__).parent
@@ -58,8 +60,29 @@ def test_index_built_by_two_processes_equals_one(two_ranks, tmp_path, project) -
     assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max()
 
 
+def lost_rank_1(log: str) -> bool:
+    """torchrun's failure summary names global rank 1 and its exit code 3."""
+    return re.search(r"^\s*rank\s*:\s*1 ", log, re.M) is not None and re.search(r"exitcode\s*:\s*3\b", log) is not None
+
+
 def test_a_lost_rank_fails_the_job_naming_it(tmp_path) -> None:
-    run = torchrun(str(HERE / "dist_worker.py"), str(tmp_path / "never.npz"), "1", timeout=120)
+    run = torchrun(str(HERE / "dist_worker.py"), str(tmp_path / "never.npz"), "start", timeout=120)
     assert run.returncode != 0
-    assert "rank: 1" in run.stderr and "exitcode: 3" in run.stderr, run.stderr[-2000:]
+    assert lost_rank_1(run.stderr), run.stderr[-2000:]
     assert not (tmp_path / "never.npz").exists()
+
+
+def test_a_rank_lost_mid_index_leaves_it_resumable(tmp_path) -> None:
+    folder = tmp_path / "idx"
+    run = torchrun(str(HERE / "dist_worker.py"), str(folder), "index", timeout=120)
+    assert run.returncode != 0 and lost_rank_1(run.stderr), run.stderr[-2000:]
+    prob = mlp()
+    inf = infl.Influence(prob.model, prob.loss_fn, l2=prob.l2)
+    with pytest.raises(IncompleteIndexError, match="incomplete"):
+        Index.open(folder, inf)
+    written = {p.name: p.stat().st_mtime_ns for p in (folder / "grads").glob("*.json")}
+    assert "000001.json" in written  # rank 1's first chunk survived it
+    idx = Index.build(inf, folder, prob.train, verbose=False)  # resumed by one process
+    assert all((folder / "grads" / name).stat().st_mtime_ns == t for name, t in written.items())
+    ref = dense_scores(prob.model, prob.loss_fn, prob.train, prob.test, prob.l2)
+    np.testing.assert_allclose(idx.scores(prob.test).numpy(), ref.numpy(), rtol=1e-8, atol=1e-9)

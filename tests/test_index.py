@@ -137,3 +137,18 @@ def test_format_is_readable_without_infl(tmp_path) -> None:
     ref = dense_scores(prob.model, prob.loss_fn, prob.train, prob.test, prob.l2).numpy()
     np.testing.assert_allclose(scores, ref, rtol=1e-8, atol=1e-9)
     assert manifest["complete"] and manifest["k"] == manifest["p"] == G.shape[1]
+
+
+def test_memory_budget_sets_chunks_and_refuses_too_little(tmp_path, capsys) -> None:
+    from infl.budget import index_plan, parse_bytes
+    assert parse_bytes("4GB") == 4 * 10**9 and parse_bytes("512MiB") == 512 * 2**20
+    with pytest.raises(infl.InputError, match="such as '4GB'"):
+        parse_bytes("lots")
+    plan = index_plan(10**9, n=10**6, p=10**5, k=256, itemsize=4, data_bytes=10**8, projected=True, baseline=0)
+    assert plan.peak <= 10**9 and plan.grad_rows * 4 * 10**5 * 4 <= 10**9 // 4
+    assert "the full training gradients would need 381,470 MiB" in plan.describe()
+    prob = logreg()
+    with pytest.raises(infl.InputError, match="max_memory=.* is too small.*raise max_memory"):
+        Index.build(influence(prob), tmp_path / "idx", prob.train, max_memory="1MB", verbose=False)
+    Index.build(influence(prob), tmp_path / "ok", prob.train, max_memory="4GB")
+    assert "plan (budget 3,815 MiB" in capsys.readouterr().err

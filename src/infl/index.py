@@ -120,14 +120,7 @@ class Index:
         if chunk_rows is not None and not (isinstance(chunk_rows, int) and chunk_rows >= 1):
             raise InputError(f"chunk_rows must be an integer >= 1 or None (from max_memory), got {chunk_rows!r}")
         k = project or p
-        manifest = {"format": FORMAT, "version": VERSION, "config": _config(inf, project, seed),
-                    "fingerprint": {"model": model_fingerprint(obj), "data": data_fingerprint(X, y)},
-                    "n": n, "p": p, "k": k, "x_shape": list(X.shape[1:]), "dtype": str(obj.dtype).split(".")[-1],
-                    "projection": None if project is None else {
-                        "kind": "gaussian N(0, 1/k)", "block_rows": 256,
-                        "block_j": "torch.randn(rows, p, generator=torch.Generator().manual_seed(seed * 1000003 + j),"
-                                   " dtype=float64) / sqrt(k)"},
-                    "curvature": "L (k, k) lower-triangular, L L^T = P (H + damping I) P^T", "complete": False}
+        manifest = _manifest(inf, X, y, project, seed)
         resumed = _existing(folder, manifest, force)
         itemsize = obj.theta.element_size()
         plan = index_plan(parse_bytes(max_memory) if max_memory is not None else None, n=n, p=p, k=k,
@@ -275,6 +268,20 @@ class Index:
         for rows, G in self.chunks():
             out[rows] = -(torch.cholesky_solve(G.T, self.factor).T * G).sum(1)
         return out
+
+
+def _manifest(inf: Any, X: Tensor, y: Tensor, project: int | None, seed: int) -> dict:
+    """The manifest of a pending build: format, configuration, fingerprints and shapes (chunking added later)."""
+    obj = inf.objective_
+    return {"format": FORMAT, "version": VERSION, "config": _config(inf, project, seed),
+            "fingerprint": {"model": model_fingerprint(obj), "data": data_fingerprint(X, y)},
+            "n": X.shape[0], "p": obj.p, "k": project or obj.p, "x_shape": list(X.shape[1:]),
+            "dtype": str(obj.dtype).split(".")[-1],
+            "projection": None if project is None else {
+                "kind": "gaussian N(0, 1/k)", "block_rows": 256,
+                "block_j": "torch.randn(rows, p, generator=torch.Generator().manual_seed(seed * 1000003 + j), "
+                           "dtype=float64) / sqrt(k)"},
+            "curvature": "L (k, k) lower-triangular, L L^T = P (H + damping I) P^T", "complete": False}
 
 
 def _sub(rows: slice, size: int) -> Iterator[slice]:
