@@ -56,17 +56,19 @@ class Plan:
 
     def describe(self) -> str:
         """The plan as the lines printed before a run."""
-        lines = [f"plan (budget {_mb(self.budget)}, estimated peak {_mb(self.peak)}):", "  holds at once:"]
+        budget = f"budget {_mb(self.budget)}" if self.budget else "no max_memory"
+        lines = [f"plan ({budget}, estimated peak {_mb(self.peak)}):", "  holds at once:"]
         lines += [f"    {what:<52} {_mb(b):>12}" for what, b in self.holds.items()]
         lines += ["  writes:"] + [f"    {what:<52} {_mb(b):>12}" for what, b in self.writes.items()]
         return "\n".join(lines + [f"  {note}" for note in self.notes])
 
 
 def index_plan(budget: int | None, *, n: int, p: int, k: int, itemsize: int, data_bytes: int, projected: bool,
-               chunk_rows: int | None = None, grad_rows: int = 512, baseline: int | None = None) -> Plan:
+               chunk_rows: int | None = None, grad_rows: int = 512, baseline: int | None = None,
+               world: int = 1) -> Plan:
     """Chunk sizes for building an index of n gradients of p numbers stored as k numbers each.
 
-    budget None: no limit (chunks of grad_rows rows). Raises InputError, naming what to change,
+    budget None: no limit. world: processes sharing the chunks. Raises InputError, naming what to change,
     when the parts that cannot be chunked (data, projection, k x k curvature) exceed the budget.
     """
     baseline = current_rss() if baseline is None else baseline
@@ -83,8 +85,9 @@ def index_plan(budget: int | None, *, n: int, p: int, k: int, itemsize: int, dat
             + (" or lower project" if projected else " or pass project=k to store projected gradients"))
     grad_rows = max(1, min(grad_rows, room // 4 // per_grad))
     product_rows = max(1, min(256, room // 4 // per_product))
-    if chunk_rows is None:
-        chunk_rows = max(grad_rows, min(n, room // 4 // (k * itemsize), 2**27 // (k * itemsize)))
+    if chunk_rows is None:  # <= 16 MiB files, and at least two chunks per process so that all of them work
+        per_process = -(-n // (2 * world))
+        chunk_rows = max(1, min(per_process, max(grad_rows, min(room // 4, 2**24) // (k * itemsize))))
     holds = {**fixed,
              f"per-example gradients, {grad_rows} rows x {p} (x{GRAD_COPIES})": grad_rows * per_grad,
              f"one chunk of stored gradients, {chunk_rows} rows x {k}": chunk_rows * k * itemsize,

@@ -121,13 +121,14 @@ class Index:
             raise InputError(f"chunk_rows must be an integer >= 1 or None (from max_memory), got {chunk_rows!r}")
         k = project or p
         manifest = _manifest(inf, X, y, project, seed)
+        rank, size = dist.world()
         resumed = _existing(folder, manifest, force)
         itemsize = obj.theta.element_size()
         plan = index_plan(parse_bytes(max_memory) if max_memory is not None else None, n=n, p=p, k=k,
                           itemsize=itemsize, data_bytes=X.nbytes + y.nbytes, projected=project is not None,
-                          chunk_rows=resumed["chunk_rows"] if resumed else chunk_rows, grad_rows=inf.batch_size)
+                          chunk_rows=resumed["chunk_rows"] if resumed else chunk_rows, grad_rows=inf.batch_size,
+                          world=size)
         manifest.update(chunk_rows=plan.chunk_rows, n_chunks=-(-n // plan.chunk_rows))
-        rank, size = dist.world()
         if verbose and rank == 0:
             print(f"infl index {folder}: n={n}, p={p}, k={k}, {size} process(es); "
                   f"{'resuming' if resumed else 'new'}\n{plan.describe()}", file=sys.stderr)
