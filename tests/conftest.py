@@ -53,6 +53,17 @@ def trained(model: nn.Module, loss_fn, l2: float, X, y) -> nn.Module:
 @pytest.fixture
 def logreg() -> Problem:
     """Multinomial logistic regression (5 features, 3 classes, bias), trained to the optimum."""
+    return make_logreg()
+
+
+@pytest.fixture
+def mlp() -> Problem:
+    """A tanh MLP 4 -> 6 -> 3, trained to the optimum of its l2-regularised objective."""
+    return make_mlp()
+
+
+def make_logreg() -> Problem:
+    """The logreg fixture's problem, for code that runs outside pytest (launched processes)."""
     torch.manual_seed(0)
     X, y = make_blobs(90, 5, 3, seed=1)
     Xt, yt = make_blobs(12, 5, 3, seed=2)
@@ -60,9 +71,8 @@ def logreg() -> Problem:
     return Problem(model, cross_entropy, 0.05, X, y, Xt, yt)
 
 
-@pytest.fixture
-def mlp() -> Problem:
-    """A tanh MLP 4 -> 6 -> 3, trained to the optimum of its l2-regularised objective."""
+def make_mlp() -> Problem:
+    """The mlp fixture's problem, for code that runs outside pytest."""
     torch.manual_seed(0)
     X, y = make_blobs(60, 4, 3, seed=3)
     Xt, yt = make_blobs(8, 4, 3, seed=4)

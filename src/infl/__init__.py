@@ -8,10 +8,11 @@ Definitions, signs and scalings: MATH.md (Koh & Liang 2017).
 
 from .errors import CurvatureError, DivergenceError, InflError, InputError, NotFittedError
 from .frame import to_frame
+from .index import Index
 from .influence import Influence
 from .sklearn import from_sklearn
 from .solvers import CG, EKFAC, KFAC, Arnoldi, Exact, LiSSA, SolveInfo
 
-__all__ = ["Arnoldi", "CG", "CurvatureError", "DivergenceError", "EKFAC", "Exact", "Influence", "InflError",
+__all__ = ["Arnoldi", "CG", "CurvatureError", "DivergenceError", "EKFAC", "Exact", "Index", "Influence", "InflError",
            "InputError", "KFAC", "LiSSA", "NotFittedError", "SolveInfo", "from_sklearn", "to_frame"]
 __version__ = "0.1.0"

@@ -298,5 +298,15 @@ from .cli_uses import attack, behaviour  # noqa: E402  (the paper's uses; no imp
 main.add_command(attack)
 main.add_command(behaviour)
 
-if __name__ == "__main__":
+
+def _register_index_commands() -> None:
+    from .cli_index import index, query
+    main.add_command(index)
+    main.add_command(query)
+
+
+_register_index_commands()
+
+
+if __name__ == "__main__":  # python -m infl.cli, e.g. under torchrun
     main()

@@ -25,9 +25,10 @@ def stack_grads(obj: Objective, X: Tensor, y: Tensor, batch_size: int) -> Tensor
     return out
 
 
-def mean_grad(obj: Objective, X: Tensor, y: Tensor, batch_size: int) -> Tensor:
-    """grad R(theta_hat) = (1/n) sum_i grad L(z_i) + l2 * theta_hat (l2 a float or (p,)), shape (p,)."""
+def sum_grad(obj: Objective, X: Tensor, y: Tensor, batch_size: int) -> Tensor:
+    """sum_i grad L(z_i, theta_hat) over (X, y), shape (p,); no 1/n, no l2."""
     total = torch.zeros(obj.p, dtype=obj.dtype, device=obj.device)
     for rows in batches(X.shape[0], batch_size):
         total += torch.func.grad(obj.loss_sum)(obj.theta, X[rows], y[rows])
-    return total / X.shape[0] + obj.l2 * obj.theta
+    return total
+

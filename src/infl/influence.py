@@ -10,8 +10,9 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from . import dist
 from .errors import InputError, NotFittedError
-from .grads import iter_grads, mean_grad, stack_grads
+from .grads import iter_grads, stack_grads, sum_grad
 from .inputs import batches, to_tensors
 from .linear import check_curvature, curvature_operator, make_objective
 from .objective import L2, LossFn, check_l2, describe_l2
@@ -90,8 +91,8 @@ class Influence:
         self.stationarity_tol = stationarity_tol
 
     # ----------------------------------------------------------------- fit
-    def _operator(self, train: Any) -> Operator:
-        """Validate the training data and model; the (damped) curvature operator over them (built lazily)."""
+    def _read(self, train: Any) -> None:
+        """Validate the model and training data; set objective_, X_train_, y_train_ and this rank's shard_."""
         self.__dict__.pop("curvature_", None)  # a failed re-fit must not leave the old solver usable
         trainable = [p for p in self.model.parameters() if p.requires_grad] if isinstance(self.model, nn.Module) else []
         if not trainable:
@@ -100,7 +101,13 @@ class Influence:
         obj = make_objective(self.model, self.loss_fn, self.l2, probe=X[:2])
         obj.check_loss(X[:2], y[:2])
         self.objective_, self.X_train_, self.y_train_ = obj, X, y
-        return curvature_operator(obj, X, y, self.batch_size, self.curvature) + self.damping
+        self.shard_ = dist.shard(X.shape[0])
+
+    def _operator(self) -> Operator:
+        """The damped curvature over all ranks' data (products all-reduced under torch.distributed)."""
+        sh, n = self.shard_, self.X_train_.shape[0]
+        op = curvature_operator(self.objective_, self.X_train_[sh], self.y_train_[sh], self.batch_size, self.curvature)
+        return dist.all_reduced(op, n, sh.start) + self.damping
 
     def plan(self, train: Any) -> dict[str, int]:
         """Bytes that fit and the queries will hold, by item, known before any pass over the data.
@@ -108,7 +115,8 @@ class Influence:
         The solver's own items (solver.footprint), the gradient chunk of
         batch_size rows, and the n x p training gradients if kept.
         """
-        op = self._operator(train)
+        self._read(train)
+        op = self._operator()
         s, n = torch.finfo(op.dtype).bits // 8, self.X_train_.shape[0]
         out = dict(self.solver.footprint(op))
         out[f"gradient chunk ({min(self.batch_size, n)} x {op.p})"] = min(self.batch_size, n) * op.p * s
@@ -116,22 +124,36 @@ class Influence:
             out[f"training gradients kept ({n} x {op.p})"] = n * op.p * s
         return out
 
-    def fit(self, train: Any) -> Influence:
-        """Read the training data, build the curvature operator and prepare the solver."""
-        op = self._operator(train)
-        obj, X, y = self.objective_, self.X_train_, self.y_train_
-        self.grad_norm_ = float(mean_grad(obj, X, y, self.batch_size).norm())
+    def prepare(self, train: Any) -> Influence:
+        """Read the training data, check stationarity and build the curvature operator `operator_` (no solver work).
+
+        Under torch.distributed each rank keeps its shard `shard_` of the rows
+        for gradients and curvature; sums are all-reduced (infl.dist).
+        """
+        self._read(train)
+        obj, X, y, sh = self.objective_, self.X_train_, self.y_train_, self.shard_
+        total = dist.all_sum(sum_grad(obj, X[sh], y[sh], self.batch_size))
+        self.grad_norm_ = float((total / X.shape[0] + obj.l2 * obj.theta).norm())
         if self.grad_norm_ > self.stationarity_tol:
             warnings.warn(
                 f"the model is not at a stationary point of the training objective: ||grad R|| = "
-                f"{self.grad_norm_:.3g} (l2={describe_l2(self.l2)}). Influence assumes theta_hat minimises R; train longer, "
-                "check that l2 matches the training weight decay, or add damping", stacklevel=2)
+                f"{self.grad_norm_:.3g} (l2={describe_l2(self.l2)}). Influence assumes theta_hat minimises R; train "
+                "longer, check that l2 matches the training weight decay, or add damping", stacklevel=3)
+        self.operator_: Operator = self._operator()
+        return self
+
+    def fit(self, train: Any) -> Influence:
+        """Read the training data, build the curvature operator and prepare the solver."""
+        self.prepare(train)
+        op, obj = self.operator_, self.objective_
         if isinstance(self.solver, LiSSA):
             self.solver.fit(op, floor=obj.l2_min + self.damping)
         else:
             self.solver.fit(op)
         self.curvature_: Operator = op
-        self.train_grads_ = stack_grads(obj, X, y, self.batch_size) if self.keep_train_grads else None
+        sh = self.shard_
+        self.train_grads_ = (stack_grads(self.objective_, self.X_train_[sh], self.y_train_[sh], self.batch_size)
+                             if self.keep_train_grads else None)
         return self
 
     def _fitted(self) -> None:
@@ -144,10 +166,12 @@ class Influence:
         return self.X_train_.shape[0]
 
     def _train_grads(self) -> Any:
-        """Iterate (rows, grads (b, p)) over the training set, from memory if kept."""
+        """Iterate (rows, grads (b, p)) over this rank's training rows (all of them in one process),
+        rows counted from the start of the shard; from memory if kept."""
+        sh = self.shard_
         if self.train_grads_ is not None:
-            return ((r, self.train_grads_[r]) for r in batches(self.n_train, self.batch_size))
-        return iter_grads(self.objective_, self.X_train_, self.y_train_, self.batch_size)
+            return ((r, self.train_grads_[r]) for r in batches(sh.stop - sh.start, self.batch_size))
+        return iter_grads(self.objective_, self.X_train_[sh], self.y_train_[sh], self.batch_size)
 
     def test_tensors(self, test: Any) -> tuple[Tensor, Tensor]:
         """Test data as validated (X, y) tensors on the model's dtype and device."""
@@ -180,10 +204,11 @@ class Influence:
         helpful. Removing z_i changes the test loss by about -score / n.
         """
         T = self.s_test(test)
-        out = torch.empty(T.shape[0], self.n_train, dtype=T.dtype, device=T.device)
+        sh = self.shard_
+        out = torch.empty(T.shape[0], sh.stop - sh.start, dtype=T.dtype, device=T.device)
         for rows, G in self._train_grads():
             out[:, rows] = -(T @ G.T)
-        return out
+        return dist.gather_columns(out, self.n_train)
 
     def self_influence(self) -> Tensor:
         """I_up,loss(z_i, z_i) = -grad L(z_i)^T H^{-1} grad L(z_i) for each training point, (n_train,).
@@ -193,8 +218,11 @@ class Influence:
         """
         self._fitted()
         out = torch.empty(self.n_train, dtype=self.objective_.dtype, device=self.objective_.device)
+        # solves of a shared curvature are collective: under torch.distributed every rank solves every batch
+        grads = self._train_grads() if dist.world()[1] == 1 else \
+            iter_grads(self.objective_, self.X_train_, self.y_train_, self.batch_size)
         infos = []
-        for rows, G in self._train_grads():
+        for rows, G in grads:
             out[rows] = -(self._solve(G) * G).sum(1)
             infos.append(self.info_)
         self.info_ = merge_infos(infos)

@@ -1,0 +1,119 @@
+"""`infl index` and `infl query`: a persistent index of the paper's MNIST model, and top-k queries against it.
+
+Both run under `torchrun --nproc-per-node N -m infl.cli ...` as well: the
+training data is sharded across ranks and rank 0 prints.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+from torch import nn
+
+from . import dist, store
+from .data import BUILTINS, Split
+from .errors import InflError
+from .index import Index
+from .influence import Influence
+
+MODEL = "model.npz"  # the trained nn.Linear's weight and bias, beside the index files
+
+
+def _echo(text: str) -> None:
+    if dist.world()[0] == 0:
+        click.echo(text)
+
+
+def _linear(split: Split, folder: Path) -> nn.Linear:
+    """The model saved in the index folder, as nn.Linear(d, classes) float64."""
+    path = folder / MODEL
+    if not path.exists():
+        raise click.ClickException(f"{folder} holds no {MODEL}; build it with `infl index --out {folder}`.")
+    saved = np.load(path)
+    model = nn.Linear(split.X_train.shape[1], split.classes).double()
+    if tuple(saved["weight"].shape) != tuple(model.weight.shape):
+        raise click.ClickException(f"the model in {path} has shape {saved['weight'].shape}, but the data needs "
+                                   f"{tuple(model.weight.shape)}; pass the --data the index was built on.")
+    with torch.no_grad():
+        model.weight.copy_(torch.as_tensor(saved["weight"]))
+        model.bias.copy_(torch.as_tensor(saved["bias"]))
+    return model
+
+
+@click.command(short_help="Write a persistent influence index of the paper's MNIST model.")
+@click.option("--data", type=click.Choice(BUILTINS), default="mnist", show_default=True, help="Built-in data set.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Index folder.")
+@click.option("--project", type=click.IntRange(min=1), help="Store gradients projected to this many numbers "
+              "[default: full gradients, exact scores].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the projection.")
+@click.option("--max-memory", help="Memory budget that sets chunk sizes, e.g. 4GB [default: none].")
+@click.option("--l2", type=click.FloatRange(min=0), default=0.01, show_default=True, help="Weight decay of training.")
+@click.option("--damping", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Added to the Hessian only.")
+@click.option("--force", is_flag=True, help="Rebuild an index made with other settings in --out.")
+def index(**opts: object) -> None:
+    """Train the paper's logistic regression and write its influence index into --out.
+
+    The folder holds the training gradients (numpy .npy chunks, checksummed), the Cholesky
+    factor of the curvature, a manifest (JSON) and the model; a killed run resumes when started again."""
+    from .cli import cross_entropy, load_data, train_model  # cli.py registers this command: import on use
+    try:
+        dist.init()
+        split = load_data(opts["data"], None, None, None, ())
+        if opts["out"].exists() and any(opts["out"].iterdir()) and not (opts["out"] / "manifest.json").exists() \
+                and not opts["force"]:
+            raise click.ClickException(f"--out {opts['out']} is not empty and holds no index; choose another "
+                                       "folder, or pass --force.")
+        model = train_model(split, opts["l2"])
+        for p in model.parameters():  # every rank indexes rank 0's model
+            dist.broadcast_(p.data)
+        inf = Influence(model, cross_entropy, l2=opts["l2"], damping=opts["damping"])
+        train = (torch.as_tensor(split.X_train), torch.as_tensor(split.y_train))
+        idx = Index.build(inf, opts["out"], train, project=opts["project"], seed=opts["seed"],
+                          max_memory=opts["max_memory"], force=opts["force"])
+        if dist.world()[0] == 0:
+            store.write_atomic(opts["out"] / MODEL, _npz(model))
+        _echo(f"index of {idx.n} training points, {idx.k} numbers each, written to {opts['out']}")
+    except InflError as error:
+        raise click.ClickException(str(error)) from error
+
+
+def _npz(model: nn.Linear) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, weight=model.weight.detach().numpy(), bias=model.bias.detach().numpy())
+    return buf.getvalue()
+
+
+@click.command(short_help="Most harmful and helpful training points of test points, from an index.")
+@click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("--data", type=click.Choice(BUILTINS), default="mnist", show_default=True,
+              help="The built-in data set the index was built on (for the test points).")
+@click.option("--test-index", type=int, multiple=True, required=True, help="Test point (repeatable).")
+@click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Points shown per side.")
+@click.option("--l2", type=click.FloatRange(min=0), default=0.01, show_default=True, help="As for `infl index`.")
+@click.option("--damping", type=click.FloatRange(min=0), default=0.0, show_default=True, help="As for `infl index`.")
+def query(folder: Path, data: str, test_index: tuple[int, ...], top: int, l2: float, damping: float) -> None:
+    """Print the top training points by I_up,loss (positive = harmful) for each --test-index.
+
+    Reads only the index (streamed chunk by chunk), never the training gradients again."""
+    from .cli import cross_entropy, load_data
+    try:
+        split = load_data(data, None, None, None, ())
+        bad = [t for t in test_index if not 0 <= t < len(split.y_test)]
+        if bad:
+            raise click.ClickException(f"--test-index {bad[0]} is out of range: the test set has "
+                                       f"{len(split.y_test)} points.")
+        idx = Index.open(folder, Influence(_linear(split, folder), cross_entropy, l2=l2, damping=damping))
+        test = (torch.as_tensor(split.X_test[list(test_index)]), torch.as_tensor(split.y_test[list(test_index)]))
+        for largest, title in ((True, "most harmful"), (False, "most helpful")):
+            values, rows = idx.top_k(test, min(top, idx.n), largest=largest)
+            for t, vals, rws in zip(test_index, values.tolist(), rows.tolist()):
+                _echo(f"test point {t} (label {split.y_test[t]}), {title}:")
+                for rank, (v, i) in enumerate(zip(vals, rws), 1):
+                    _echo(f"  {rank:>3}  train {i:>6}  label {split.y_train[i]}  score {v:+.4g}")
+    except InflError as error:
+        raise click.ClickException(str(error)) from error

@@ -1,0 +1,348 @@
+"""A persistent influence index: training gradients and curvature on disk, queried without the training data.
+
+    idx = infl.Index.build(inf, "my-index", (X_train, y_train), project=1024, max_memory="4GB")
+    idx = infl.Index.open("my-index", inf)      # later: checks model fingerprint and configuration
+    S = idx.scores((X_test, y_test))              # (m, n)  I_up,loss, as Influence.scores
+    values, rows = idx.top_k((X_test, y_test), 10)
+
+A query is one gradient per test point, one k x k solve and products with the
+stored gradients (streamed chunk by chunk). With project=None the stored
+gradients are the full g_i (k = p) and the scores equal Influence.scores;
+with project=k both sides and the curvature are projected (infl.projection):
+the scores are those of the model restricted to a random k-dimensional
+parameter subspace, an approximation whose accuracy the README measures.
+
+Folder layout (numpy .npy + JSON, readable without infl):
+    manifest.json         format, configuration, fingerprints, n, p, k, chunk_rows, complete
+    grads/000000.npy      (rows, k) stored gradients P g_i of chunk 0, rows [0, chunk_rows)
+    grads/000000.json     its rows, SHA-256, shape and dtype (written after the .npy: a chunk is finished
+                          when its .json exists)
+    curvature.npy/.json   L, lower-triangular (k, k), with L L^T = P (H + damping I) P^T
+Every file is written atomically (infl.store); a killed build resumes where it
+stopped and never recomputes a finished chunk.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import dist, store
+from .budget import index_plan, parse_bytes
+from .errors import CurvatureError, InflError, InputError
+from .inputs import batches, to_tensors
+from .linear import make_objective
+from .objective import Objective
+from .projection import Identity, Projection
+
+FORMAT, VERSION = "infl-index", 1
+MANIFEST, CURVATURE, GRADS = "manifest.json", "curvature", "grads"
+
+
+class IndexMismatchError(InflError, ValueError):
+    """An index folder built for another model, data set or configuration."""
+
+
+class IncompleteIndexError(InflError, RuntimeError):
+    """An index folder whose build has not finished."""
+
+
+def model_fingerprint(obj: Objective) -> str:
+    """SHA-256 of the trainable parameters' names, shapes and values, and of the fixed parameters and buffers."""
+    h = hashlib.sha256()
+    for name, shape in zip(obj.names, obj.shapes):
+        h.update(f"{name}{tuple(shape)};".encode())
+    h.update(obj.theta.detach().cpu().contiguous().numpy().tobytes())
+    for name in sorted(obj.fixed):
+        h.update(name.encode())
+        h.update(obj.fixed[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def data_fingerprint(X: Tensor, y: Tensor, rows: int = 4096) -> str:
+    """SHA-256 of the training inputs and targets (shape, dtype and values), read `rows` at a time."""
+    h = hashlib.sha256(f"{tuple(X.shape)}{X.dtype}{tuple(y.shape)}{y.dtype}".encode())
+    for part in (X, y):
+        for r in batches(part.shape[0], rows):
+            h.update(part[r].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _config(inf: Any, project: int | None, seed: int) -> dict:
+    return {"l2": inf.l2, "damping": inf.damping, "curvature": inf.curvature, "project": project,
+            "seed": seed if project else None}
+
+
+def _check_project(project: int | None, p: int) -> None:
+    if project is not None and not (isinstance(project, int) and 1 <= project < p):
+        raise InputError(f"project must be None (store the full gradients) or an integer k with 1 <= k < p = {p}, "
+                         f"got {project!r}")
+
+
+class Index:
+    """An index folder opened for queries. Build one with Index.build, reopen it with Index.open."""
+
+    def __init__(self, folder: Path, manifest: dict, objective: Objective, factor: Tensor) -> None:
+        self.folder, self.manifest, self.objective, self.factor = folder, manifest, objective, factor
+        k, p = manifest["k"], manifest["p"]
+        proj = manifest["config"]["project"]
+        self.projection = Identity(p) if proj is None else Projection(
+            k, p, manifest["config"]["seed"], objective.dtype, objective.device)
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def build(cls, inf: Any, folder: str | Path, train: Any, *, project: int | None = None, seed: int = 0,
+              max_memory: str | int | None = None, chunk_rows: int | None = None, force: bool = False,
+              verbose: bool = True) -> Index:
+        """Write the index of `inf` (an infl.Influence, fitted or not) on `train` into `folder`.
+
+        project: None stores full gradients (k = p, exact scores); k stores P g_i with a seeded
+            Gaussian P (k, p), and P H P^T as curvature. seed: the projection's seed.
+        max_memory: budget such as "4GB" that sets chunk sizes (a plan is printed first).
+        chunk_rows: training points per stored chunk (default: from max_memory).
+        force: overwrite an index built with other settings (or a non-index folder's index files).
+        A folder holding a finished or partial index of the same model, data and settings is
+        resumed: finished chunks are kept as they are.
+        """
+        folder = Path(folder)
+        inf = copy.copy(inf).prepare(train)  # the caller's Influence keeps its own fit
+        obj, X, y = inf.objective_, inf.X_train_, inf.y_train_
+        n, p = X.shape[0], obj.p
+        _check_project(project, p)
+        if chunk_rows is not None and not (isinstance(chunk_rows, int) and chunk_rows >= 1):
+            raise InputError(f"chunk_rows must be an integer >= 1 or None (from max_memory), got {chunk_rows!r}")
+        k = project or p
+        manifest = _manifest(inf, X, y, project, seed)
+        rank, size = dist.world()
+        resumed = _existing(folder, manifest, force)
+        itemsize = obj.theta.element_size()
+        plan = index_plan(parse_bytes(max_memory) if max_memory is not None else None, n=n, p=p, k=k,
+                          itemsize=itemsize, data_bytes=X.nbytes + y.nbytes, projected=project is not None,
+                          chunk_rows=resumed["chunk_rows"] if resumed else chunk_rows, grad_rows=inf.batch_size,
+                          world=size)
+        manifest.update(chunk_rows=plan.chunk_rows, n_chunks=-(-n // plan.chunk_rows))
+        if verbose and rank == 0:
+            print(f"infl index {folder}: n={n}, p={p}, k={k}, {size} process(es); "
+                  f"{'resuming' if resumed else 'new'}\n{plan.describe()}", file=sys.stderr)
+        dist.barrier()  # every rank has read the folder before rank 0 writes to it
+        if rank == 0:
+            _start(folder, manifest, resumed is not None)
+        dist.barrier()
+        index = cls(folder, manifest, obj, torch.empty(0))
+        index._write_chunks(X, y, plan.grad_rows)
+        index.factor = index._write_curvature(inf.operator_, plan.product_rows)
+        dist.barrier()  # every rank's chunks are on disk
+        if rank == 0:
+            store.write_json(folder / MANIFEST, {**manifest, "complete": True})
+        dist.barrier()
+        index.manifest = {**manifest, "complete": True}
+        return index
+
+    def _chunk_rows(self, c: int) -> slice:
+        rows = self.manifest["chunk_rows"]
+        return slice(c * rows, min((c + 1) * rows, self.n))
+
+    def _chunk_record(self, c: int) -> Path:
+        return self.folder / GRADS / f"{c:06d}.json"
+
+    def _write_chunks(self, X: Tensor, y: Tensor, grad_rows: int) -> None:
+        """Compute and write this rank's unfinished chunks (chunk c belongs to rank c mod world size)."""
+        rank, size = dist.world()
+        for c in range(rank, self.manifest["n_chunks"], size):
+            if self._chunk_record(c).exists():
+                continue  # finished before: never recomputed
+            rows = self._chunk_rows(c)
+            G = torch.cat([self.projection.apply(self.objective.per_example_grads(X[r], y[r]))
+                           for r in _sub(rows, grad_rows)])
+            record = store.write_array(self.folder / GRADS / f"{c:06d}.npy", G.cpu().numpy())
+            store.write_json(self._chunk_record(c), {**record, "rows": [rows.start, rows.stop]})
+
+    def _write_curvature(self, op: Any, product_rows: int) -> Tensor:
+        """The Cholesky factor of P (H + damping) P^T: read back if written, else computed (collectively) and written."""
+        record = self.folder / f"{CURVATURE}.json"
+        if record.exists():
+            return self._read_factor()
+        K = self.projection.curvature(op, product_rows)
+        L, info = torch.linalg.cholesky_ex(K)
+        if info.item() != 0:
+            low = float(torch.linalg.eigvalsh(K)[0])
+            raise CurvatureError(f"the {'projected ' if self.manifest['config']['project'] else ''}curvature is not "
+                                 f"positive definite (smallest eigenvalue {low:.3g}); pass damping > {max(-low, 0):.3g}"
+                                 " to the Influence, or use curvature='gauss-newton'")
+        if dist.world()[0] == 0:
+            store.write_json(record, store.write_array(self.folder / f"{CURVATURE}.npy", L.cpu().numpy()))
+        return L
+
+    def _read_factor(self) -> Tensor:
+        L = store.read_array(self.folder, store.read_json(self.folder / f"{CURVATURE}.json"))
+        return torch.as_tensor(L).to(dtype=self.objective.dtype, device=self.objective.device)
+
+    # ------------------------------------------------------------------- open
+    @classmethod
+    def open(cls, folder: str | Path, inf: Any) -> Index:
+        """Reopen a finished index for queries with `inf` (an infl.Influence; not fitted, no training data).
+
+        Refuses, with IndexMismatchError, a model or configuration other than the one the index was
+        built with, and, with IncompleteIndexError, a build that has not finished.
+        """
+        folder = Path(folder)
+        manifest = _read_manifest(folder)
+        obj = make_objective(inf.model, inf.loss_fn, inf.l2)
+        config = _config(inf, manifest["config"]["project"], manifest["config"]["seed"])
+        _compare(folder, manifest, config, model_fingerprint(obj), None)
+        if not manifest["complete"]:
+            done = len(list((folder / GRADS).glob("*.json")))
+            raise IncompleteIndexError(f"the index in {folder} is incomplete: {done} of {manifest['n_chunks']} "
+                                       "gradient chunks were written. Run Index.build with the same model, data and "
+                                       "settings to resume it")
+        index = cls(folder, manifest, obj, torch.empty(0))
+        index.factor = index._read_factor()
+        return index
+
+    # ---------------------------------------------------------------- queries
+    @property
+    def n(self) -> int:
+        """Training points in the index."""
+        return self.manifest["n"]
+
+    @property
+    def k(self) -> int:
+        """Numbers stored per training point (p without projection)."""
+        return self.manifest["k"]
+
+    def chunks(self) -> Iterator[tuple[slice, Tensor]]:
+        """(training rows, stored gradients (b, k)) for each chunk, checksum-verified; one chunk in memory."""
+        for c in range(self.manifest["n_chunks"]):
+            record = store.read_json(self._chunk_record(c))
+            G = store.read_array(self.folder / GRADS, record)
+            yield slice(*record["rows"]), torch.as_tensor(G).to(self.objective.device)
+
+    def test_grads(self, test: Any) -> Tensor:
+        """P grad L(z_test) for each test point, (m, k) (the full gradient without projection)."""
+        X, y = to_tensors(test, self.objective.dtype, self.objective.device, "test")
+        if list(X.shape[1:]) != self.manifest["x_shape"]:
+            raise InputError(f"test inputs have per-example shape {tuple(X.shape[1:])} but the index was built "
+                             f"on inputs shaped {tuple(self.manifest['x_shape'])}")
+        self.objective.check_loss(X[:2], y[:2])
+        return self.projection.apply(self.objective.per_example_grads(X, y))
+
+    def s_test(self, test: Any) -> Tensor:
+        """(P H P^T)^{-1} P grad L(z_test), (m, k): s_test in the stored space (H includes damping)."""
+        return torch.cholesky_solve(self.test_grads(test).T, self.factor).T
+
+    def scores(self, test: Any) -> Tensor:
+        """I_up,loss(z_i, z_test) = -s_test . (P g_i), shape (m, n); signs and scale as Influence.scores."""
+        T = self.s_test(test)
+        out = torch.empty(T.shape[0], self.n, dtype=T.dtype, device=T.device)
+        for rows, G in self.chunks():
+            out[:, rows] = -(T @ G.T)
+        return out
+
+    def top_k(self, test: Any, k: int, largest: bool = True) -> tuple[Tensor, Tensor]:
+        """The k largest (most harmful; largest=False: most helpful) scores per test point, streamed.
+
+        Returns values and training indices, each (m, k), best first. Memory: one chunk plus m x 2k.
+        """
+        if not (isinstance(k, int) and 1 <= k <= self.n):
+            raise InputError(f"top_k needs an integer k between 1 and the {self.n} training points, got {k!r}")
+        T = self.s_test(test)
+        values = T.new_empty(T.shape[0], 0)
+        index = torch.empty(T.shape[0], 0, dtype=torch.long, device=T.device)
+        for rows, G in self.chunks():
+            rows_idx = torch.arange(rows.start, rows.stop, device=T.device).expand(T.shape[0], -1)
+            values, pick = torch.cat([values, -(T @ G.T)], 1).topk(min(k, values.shape[1] + G.shape[0]),
+                                                                   dim=1, largest=largest)
+            index = torch.cat([index, rows_idx], 1).gather(1, pick)
+        return values, index
+
+    def self_influence(self) -> Tensor:
+        """I_up,loss(z_i, z_i) = -(P g_i)^T (P H P^T)^{-1} (P g_i) for each training point, (n,); no gradients needed."""
+        out = torch.empty(self.n, dtype=self.factor.dtype, device=self.factor.device)
+        for rows, G in self.chunks():
+            out[rows] = -(torch.cholesky_solve(G.T, self.factor).T * G).sum(1)
+        return out
+
+
+def _manifest(inf: Any, X: Tensor, y: Tensor, project: int | None, seed: int) -> dict:
+    """The manifest of a pending build: format, configuration, fingerprints and shapes (chunking added later)."""
+    obj = inf.objective_
+    return {"format": FORMAT, "version": VERSION, "config": _config(inf, project, seed),
+            "fingerprint": {"model": model_fingerprint(obj), "data": data_fingerprint(X, y)},
+            "n": X.shape[0], "p": obj.p, "k": project or obj.p, "x_shape": list(X.shape[1:]),
+            "dtype": str(obj.dtype).split(".")[-1],
+            "projection": None if project is None else {
+                "kind": "gaussian N(0, 1/k)", "block_rows": 256,
+                "block_j": "torch.randn(rows, p, generator=torch.Generator().manual_seed(seed * 1000003 + j), "
+                           "dtype=float64) / sqrt(k)"},
+            "curvature": "L (k, k) lower-triangular, L L^T = P (H + damping I) P^T", "complete": False}
+
+
+def _sub(rows: slice, size: int) -> Iterator[slice]:
+    for r in batches(rows.stop - rows.start, size):
+        yield slice(rows.start + r.start, rows.start + r.stop)
+
+
+def _read_manifest(folder: Path) -> dict:
+    path = folder / MANIFEST
+    if not path.exists():
+        raise InputError(f"{folder} holds no infl index ({MANIFEST} is missing); build one with Index.build")
+    manifest = store.read_json(path)
+    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+        raise IndexMismatchError(f"{path} is not an {FORMAT} version {VERSION} manifest")
+    return manifest
+
+
+def _compare(folder: Path, manifest: dict, config: dict, model: str, data: str | None) -> None:
+    """IndexMismatchError naming every difference between the index and the current model, data and settings."""
+    diffs = [f"{key}: index {manifest['config'].get(key)!r}, now {value!r}"
+             for key, value in config.items() if manifest["config"].get(key) != value]
+    if manifest["fingerprint"]["model"] != model:
+        diffs.append("model parameters differ (fingerprint)")
+    if data is not None and manifest["fingerprint"]["data"] != data:
+        diffs.append("training data differ (fingerprint)")
+    if diffs:
+        raise IndexMismatchError(f"the index in {folder} was built for another setup: {'; '.join(diffs)}. Use the "
+                                 "model, data and settings it was built with, another folder, or force=True to "
+                                 "rebuild it")
+
+
+def _existing(folder: Path, manifest: dict, force: bool) -> dict | None:
+    """The manifest of a matching index to resume, None for a fresh start; refuses a foreign or mismatched folder."""
+    if not folder.exists() or not any(folder.iterdir()):
+        return None
+    if folder.is_file():
+        raise InputError(f"{folder} is a file; the index needs a folder")
+    if not (folder / MANIFEST).exists():
+        if force:
+            return None
+        raise InputError(f"{folder} is not empty and holds no infl index; choose an empty or new folder, or pass "
+                         "force=True to write the index files into it")
+    old = _read_manifest(folder)
+    try:
+        _compare(folder, old, manifest["config"], manifest["fingerprint"]["model"], manifest["fingerprint"]["data"])
+    except IndexMismatchError:
+        if force:
+            return None
+        raise
+    return old
+
+
+def _start(folder: Path, manifest: dict, resume: bool) -> None:
+    """Create the folder layout (clearing old index files unless resuming) and write the pending manifest."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        shutil.rmtree(folder / GRADS, ignore_errors=True)
+        for name in (MANIFEST, f"{CURVATURE}.npy", f"{CURVATURE}.json"):
+            (folder / name).unlink(missing_ok=True)
+    (folder / GRADS).mkdir(exist_ok=True)
+    for part in (folder, folder / GRADS):
+        store.remove_temporaries(part)
+    store.write_json(folder / MANIFEST, manifest)

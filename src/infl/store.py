@@ -1,0 +1,83 @@
+"""Atomic, checksummed files: what the index folder is made of.
+
+Every file is written to a temporary name in the same folder, flushed and
+fsync'ed, then renamed over its final name (atomic on POSIX), and the folder
+is fsync'ed: a reader sees the old file or the whole new one, never half.
+Arrays are .npy files (numpy's format, readable with np.load); their
+SHA-256 is kept beside them so a damaged file is detected on read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import InflError
+
+
+class CorruptIndexError(InflError, OSError):
+    """A file of an index folder does not match the checksum recorded when it was written."""
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> str:
+    """Write `data` to `path` atomically (temp file + fsync + rename); returns its SHA-256 (hex)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+    return hashlib.sha256(data).hexdigest()
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """JSON, written atomically."""
+    write_atomic(path, (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode())
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def write_array(path: Path, a: np.ndarray) -> dict:
+    """An .npy file written atomically; returns its record {"file", "sha256", "shape", "dtype"}."""
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    digest = write_atomic(path, buf.getvalue())
+    return {"file": path.name, "sha256": digest, "shape": list(a.shape), "dtype": str(a.dtype)}
+
+
+def read_array(folder: Path, record: dict) -> np.ndarray:
+    """The array of a record written by write_array, after checking its SHA-256; CorruptIndexError if it differs."""
+    path = folder / record["file"]
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise CorruptIndexError(f"{path} is missing although the index lists it as written; rebuild the "
+                                "index (Index.build with force=True)") from exc
+    if hashlib.sha256(data).hexdigest() != record["sha256"]:
+        raise CorruptIndexError(f"{path} is corrupted: its SHA-256 differs from the one recorded when it was "
+                                f"written. Delete {path} and {path.with_suffix('.json')} and run Index.build "
+                                "again with the same arguments: only that chunk is recomputed")
+    return np.load(io.BytesIO(data), allow_pickle=False)
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Delete the temporary files a killed writer left behind (never a finished file)."""
+    for tmp in folder.glob(".*.tmp-*"):
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,58 @@
+"""Run under torchrun by test_distributed.py: influence on the test problems, written by rank 0 to an .npz."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+import infl  # noqa: E402
+from infl import dist, store  # noqa: E402
+from infl.index import Index  # noqa: E402
+from scale_problems import SOLVERS, logreg, mlp  # noqa: E402
+
+
+def lose_rank_1_mid_index(folder: str) -> None:
+    """Rank 1 dies right after writing its first chunk: the job must fail naming it and leave the index resumable."""
+    if dist.world()[0] == 1:
+        write = store.write_json
+
+        def write_then_die(path, obj):
+            write(path, obj)
+            os._exit(3)
+
+        store.write_json = write_then_die
+    prob = mlp()
+    Index.build(infl.Influence(prob.model, prob.loss_fn, l2=prob.l2), folder, prob.train, chunk_rows=7, verbose=False)
+
+
+def main(out: str, die: str) -> None:
+    rank, size = dist.init(timeout_s=60)
+    if die == "start" and rank == 1:
+        os._exit(3)  # a rank lost mid-run: the job must fail naming it, not hang
+    if die == "index":
+        return lose_rank_1_mid_index(out)
+    results = {}
+    for make in (logreg, mlp):
+        name = make.__name__
+        prob = make()
+        for solver_name, solver in SOLVERS.items():
+            inf = infl.Influence(prob.model, prob.loss_fn, l2=prob.l2, solver=solver).fit(prob.train)
+            results[f"{name}-{solver_name}"] = inf.scores(prob.test).numpy()
+            if solver_name == "cg":  # the collective path: every rank solves the same right-hand sides
+                results[f"{name}-{solver_name}-self"] = inf.self_influence().numpy()
+    prob = mlp()
+    for project in (None, 12):  # chunks written per rank, curvature all-reduced
+        folder = os.path.join(os.path.dirname(out), f"index-{project}")
+        idx = Index.build(infl.Influence(prob.model, prob.loss_fn, l2=prob.l2), folder, prob.train,
+                          project=project, chunk_rows=7, verbose=False)
+        results[f"index-{project}"] = idx.scores(prob.test).numpy()
+    if rank == 0:
+        np.savez(out, world=size, **results)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "")

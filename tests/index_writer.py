@@ -1,0 +1,29 @@
+"""Run by test_index.py as a process that gets killed while it writes an index (each chunk write is slowed)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(__file__))
+import infl  # noqa: E402
+from infl import store  # noqa: E402
+from infl.index import Index  # noqa: E402
+from scale_problems import logreg  # noqa: E402
+
+_write = store.write_atomic
+
+
+def slow_write(path, data):  # a partly written temporary file stays behind when killed here
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data[: len(data) // 2])
+    time.sleep(0.3)
+    return _write(path, data)
+
+
+if __name__ == "__main__":
+    store.write_atomic = slow_write
+    prob = logreg()
+    inf = infl.Influence(prob.model, prob.loss_fn, l2=prob.l2)
+    Index.build(inf, sys.argv[1], prob.train, chunk_rows=10, verbose=False)

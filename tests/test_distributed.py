@@ -1,0 +1,88 @@
+"""Two processes under torchrun (gloo, CPU) give the single-process answers; a lost rank fails the job."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import infl
+from infl.index import IncompleteIndexError, Index
+from infl.testing import dense_scores
+from scale_problems import SOLVERS, logreg, mlp
+
+HERE = Path(__file__).parent
+
+
+def torchrun(*args: str, nproc: int = 2, timeout: float = 240) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+           "--standalone", *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("dist") / "scores.npz"
+    run = torchrun(str(HERE / "dist_worker.py"), str(out))
+    assert run.returncode == 0, run.stderr[-3000:]
+    return dict(np.load(out))
+
+
+@pytest.mark.parametrize("problem", [logreg, mlp], ids=["logreg", "mlp"])
+@pytest.mark.parametrize("solver", list(SOLVERS))
+def test_two_processes_equal_one(two_ranks, problem, solver) -> None:
+    prob = problem()
+    inf = infl.Influence(prob.model, prob.loss_fn, l2=prob.l2, solver=SOLVERS[solver]).fit(prob.train)
+    assert int(two_ranks["world"]) == 2
+    pairs = [(f"{problem.__name__}-{solver}", inf.scores)]
+    if solver == "cg":
+        pairs.append((f"{problem.__name__}-{solver}-self", lambda _: inf.self_influence()))
+    for key, query in pairs:
+        ref, got = query(prob.test).numpy(), two_ranks[key]
+        assert got.shape == ref.shape
+        assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max(), key
+
+
+@pytest.mark.parametrize("project", [None, 12])
+def test_index_built_by_two_processes_equals_one(two_ranks, tmp_path, project) -> None:
+    prob = mlp()
+    inf = infl.Influence(prob.model, prob.loss_fn, l2=prob.l2)
+    ref = Index.build(inf, tmp_path / "idx", prob.train, project=project, chunk_rows=7, verbose=False)
+    ref = ref.scores(prob.test).numpy()
+    got = two_ranks[f"index-{project}"]
+    assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max()
+
+
+def lost_rank_1(log: str) -> bool:
+    """torchrun's failure summary names global rank 1 and its exit code 3."""
+    return re.search(r"^\s*rank\s*:\s*1 ", log, re.M) is not None and re.search(r"exitcode\s*:\s*3\b", log) is not None
+
+
+def test_a_lost_rank_fails_the_job_naming_it(tmp_path) -> None:
+    run = torchrun(str(HERE / "dist_worker.py"), str(tmp_path / "never.npz"), "start", timeout=120)
+    assert run.returncode != 0
+    assert lost_rank_1(run.stderr), run.stderr[-2000:]
+    assert not (tmp_path / "never.npz").exists()
+
+
+def test_a_rank_lost_mid_index_leaves_it_resumable(tmp_path) -> None:
+    folder = tmp_path / "idx"
+    run = torchrun(str(HERE / "dist_worker.py"), str(folder), "index", timeout=120)
+    assert run.returncode != 0 and lost_rank_1(run.stderr), run.stderr[-2000:]
+    prob = mlp()
+    inf = infl.Influence(prob.model, prob.loss_fn, l2=prob.l2)
+    with pytest.raises(IncompleteIndexError, match="incomplete"):
+        Index.open(folder, inf)
+    written = {p.name: p.stat().st_mtime_ns for p in (folder / "grads").glob("*.json")}
+    assert "000001.json" in written  # rank 1's first chunk survived it
+    idx = Index.build(inf, folder, prob.train, verbose=False)  # resumed by one process
+    assert all((folder / "grads" / name).stat().st_mtime_ns == t for name, t in written.items())
+    ref = dense_scores(prob.model, prob.loss_fn, prob.train, prob.test, prob.l2)
+    np.testing.assert_allclose(idx.scores(prob.test).numpy(), ref.numpy(), rtol=1e-8, atol=1e-9)

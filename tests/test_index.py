@@ -1,0 +1,154 @@
+"""The persistent index: same scores as Influence, projected scores as their formula, atomic and resumable writes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import infl
+from infl.index import IncompleteIndexError, Index, IndexMismatchError
+from infl.projection import Projection
+from infl.store import CorruptIndexError
+from infl.testing import dense_hessian, dense_scores
+from scale_problems import logreg, mlp
+
+HERE = Path(__file__).parent
+
+
+def influence(prob, **kw) -> infl.Influence:
+    return infl.Influence(prob.model, prob.loss_fn, l2=prob.l2, **kw)
+
+
+def files(folder: Path) -> dict[str, tuple[int, int]]:
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in (folder / "grads").iterdir()}
+
+
+@pytest.mark.parametrize("make", [logreg, mlp], ids=["logreg", "mlp"])
+def test_full_index_equals_dense_reference(tmp_path, make) -> None:
+    prob = make()
+    idx = Index.build(influence(prob), tmp_path / "idx", prob.train, chunk_rows=7, verbose=False)
+    ref = dense_scores(prob.model, prob.loss_fn, prob.train, prob.test, prob.l2)
+    assert len(list((tmp_path / "idx" / "grads").glob("*.npy"))) == -(-prob.X.shape[0] // 7)
+    reopened = Index.open(tmp_path / "idx", influence(prob))
+    for index in (idx, reopened):
+        torch.testing.assert_close(index.scores(prob.test), ref, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(index.self_influence(), influence(prob).fit(prob.train).self_influence())
+    for largest in (True, False):
+        values, rows = reopened.top_k(prob.test, 4, largest=largest)
+        want = ref.topk(4, dim=1, largest=largest)
+        torch.testing.assert_close(values, want.values, rtol=1e-9, atol=1e-9)
+        assert torch.equal(rows, want.indices)
+
+
+def test_projected_scores_follow_their_formula(tmp_path) -> None:
+    prob, k = mlp(), 20
+    idx = Index.build(influence(prob, damping=0.01), tmp_path / "idx", prob.train, project=k, seed=5, verbose=False)
+    obj = idx.objective
+    P = Projection(k, obj.p, 5, obj.dtype, obj.device).apply(torch.eye(obj.p, dtype=obj.dtype)).T  # (k, p)
+    H = dense_hessian(prob.model, prob.loss_fn, *prob.train, prob.l2) + 0.01 * torch.eye(obj.p, dtype=obj.dtype)
+    G, Gt = obj.per_example_grads(*prob.train) @ P.T, obj.per_example_grads(*prob.test) @ P.T
+    want = -Gt @ torch.linalg.solve(P @ H @ P.T, G.T)
+    torch.testing.assert_close(idx.scores(prob.test), want, rtol=1e-8, atol=1e-10)
+    assert abs(float(P.square().sum()) / obj.p - 1) < 0.1  # entries N(0, 1/k): E[P^T P] = I
+    other = Index.build(influence(prob, damping=0.01), tmp_path / "other", prob.train, project=k, seed=6,
+                        verbose=False)
+    assert not torch.allclose(other.scores(prob.test), want)  # the seed picks the subspace
+
+
+def test_reopening_refuses_another_model_or_setting(tmp_path) -> None:
+    prob = logreg()
+    Index.build(influence(prob), tmp_path / "idx", prob.train, verbose=False)
+    with pytest.raises(IndexMismatchError, match="l2: index 0.05, now 0.1"):
+        Index.open(tmp_path / "idx", infl.Influence(prob.model, prob.loss_fn, l2=0.1))
+    with torch.no_grad():
+        prob.model.bias.add_(1e-6)
+    with pytest.raises(IndexMismatchError, match="model parameters differ"):
+        Index.open(tmp_path / "idx", influence(prob))
+    with pytest.raises(IndexMismatchError, match="model parameters differ.*force=True"):
+        Index.build(influence(prob), tmp_path / "idx", prob.train, verbose=False)
+    X = prob.X.clone()
+    X[0, 0] += 1
+    with pytest.raises(IndexMismatchError, match="training data differ"):
+        Index.build(influence(logreg()), tmp_path / "idx", (X, prob.y), verbose=False)
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    with pytest.raises(infl.InputError, match="holds no infl index"):
+        Index.build(influence(prob), tmp_path / "foreign", prob.train, verbose=False)
+
+
+def test_a_corrupted_chunk_is_detected_on_read(tmp_path) -> None:
+    prob = logreg()
+    idx = Index.build(influence(prob), tmp_path / "idx", prob.train, chunk_rows=30, verbose=False)
+    chunk = tmp_path / "idx" / "grads" / "000001.npy"
+    data = bytearray(chunk.read_bytes())
+    data[-3] ^= 0x40  # one bit of one stored number
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(CorruptIndexError, match="000001.npy is corrupted"):
+        idx.scores(prob.test)
+    with pytest.raises(CorruptIndexError, match="000001.npy is corrupted"):
+        Index.open(tmp_path / "idx", influence(prob)).top_k(prob.test, 3)
+
+
+def test_a_killed_build_resumes_without_recomputing(tmp_path) -> None:
+    folder = tmp_path / "idx"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, str(HERE / "index_writer.py"), str(folder)], env=env)
+    deadline = time.monotonic() + 120
+    while len(list(folder.glob("grads/*.json"))) < 3 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = files(folder)
+    n_done = len([f for f in done if f.endswith(".json")])
+    assert 3 <= n_done < 9, "the writer must be killed mid-build"
+    prob = logreg()
+    with pytest.raises(IncompleteIndexError, match=f"incomplete: {n_done} of 9"):
+        Index.open(folder, influence(prob))
+    idx = Index.build(influence(prob), folder, prob.train, chunk_rows=50, verbose=False)  # chunk_rows of the folder win
+    after = files(folder)
+    assert all(after[name] == stamp for name, stamp in done.items() if not name.startswith("."))
+    assert not any(name.startswith(".") for name in after), "temporary files are cleared"
+    ref = dense_scores(prob.model, prob.loss_fn, prob.train, prob.test, prob.l2)
+    torch.testing.assert_close(Index.open(folder, influence(prob)).scores(prob.test), ref, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(idx.scores(prob.test), ref, rtol=1e-9, atol=1e-9)
+    stamps = files(folder)
+    Index.build(influence(prob), folder, prob.train, verbose=False)  # finished: nothing is rewritten
+    assert files(folder) == stamps
+
+
+def test_format_is_readable_without_infl(tmp_path) -> None:
+    prob = logreg()
+    Index.build(influence(prob), tmp_path / "idx", prob.train, chunk_rows=40, verbose=False)
+    import json
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    G = np.concatenate([np.load(tmp_path / "idx" / "grads" / f"{c:06d}.npy") for c in range(manifest["n_chunks"])])
+    L = np.load(tmp_path / "idx" / "curvature.npy")
+    obj = infl.objective.Objective(prob.model, prob.loss_fn, prob.l2)
+    gt = obj.per_example_grads(*prob.test).numpy()
+    scores = -gt @ np.linalg.solve(L @ L.T, G.T)
+    ref = dense_scores(prob.model, prob.loss_fn, prob.train, prob.test, prob.l2).numpy()
+    np.testing.assert_allclose(scores, ref, rtol=1e-8, atol=1e-9)
+    assert manifest["complete"] and manifest["k"] == manifest["p"] == G.shape[1]
+
+
+def test_memory_budget_sets_chunks_and_refuses_too_little(tmp_path, capsys) -> None:
+    from infl.budget import index_plan, parse_bytes
+    assert parse_bytes("4GB") == 4 * 10**9 and parse_bytes("512MiB") == 512 * 2**20
+    with pytest.raises(infl.InputError, match="such as '4GB'"):
+        parse_bytes("lots")
+    plan = index_plan(10**9, n=10**6, p=10**5, k=256, itemsize=4, data_bytes=10**8, projected=True, baseline=0)
+    assert plan.peak <= 10**9 and plan.grad_rows * 4 * 10**5 * 4 <= 10**9 // 4
+    assert "the full training gradients would need 381,470 MiB" in plan.describe()
+    prob = logreg()
+    with pytest.raises(infl.InputError, match="max_memory=.* is too small.*raise max_memory"):
+        Index.build(influence(prob), tmp_path / "idx", prob.train, max_memory="1MB", verbose=False)
+    Index.build(influence(prob), tmp_path / "ok", prob.train, max_memory="4GB")
+    assert "plan (budget 3,815 MiB" in capsys.readouterr().err
