@@ -50,3 +50,18 @@ def test_triage_as_is_report_renders(tmp_path):
     page = write_ranking_report(tmp_path / "ranking.html", ranking, split.X_train, split.y_train, None,
                                 {"data": "digits-small"}, top=5)  # no image shape: feature bar charts
     assert assert_renders(page, tmp_path).images == 5 + 1
+
+
+def test_mismatch_report_renders(tmp_path):
+    from infl.mismatch import find_drivers, over_represented
+    from infl.mismatch_report import write_mismatch_report
+
+    split = small_digits(150, 40)
+    model = fit_logistic(split.X_train, split.y_train, split.classes, 0.01)
+    inf = Influence(model, cross_entropy, l2=0.01).fit((split.X_train, split.y_train))
+    wrong = (model(__import__("torch").as_tensor(split.X_test)).argmax(1).numpy() != split.y_test).nonzero()[0]
+    drivers = find_drivers(inf, (split.X_test, split.y_test), wrong[:3], k=6)
+    values = over_represented(split.X_train, drivers.top)
+    page = write_mismatch_report(tmp_path / "mismatch.html", drivers, values, split.X_train, split.y_train,
+                                 split.image_shape, {"data": "digits-small"})
+    assert assert_renders(page, tmp_path).images == 6 + 1

@@ -233,7 +233,8 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, name)
 
 
-@click.group(cls=LazyGroup, lazy={"triage": "infl.cli_triage:triage_command"})
+@click.group(cls=LazyGroup, lazy={"triage": "infl.cli_triage:triage_command",
+                                 "mismatch": "infl.cli_mismatch:mismatch_command"})
 @click.version_option(package_name="infl")
 def main() -> None:
     """infl: which training examples made my model predict this? (Koh & Liang 2017)"""
