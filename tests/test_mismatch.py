@@ -7,8 +7,10 @@ import re
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 
 from infl import Influence, InputError
+from infl.cli import main
 from infl.losses import cross_entropy
 from infl.mismatch import feature_values, find_drivers, over_represented
 from infl.testing import dense_scores
@@ -81,10 +83,6 @@ def test_bad_input_is_refused(logreg, kwargs, message):
 
 
 def test_cli_mismatch_flags_the_subgroup_and_writes_a_report(tmp_path):
-    from click.testing import CliRunner
-
-    from infl.cli import main
-
     X, y, Xt, yt = mismatched()
     pad = lambda A: np.column_stack([A, np.zeros(len(A))])  # noqa: E731  d = 5: not read as 2x2 images
     np.savez(tmp_path / "train.npz", X=pad(X), y=y)

@@ -5,12 +5,15 @@ Skips (with the install command) when Chromium is absent; .ci/run installs it.
 
 from __future__ import annotations
 
+import torch
 from click.testing import CliRunner
 
 from browser import assert_renders, render, requires_chromium
 from infl import Influence
 from infl.cli import main
 from infl.losses import cross_entropy
+from infl.mismatch import find_drivers, over_represented
+from infl.mismatch_report import write_mismatch_report
 from infl.report import write_page
 from infl.train import fit_logistic
 from infl.triage import check_claim, rank_for_checking, triage
@@ -53,13 +56,10 @@ def test_triage_as_is_report_renders(tmp_path):
 
 
 def test_mismatch_report_renders(tmp_path):
-    from infl.mismatch import find_drivers, over_represented
-    from infl.mismatch_report import write_mismatch_report
-
     split = small_digits(150, 40)
     model = fit_logistic(split.X_train, split.y_train, split.classes, 0.01)
     inf = Influence(model, cross_entropy, l2=0.01).fit((split.X_train, split.y_train))
-    wrong = (model(__import__("torch").as_tensor(split.X_test)).argmax(1).numpy() != split.y_test).nonzero()[0]
+    wrong = (model(torch.as_tensor(split.X_test)).argmax(1).numpy() != split.y_test).nonzero()[0]
     drivers = find_drivers(inf, (split.X_test, split.y_test), wrong[:3], k=6)
     values = over_represented(split.X_train, drivers.top)
     page = write_mismatch_report(tmp_path / "mismatch.html", drivers, values, split.X_train, split.y_train,
