@@ -8,34 +8,29 @@ non-zero exit code. Scores are I_up,loss (MATH.md): positive = harmful.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import click
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 from tqdm import tqdm
 
 from .data import BUILTINS, DataError, Split, file_kind, load_builtin, load_file
 from .errors import InflError
 from .influence import SOLVERS, Influence
-from .objective import Objective
+from .losses import cross_entropy
 from .report import ExplainedPoint, figure_loo, top_k, write_explain_report
-from .train import assign, minimize
+from .train import fit_logistic
 from .validate import LeaveOneOut, leave_one_out, retrain_all
 
 REPORT_NAME, LOO_FIGURE = "report.html", "loo.png"
 TRAIN_TOL = 1e-9  # max |grad R| at which training stops
-
-
-def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
-    """Per-example multinomial logistic loss L(z, theta), shape (b,)."""
-    return F.cross_entropy(outputs, targets, reduction="none")
 
 
 class Clock:
@@ -58,14 +53,15 @@ class Clock:
 # --- steps ----------------------------------------------------------------------------
 
 
-def prepare_out(out: Path, force: bool, inputs: Sequence[Path]) -> Path:
-    """Create the output folder; refuse a non-empty one without --force and never overwrite an input file."""
+def prepare_out(out: Path, force: bool, inputs: Sequence[Path], names: Sequence[str] = (REPORT_NAME, LOO_FIGURE)) -> Path:
+    """Create the output folder; refuse a non-empty one without --force and never overwrite an input file
+    (`names`: the files the command writes there)."""
     if out.exists() and not out.is_dir():
         raise click.ClickException(f"--out {out} is a file, not a folder; choose a folder name.")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise click.ClickException(f"output folder {out} is not empty; choose another --out, or pass --force to "
-                                   f"write into it anyway (only {REPORT_NAME} and {LOO_FIGURE} are replaced).")
-    targets = {(out / name).resolve() for name in (REPORT_NAME, LOO_FIGURE)}
+                                   f"write into it anyway (only {', '.join(names)} are replaced).")
+    targets = {(out / name).resolve() for name in names}
     clash = [str(p) for p in inputs if p.resolve() in targets]
     if clash:
         raise click.ClickException(f"the output would overwrite the input file {clash[0]}; choose another --out.")
@@ -118,13 +114,7 @@ def load_data(data: str | None, train: Path | None, test: Path | None, label_col
 def train_model(split: Split, l2: float) -> nn.Linear:
     """The paper's model: multinomial logistic regression nn.Linear(d, classes) in float64, trained to
     argmin mean cross-entropy + (l2/2)||theta||^2 by L-BFGS from zero."""
-    model = nn.Linear(split.X_train.shape[1], split.classes).double()
-    with torch.no_grad():
-        model.weight.zero_(), model.bias.zero_()
-    obj = Objective(model, cross_entropy, l2)
-    X, y = torch.as_tensor(split.X_train), torch.as_tensor(split.y_train)
-    assign(model, obj, minimize(obj, X, y, tol=TRAIN_TOL))
-    return model
+    return fit_logistic(split.X_train, split.y_train, split.classes, l2, tol=TRAIN_TOL)
 
 
 def predict(model: nn.Module, X: np.ndarray) -> np.ndarray:
@@ -210,19 +200,50 @@ def summary_table(split: Split, inf: Influence, opts: dict, accuracy: tuple[floa
 # --- commands -------------------------------------------------------------------------
 
 
-@click.group()
+def data_options(command: Callable) -> Callable:
+    """The data options every command shares: --data, or --train and --test (with --label-column, --labels)."""
+    options = [
+        click.option("--data", type=click.Choice(BUILTINS), help="Built-in data set [default: mnist, unless --train]."),
+        click.option("--train", "train", type=click.Path(path_type=Path), help="Training file (.npz, .csv or IDX)."),
+        click.option("--test", "test", type=click.Path(path_type=Path), help="Test file, same format as --train."),
+        click.option("--label-column", help="CSV column holding the labels [default: label]."),
+        click.option("--labels", type=click.Path(path_type=Path), multiple=True,
+                     help="IDX label file; give it twice: for --train, then for --test."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+class LazyGroup(click.Group):
+    """A command group whose commands in `lazy` ({name: "module:attribute"}) are imported when first used,
+    so that modules defining commands can import this module's helpers."""
+
+    def __init__(self, *args: object, lazy: dict[str, str], **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.lazy and name not in self.commands:
+            module, attribute = self.lazy[name].split(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), name)
+        return super().get_command(ctx, name)
+
+
+@click.group(cls=LazyGroup, lazy={"triage": "infl.cli_triage:triage_command",
+                                 "mismatch": "infl.cli_mismatch:mismatch_command",
+                                 "behaviour": "infl.cli_uses:behaviour", "attack": "infl.cli_uses:attack",
+                                 "index": "infl.cli_index:index", "query": "infl.cli_index:query"})
 @click.version_option(package_name="infl")
 def main() -> None:
     """infl: which training examples made my model predict this? (Koh & Liang 2017)"""
 
 
 @main.command(short_help="Explain test predictions by their most harmful and helpful training points.")
-@click.option("--data", type=click.Choice(BUILTINS), help="Built-in data set [default: mnist, unless --train].")
-@click.option("--train", "train", type=click.Path(path_type=Path), help="Training file (.npz, .csv or IDX).")
-@click.option("--test", "test", type=click.Path(path_type=Path), help="Test file, same format as --train.")
-@click.option("--label-column", help="CSV column holding the labels [default: label].")
-@click.option("--labels", type=click.Path(path_type=Path), multiple=True,
-              help="IDX label file; give it twice: for --train, then for --test.")
+@data_options
 @click.option("--test-index", type=int, multiple=True, help="Test point to explain (repeatable) "
               "[default: the first 3 the model gets wrong].")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True,
@@ -291,21 +312,6 @@ def _explain(opts: dict) -> None:
                                     loo_test_index=tests[0], summary=summary, title=f"infl explain: {split.name}")
     click.echo(f"\nreport: {path}")
     click.echo(f"[{clock.elapsed():7.1f}s] done", err=True)
-
-
-from .cli_uses import attack, behaviour  # noqa: E402  (the paper's uses; no import of this module there)
-
-main.add_command(attack)
-main.add_command(behaviour)
-
-
-def _register_index_commands() -> None:
-    from .cli_index import index, query
-    main.add_command(index)
-    main.add_command(query)
-
-
-_register_index_commands()
 
 
 if __name__ == "__main__":  # python -m infl.cli, e.g. under torchrun

@@ -1,4 +1,4 @@
-"""Per-example losses the paper uses beyond cross-entropy."""
+"""Per-example losses: multinomial cross-entropy, and the smooth hinge the paper uses for SVMs."""
 
 from __future__ import annotations
 
@@ -8,6 +8,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import InputError
+
+
+def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Per-example multinomial logistic loss L(z, theta) of logits (b, classes) and labels (b,), shape (b,)."""
+    return F.cross_entropy(outputs, targets, reduction="none")
 
 
 def smooth_hinge(outputs: Tensor, y: Tensor, t: float = 1e-3) -> Tensor:

@@ -1,4 +1,6 @@
-"""A self-contained HTML report of influence explanations, and the leave-one-out figure.
+"""Self-contained HTML reports: the `infl explain` page, the leave-one-out figure, and the
+building blocks every tool's report uses (html_page, write_page, image_tag,
+examples_grid, figure_section, summary_section).
 
 Everything is inline: figures are base64 PNG data URIs drawn with matplotlib's
 Agg renderer (no pyplot state), the CSS sits in the page, and there is no
@@ -31,7 +33,7 @@ h1, h2, h3 { font-weight: 600; } h2 { border-bottom: 1px solid #ccc; padding-bot
 .grid { display: grid; grid-template-columns: repeat(auto-fill, 8.5em); gap: .6em; margin-bottom: 1em; }
 figure { margin: 0; text-align: center; font-size: .8em; }
 img.pixels { width: 7em; height: 7em; image-rendering: pixelated; border: 1px solid #ddd; }
-img.test { width: 12em; height: 12em; }
+img.test { width: 12em; height: 12em; } img.plot { max-width: 100%; }
 .harmful figcaption b { color: #b2182b; } .helpful figcaption b { color: #2166ac; }
 table { border-collapse: collapse; } td, th { padding: .2em .8em; text-align: left; border-bottom: 1px solid #eee; }
 .note { color: #555; font-size: .9em; }
@@ -60,7 +62,8 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 # --- figures --------------------------------------------------------------------------
 
 
-def _data_uri(png: bytes) -> str:
+def data_uri(png: bytes) -> str:
+    """png bytes as a data: URI, for an <img src> that needs no file or network."""
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
@@ -125,26 +128,81 @@ def figure_loo(predicted: np.ndarray, actual: np.ndarray, path: str | Path) -> P
     return path
 
 
-# --- HTML sections --------------------------------------------------------------------
+# --- HTML building blocks (shared by every tool's report) ---------------------------
 
 
-def _image_tag(png: bytes, alt: str, css: str = "pixels") -> str:
-    return f'<img src="{_data_uri(png)}" class="{css}" alt="{html.escape(alt)}">'
+def image_tag(png: bytes, alt: str, css: str = "pixels") -> str:
+    """An inline <img> of png bytes; css "pixels" (small example), "pixels test" (larger) or "plot"."""
+    return f'<img src="{data_uri(png)}" class="{css}" alt="{html.escape(alt)}">'
 
 
-def _view(x: np.ndarray, shape: tuple[int, int] | None, value_range: tuple[float, float]) -> bytes:
+def example_png(x: np.ndarray, shape: tuple[int, int] | None, value_range: tuple[float, float]) -> bytes:
+    """One example x (d,): an image when `shape` is given, else a bar chart of its features."""
     return pixels_png(x, shape, value_range) if shape else features_png(x, value_range)
+
+
+def examples_grid(kind: str, indices: Sequence[int], captions: Sequence[str], X: np.ndarray,
+                  shape: tuple[int, int] | None, value_range: tuple[float, float]) -> str:
+    """A grid of examples X[i] (X (n, d)), each over its caption (HTML, trusted); `kind` is a CSS class
+    ("harmful" or "helpful" colour the bold part of captions)."""
+    cells = []
+    for i, caption in zip(indices, captions):
+        tag = image_tag(example_png(X[i], shape, value_range), f"training point {i}")
+        cells.append(f"<figure>{tag}<figcaption>{caption}</figcaption></figure>")
+    return f'<div class="grid {kind}">{"".join(cells)}</div>'
+
+
+def figure_section(title: str, fig: Figure, note: str = "", alt: str | None = None) -> str:
+    """An <h2> section holding one matplotlib figure as an inline PNG, after an optional note (plain text)."""
+    text = f"<p class='note'>{html.escape(note)}</p>" if note else ""
+    return f"<h2>{html.escape(title)}</h2>{text}{image_tag(figure_png(fig), alt or title, 'plot')}"
+
+
+def table_section(title: str, header: Sequence[str], rows: Sequence[Sequence[object]], note: str = "") -> str:
+    """An <h2> section holding a table (cells are escaped), after an optional note (plain text)."""
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    text = f"<p class='note'>{html.escape(note)}</p>" if note else ""
+    return f"<h2>{html.escape(title)}</h2>{text}<table><tr>{head}</tr>{body}</table>"
+
+
+def summary_section(summary: Mapping[str, str]) -> str:
+    """The "Run summary" table: one row per (name, value)."""
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in summary.items())
+    return f"<h2>Run summary</h2><table>{rows}</table>"
+
+
+def value_range(*arrays: np.ndarray) -> tuple[float, float]:
+    """Common grey scale (low, high) for every picture of a report: the range of all the arrays."""
+    values = np.concatenate([np.asarray(a, float).ravel() for a in arrays])
+    low, high = float(values.min()), float(values.max())
+    return (low, high) if high > low else (low, low + 1.0)
+
+
+def html_page(title: str, sections: Sequence[str], intro: str = "") -> str:
+    """A whole self-contained page: <h1>title</h1>, an optional intro note (HTML), then the sections (HTML)."""
+    note = f"<p class='note'>{intro}</p>" if intro else ""
+    return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{note}{''.join(sections)}"
+            "</body></html>\n")
+
+
+def write_page(path: str | Path, title: str, sections: Sequence[str], intro: str = "") -> Path:
+    """Write html_page(title, sections, intro) to `path` as UTF-8; returns the path."""
+    path = Path(path)
+    path.write_text(html_page(title, sections, intro), encoding="utf-8")
+    return path
+
+
+# --- the explain report ---------------------------------------------------------------
 
 
 def _train_grid(kind: str, indices: np.ndarray, scores: np.ndarray, X_train: np.ndarray, y_train: np.ndarray,
                 shape: tuple[int, int] | None, value_range: tuple[float, float]) -> str:
     """A grid of training examples, each captioned with its index, label and score."""
-    cells = []
-    for i in indices:
-        tag = _image_tag(_view(X_train[i], shape, value_range), f"training point {i}")
-        caption = f"#{i} &middot; label {y_train[i]}<br><b>{scores[i]:+.3g}</b>"
-        cells.append(f"<figure>{tag}<figcaption>{caption}</figcaption></figure>")
-    return f'<div class="grid {kind}">{"".join(cells)}</div>'
+    captions = [f"#{i} &middot; label {y_train[i]}<br><b>{scores[i]:+.3g}</b>" for i in indices]
+    return examples_grid(kind, indices, captions, X_train, shape, value_range)
 
 
 def _point_section(point: ExplainedPoint, top: int, X_train: np.ndarray, y_train: np.ndarray,
@@ -152,7 +210,7 @@ def _point_section(point: ExplainedPoint, top: int, X_train: np.ndarray, y_train
     """The test point, then its top-k harmful and top-k helpful training points."""
     harmful, helpful = top_k(point.scores, top)
     verdict = "correct" if point.label == point.predicted else "wrong"
-    test_tag = _image_tag(_view(point.x, shape, value_range), f"test point {point.index}", "pixels test")
+    test_tag = image_tag(example_png(point.x, shape, value_range), f"test point {point.index}", "pixels test")
     grid = lambda kind, idx: _train_grid(kind, idx, point.scores, X_train, y_train, shape, value_range)  # noqa: E731
     return (
         f"<h2>Test point {point.index}</h2><div class='point'><figure>{test_tag}<figcaption>true label "
@@ -171,21 +229,8 @@ def _loo_section(loo: LeaveOneOut, test_index: int) -> str:
         f"<p class='note'>Each of {len(loo.indices)} training points was removed and the model retrained to "
         "the optimum; the predicted change is -(1/n) I_up,loss. Pearson R = "
         f"{loo.pearson[0]:.4f}, Spearman = {loo.spearman[0]:.4f}.</p>"
-        f"{_image_tag(png, 'predicted against actual change in test loss', 'plot')}"
+        f"{image_tag(png, 'predicted against actual change in test loss', 'plot')}"
     )
-
-
-def _summary_section(summary: Mapping[str, str]) -> str:
-    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-                   for k, v in summary.items())
-    return f"<h2>Run summary</h2><table>{rows}</table>"
-
-
-def _value_range(points: Sequence[ExplainedPoint], X_train: np.ndarray) -> tuple[float, float]:
-    """Common grey scale for every picture: the range of the training data and the test points."""
-    values = np.concatenate([X_train.ravel()] + [p.x.ravel() for p in points])
-    low, high = float(values.min()), float(values.max())
-    return (low, high) if high > low else (low, low + 1.0)
 
 
 def write_explain_report(path: str | Path, *, points: Sequence[ExplainedPoint], X_train: np.ndarray,
@@ -201,17 +246,12 @@ def write_explain_report(path: str | Path, *, points: Sequence[ExplainedPoint], 
     if image_shape is not None and math.prod(image_shape) != X_train.shape[1]:
         raise InputError(f"image_shape {image_shape} does not hold d = {X_train.shape[1]} features; "
                          "pass the shape of one image, or None for non-image data")
-    value_range = _value_range(points, X_train)
-    body = [f"<h1>{html.escape(title)}</h1><p class='note'>Scores are I_up,loss(z_i, z_test) (Koh &amp; Liang "
-            "2017): positive = harmful, negative = helpful. Removing z_i changes the test loss by about "
-            "-score / n.</p>"]
-    body += [_point_section(p, top, X_train, y_train, image_shape, value_range) for p in points]
+    scale = value_range(X_train, *[p.x for p in points])
+    intro = ("Scores are I_up,loss(z_i, z_test) (Koh &amp; Liang 2017): positive = harmful, negative = helpful. "
+             "Removing z_i changes the test loss by about -score / n.")
+    body = [_point_section(p, top, X_train, y_train, image_shape, scale) for p in points]
     if loo is not None:
         body.append(_loo_section(loo, loo_test_index if loo_test_index is not None else points[0].index))
     if summary:
-        body.append(_summary_section(summary))
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
-    path = Path(path)
-    path.write_text(page, encoding="utf-8")
-    return path
+        body.append(summary_section(summary))
+    return write_page(path, title, body, intro)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .inputs import batches
+from .losses import cross_entropy
 from .objective import Objective
 
 
@@ -56,3 +58,17 @@ def assign(model: nn.Module, obj: Objective, theta: Tensor) -> None:
         params = dict(model.named_parameters())
         for name, value in obj.unflatten(theta).items():
             params[name].copy_(value)
+
+
+def fit_logistic(X: np.ndarray, y: np.ndarray, classes: int, l2: float, *, init: nn.Linear | None = None,
+                 tol: float = 1e-9) -> nn.Linear:
+    """The paper's model: multinomial logistic regression nn.Linear(d, classes) in float64 at
+    argmin mean cross-entropy + (l2/2)||theta||^2, by L-BFGS from zero or warm-started from
+    `init`'s parameters (init itself is left unchanged). X (n, d), y (n,) integer labels."""
+    model = nn.Linear(X.shape[1], classes).double()
+    with torch.no_grad():
+        for param, start in zip(model.parameters(), init.parameters() if init is not None else [None] * 2):
+            param.copy_(start) if start is not None else param.zero_()
+    obj = Objective(model, cross_entropy, l2)
+    assign(model, obj, minimize(obj, torch.as_tensor(X), torch.as_tensor(y), tol=tol))
+    return model

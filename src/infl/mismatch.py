@@ -1,0 +1,102 @@
+"""Debugging domain mismatch (Koh & Liang 2017, section 5.3).
+
+For the test points a model gets wrong, find the training points that drive
+those predictions and what they share. A training point's weight on one test
+point is |I_up,loss(z_i, z_test)| divided by the mean of |I_up,loss| over all
+training points (so 1 is an average point; the paper's 4 children were 30 to
+40 times above the rest). Averaged over the wrong test points, the largest
+weights name the drivers; those above `threshold` are flagged as carrying an
+outsized share. For tabular data, `over_represented` lists the feature values
+whose share among the drivers most exceeds their share in the training set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import InputError
+from .influence import Influence
+
+
+@dataclass(frozen=True)
+class Drivers:
+    """wrong (m,): the test indices analysed; scores (m, n): I_up,loss(z_i, z_test) (positive = harmful);
+    weight (n,): mean over the wrong test points of |score| / mean_i |score|; top (k,): training indices
+    by weight, largest first; outsized: those with weight >= threshold; share: fraction of the total
+    |influence| on the wrong points that the top k carry."""
+
+    wrong: np.ndarray
+    scores: np.ndarray
+    weight: np.ndarray
+    top: np.ndarray
+    outsized: np.ndarray
+    share: float
+    threshold: float
+
+
+def find_drivers(inf: Influence, test: Any, wrong: Sequence[int], k: int = 20, threshold: float = 10.0) -> Drivers:
+    """The training points driving the predictions on test[wrong] (test: (X, y) arrays, wrong: indices)."""
+    X, y = test
+    wrong = np.asarray(wrong, dtype=np.int64).reshape(-1)
+    if not wrong.size:
+        raise InputError("there are no wrong test predictions to explain; the model gets every test point right")
+    if wrong.min() < 0 or wrong.max() >= len(y):
+        raise InputError(f"test index {int(wrong.max() if wrong.max() >= len(y) else wrong.min())} is out of range "
+                         f"for {len(y)} test points (indices 0 to {len(y) - 1})")
+    if not (isinstance(threshold, (int, float)) and np.isfinite(threshold) and threshold > 0):
+        raise InputError(f"threshold must be a finite number > 0 (a multiple of the mean |influence|), got {threshold!r}")
+    if not isinstance(k, int) or not 1 <= k <= inf.n_train:
+        raise InputError(f"k must be an integer from 1 to the {inf.n_train} training points, got {k!r}")
+    scores = inf.scores((X[wrong], y[wrong])).cpu().numpy()
+    size = np.abs(scores)
+    weight = (size / np.maximum(size.mean(1, keepdims=True), np.finfo(float).tiny)).mean(0)
+    top = np.argsort(-weight, kind="stable")[:k]
+    share = float((size[:, top].sum(1) / np.maximum(size.sum(1), np.finfo(float).tiny)).mean())
+    return Drivers(wrong, scores, weight, top, np.flatnonzero(weight >= threshold), share, float(threshold))
+
+
+@dataclass(frozen=True)
+class Overrepresented:
+    """A feature value held by `count` of the drivers: share among them vs share in the training set."""
+
+    feature: str
+    value: str
+    count: int
+    share_top: float
+    share_train: float
+
+    @property
+    def lift(self) -> float:
+        return self.share_top / self.share_train
+
+
+def feature_values(column: np.ndarray, bins: int = 4) -> tuple[np.ndarray, list[str]]:
+    """Codes (n,) and their labels for one feature: its values when it takes <= bins distinct values,
+    else quantile bins of the column ("Qk [low, high]")."""
+    values = np.unique(column)
+    if len(values) <= bins:
+        return np.searchsorted(values, column), [f"{v:g}" for v in values]
+    edges = np.quantile(column, np.linspace(0, 1, bins + 1))
+    codes = np.clip(np.searchsorted(edges[1:-1], column, side="right"), 0, bins - 1)
+    return codes, [f"Q{b + 1} [{edges[b]:.3g}, {edges[b + 1]:.3g}]" for b in range(bins)]
+
+
+def over_represented(X: np.ndarray, top: Sequence[int], names: Sequence[str] | None = None, bins: int = 4,
+                     min_count: int = 2, most: int = 10) -> list[Overrepresented]:
+    """Feature values (X (n, d) training features) most over-represented among the rows `top`, by
+    lift = share among top / share in training, held by at least min_count of them; at most `most`."""
+    top = np.asarray(top, dtype=np.int64)
+    names = list(names) if names is not None else [f"feature {j}" for j in range(X.shape[1])]
+    if len(names) != X.shape[1]:
+        raise InputError(f"got {len(names)} feature names for {X.shape[1]} features; give one name per column")
+    found = []
+    for j, name in enumerate(names):
+        codes, labels = feature_values(X[:, j], bins)
+        in_top = np.bincount(codes[top], minlength=len(labels))
+        in_train = np.bincount(codes, minlength=len(labels)) / len(codes)
+        found += [Overrepresented(name, labels[c], int(in_top[c]), in_top[c] / len(top), float(in_train[c]))
+                  for c in np.flatnonzero(in_top >= min_count)]
+    return sorted(found, key=lambda o: -o.lift)[:most]

@@ -1,0 +1,102 @@
+"""Domain mismatch (paper section 5.3): drivers of wrong predictions and over-represented feature values."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from infl import Influence, InputError
+from infl.cli import main
+from infl.losses import cross_entropy
+from infl.mismatch import feature_values, find_drivers, over_represented
+from infl.testing import dense_scores
+from infl.train import fit_logistic
+
+
+def mismatched(seed: int = 0):
+    """Binary task from 3 noisy features, plus a subgroup indicator. The subgroup's features sit on the
+    class boundary, so only the indicator tells it apart; training holds only 4 subgroup points, all of
+    label 0; the test subgroup has label 1 (the paper's children, made synthetic)."""
+    rng = np.random.default_rng(seed)
+
+    def draw(n, sub, label=None):
+        y = rng.integers(0, 2, n) if label is None else np.full(n, label)
+        centre = np.full((n, 1), 0.5) if sub else y[:, None]
+        X = np.column_stack([centre + (0.1 if sub else 0.8) * rng.standard_normal((n, 3)), np.full(n, float(sub))])
+        return X, y
+
+    Xa, ya = draw(300, 0)
+    Xs, ys = draw(4, 1, label=0)
+    Xt, yt = draw(6, 1, label=1)
+    return np.vstack([Xa, Xs]), np.concatenate([ya, ys]), Xt, yt
+
+
+def test_drivers_flag_the_few_subgroup_points_and_name_the_subgroup():
+    X, y, Xt, yt = mismatched()
+    model = fit_logistic(X, y, 2, l2=0.001)
+    predicted = model(torch.as_tensor(Xt)).argmax(1).numpy()
+    wrong = np.flatnonzero(predicted != yt)
+    assert len(wrong) == 6  # the mismatch makes the subgroup's test points wrong
+    inf = Influence(model, cross_entropy, l2=0.001).fit((X, y))
+    drivers = find_drivers(inf, (Xt, yt), wrong, k=4, threshold=10)
+    assert sorted(drivers.top.tolist()) == [300, 301, 302, 303]
+    assert set(drivers.outsized.tolist()) == {300, 301, 302, 303}
+    assert drivers.weight[300:].min() > 30 * np.median(drivers.weight[:300])
+    best = over_represented(X, drivers.top, ["a", "b", "c", "subgroup"], min_count=2)[0]
+    assert (best.feature, best.value, best.count) == ("subgroup", "1", 4)
+    assert best.lift == pytest.approx(1.0 / (4 / 304))
+
+
+def test_weights_follow_the_definition_on_dense_scores(logreg):
+    inf = Influence(logreg.model, logreg.loss_fn, l2=logreg.l2).fit(logreg.train)
+    drivers = find_drivers(inf, (logreg.Xt, logreg.yt), [1, 4], k=5, threshold=2.0)
+    S = dense_scores(logreg.model, logreg.loss_fn, logreg.train, (logreg.Xt[[1, 4]], logreg.yt[[1, 4]]),
+                     logreg.l2).numpy()
+    np.testing.assert_allclose(drivers.scores, S, rtol=1e-8, atol=1e-12)
+    weight = (np.abs(S) / np.abs(S).mean(1, keepdims=True)).mean(0)
+    np.testing.assert_allclose(drivers.weight, weight, rtol=1e-8)
+    assert drivers.top.tolist() == np.argsort(-weight, kind="stable")[:5].tolist()
+    assert drivers.outsized.tolist() == np.flatnonzero(weight >= 2.0).tolist()
+
+
+def test_feature_values_keep_few_values_and_bin_the_rest_by_quantiles():
+    codes, labels = feature_values(np.array([0.0, 1.0, 1.0, 0.0]))
+    assert codes.tolist() == [0, 1, 1, 0] and labels == ["0", "1"]
+    codes, labels = feature_values(np.arange(8.0), bins=4)
+    assert codes.tolist() == [0, 0, 1, 1, 2, 2, 3, 3] and labels[0].startswith("Q1 [0, ")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"wrong": []}, "no wrong test predictions"),
+    ({"wrong": [12]}, "test index 12 is out of range for 12 test points"),
+    ({"wrong": [0], "threshold": float("nan")}, "threshold must be a finite number > 0"),
+    ({"wrong": [0], "k": 0}, "k must be an integer from 1"),
+])
+def test_bad_input_is_refused(logreg, kwargs, message):
+    inf = Influence(logreg.model, logreg.loss_fn, l2=logreg.l2).fit(logreg.train)
+    with pytest.raises(InputError, match=message):
+        find_drivers(inf, (logreg.Xt, logreg.yt), **kwargs)
+
+
+def test_cli_mismatch_flags_the_subgroup_and_writes_a_report(tmp_path):
+    X, y, Xt, yt = mismatched()
+    pad = lambda A: np.column_stack([A, np.zeros(len(A))])  # noqa: E731  d = 5: not read as 2x2 images
+    np.savez(tmp_path / "train.npz", X=pad(X), y=y)
+    np.savez(tmp_path / "test.npz", X=pad(np.vstack([Xt, X[:2]])), y=np.concatenate([yt, [0, 1]]))  # two classes
+    args = ["mismatch", "--train", str(tmp_path / "train.npz"), "--test", str(tmp_path / "test.npz"), "--top", "4",
+            "--l2", "0.001", "--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "wrong test predictions; 4 training point(s) at or above 10x" in result.stdout
+    listed = [int(i) for i in re.findall(r"train #(\d+)", result.stdout)]
+    assert sorted(listed) == [300, 301, 302, 303]
+    assert "over-represented: feature 3 = 1: 100% of drivers vs 1.3% of training" in result.stdout
+    assert (tmp_path / "out" / "report.html").exists()
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 1 and "is not empty" in again.output
+    bad = CliRunner().invoke(main, [*args[:-2], "--threshold", "-1", "--out", str(tmp_path / "o2")])
+    assert bad.exit_code == 2 and "--threshold" in bad.output and "finite number > 0" in bad.output
