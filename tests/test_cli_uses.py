@@ -8,6 +8,7 @@ import re
 import pytest
 from click.testing import CliRunner
 
+from browser import assert_renders, requires_chromium
 from infl.cli import main
 
 
@@ -85,3 +86,13 @@ def test_behaviour_writes_its_plot_and_report(run):
 def test_behaviour_bad_input(tmp_path, args, words):
     result = _invoke("behaviour", tmp_path / "cache", "--out", str(tmp_path / "o"), *args)
     assert result.exit_code != 0 and words in result.output and "Traceback" not in result.output
+
+
+@requires_chromium
+def test_attack_and_behaviour_reports_render_in_a_browser(run, tmp_path):
+    _, out, tmp = run
+    assert assert_renders(out / "report.html", tmp_path, min_images=3).images == 3
+    behaviour = tmp / "behaviour-browser"
+    result = _invoke("behaviour", tmp / "cache", "--test-index", "3", "--top", "2", "--out", str(behaviour))
+    assert result.exit_code == 0, result.output
+    assert assert_renders(behaviour / "report.html", tmp_path, min_images=2 + 2 * 2).images == 2 + 2 * 2

@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .attack import AttackResult
-from .report import _CSS, _data_uri, _summary_section, figure_png
+from .report import figure_png, image_tag, summary_section, write_page
 
 REPORT_NAME = "report.html"
 
@@ -65,10 +65,6 @@ def losses_figure(results: Mapping[int, Sequence[AttackResult]]) -> Figure:
     return fig
 
 
-def _image(png: bytes, alt: str) -> str:
-    return f'<img src="{_data_uri(png)}" alt="{html.escape(alt)}" style="max-width:100%">'
-
-
 def _table(results: Mapping[int, Sequence[AttackResult]]) -> str:
     rows = "".join(f"<tr><td>{c}</td><td>{len(r)}</td><td>{sum(a.flipped for a in r)}</td>"
                    f"<td>{flip_fraction(r):.1%}</td><td>{np.mean([a.losses[-1] - a.losses[0] for a in r]):+.4g}</td></tr>"
@@ -89,10 +85,11 @@ def write_attack_report(out_dir: str | Path, results: Mapping[int, Sequence[Atta
     out.mkdir(parents=True, exist_ok=True)
     png = figure_png(losses_figure(results))
     (out / "losses.png").write_bytes(png)
-    body = [f"<h1>{html.escape(title)}</h1><p class='note'>Training images perturbed by signed steps of "
-            "I_pert,loss (Koh &amp; Liang 2017, section 5.2), projected onto the allowed set after every step, "
-            "the top layer retrained exactly after every step. A flip: the retrained model's prediction of the test "
-            "image is no longer its label (for two classes: test loss above ln 2, the dashed line).</p>", _table(results), _image(png, "test loss against attack step")]
+    intro = ("Training images perturbed by signed steps of I_pert,loss (Koh &amp; Liang 2017, section 5.2), projected "
+             "onto the allowed set after every step, the top layer retrained exactly after every step. A flip: the "
+             "retrained model's prediction of the test image is no longer its label (for two classes: test loss above "
+             "ln 2, the dashed line).")
+    body = [_table(results), image_tag(png, "test loss against attack step", "plot")]
     for count, rows in results.items():
         body.append(f"<h2>{count} training image(s) perturbed</h2>")
         for r in rows:
@@ -100,11 +97,7 @@ def write_attack_report(out_dir: str | Path, results: Mapping[int, Sequence[Atta
             (out / f"attack-{r.test_index}-{count}.png").write_bytes(fig_png)
             body.append(f"<h3>Test image {r.test_index}: loss {r.losses[0]:.4g} &rarr; {r.losses[-1]:.4g} after "
                         f"{r.steps_taken} steps ({'flipped' if r.flipped else 'not flipped'})</h3>"
-                        f"{_image(fig_png, f'original and perturbed training images for test {r.test_index}')}")
+                        f"{image_tag(fig_png, f'original and perturbed training images for test {r.test_index}', 'plot')}")
     if summary:
-        body.append(_summary_section(summary))
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
-    path = out / REPORT_NAME
-    path.write_text(page, encoding="utf-8")
-    return path
+        body.append(summary_section(summary))
+    return write_page(out / REPORT_NAME, title, body, intro)

@@ -26,7 +26,7 @@ from .frozen import BinaryTask, cross_entropy, train_head
 from .influence import Influence
 from .losses import make_smooth_hinge
 from .rbf import rbf_svm, to_pm
-from .report import _CSS, _data_uri, _image_tag, _summary_section, _train_grid, figure_png, pixels_png
+from .report import figure_png, image_tag, pixels_png, summary_section, train_grid, write_page
 
 SVM, CNN = "RBF SVM", "CNN features + Linear"
 
@@ -128,21 +128,17 @@ def write_behaviour_report(out_dir: str | Path, result: Behaviour, task: BinaryT
     stats_rows = "".join(f"<tr><th>{html.escape(name)}</th>" + "".join(f"<td>{value:.3g}</td>" for value in row.values())
                          + "</tr>" for name, row in result.summary(10).items())
     head = "".join(f"<th>{html.escape(k)}</th>" for k in next(iter(result.summary(10).values())))
-    body = [f"<h1>{html.escape(title)}</h1><p class='note'>Test image {result.test_index} (digit "
-            f"{task.digits[result.label]}). Scores are I_up,loss (Koh &amp; Liang 2017): negative = helpful. The plot "
-            "shows -I_up,loss against the pixel distance of each training image to the test image.</p>",
-            _image_tag(pixels_png(result.x_test, task.image_shape, (0, 1)), "the test image", "pixels test"),
-            f'<img src="{_data_uri(png)}" alt="influence against distance for both models" style="max-width:100%">',
+    intro = (f"Test image {result.test_index} (digit {task.digits[result.label]}). Scores are I_up,loss (Koh &amp; "
+             "Liang 2017): negative = helpful. The plot shows -I_up,loss against the pixel distance of each training "
+             "image to the test image.")
+    body = [image_tag(pixels_png(result.x_test, task.image_shape, (0, 1)), "the test image", "pixels test"),
+            image_tag(png, "influence against distance for both models", "plot"),
             f"<table><tr><th>model</th>{head}</tr>{stats_rows}</table>"]
     for v in result.views:
         verdict = "correct" if v.predicted == result.label else "wrong"
         body.append(f"<h2>{html.escape(v.name)}: most helpful training images</h2><p class='note'>predicted digit "
                     f"{task.digits[v.predicted]} ({verdict}), test loss {v.loss:.4g}</p>")
-        body.append(_train_grid("helpful", v.helpful(top), v.scores, task.X_train, labels, task.image_shape, (0, 1)))
+        body.append(train_grid("helpful", v.helpful(top), v.scores, task.X_train, labels, task.image_shape, (0, 1)))
     if summary:
-        body.append(_summary_section(summary))
-    page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{_CSS}</style></head><body>{''.join(body)}</body></html>\n")
-    path = out / "report.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+        body.append(summary_section(summary))
+    return write_page(out / "report.html", title, body, intro)

@@ -198,7 +198,7 @@ def write_page(path: str | Path, title: str, sections: Sequence[str], intro: str
 # --- the explain report ---------------------------------------------------------------
 
 
-def _train_grid(kind: str, indices: np.ndarray, scores: np.ndarray, X_train: np.ndarray, y_train: np.ndarray,
+def train_grid(kind: str, indices: np.ndarray, scores: np.ndarray, X_train: np.ndarray, y_train: np.ndarray,
                 shape: tuple[int, int] | None, value_range: tuple[float, float]) -> str:
     """A grid of training examples, each captioned with its index, label and score."""
     captions = [f"#{i} &middot; label {y_train[i]}<br><b>{scores[i]:+.3g}</b>" for i in indices]
@@ -211,7 +211,7 @@ def _point_section(point: ExplainedPoint, top: int, X_train: np.ndarray, y_train
     harmful, helpful = top_k(point.scores, top)
     verdict = "correct" if point.label == point.predicted else "wrong"
     test_tag = image_tag(example_png(point.x, shape, value_range), f"test point {point.index}", "pixels test")
-    grid = lambda kind, idx: _train_grid(kind, idx, point.scores, X_train, y_train, shape, value_range)  # noqa: E731
+    grid = lambda kind, idx: train_grid(kind, idx, point.scores, X_train, y_train, shape, value_range)  # noqa: E731
     return (
         f"<h2>Test point {point.index}</h2><div class='point'><figure>{test_tag}<figcaption>true label "
         f"<b>{point.label}</b>, predicted <b>{point.predicted}</b> ({verdict})<br>test loss {point.loss:.4g}"
