@@ -11,6 +11,7 @@ from torch import Tensor
 from ..errors import CurvatureError, InputError
 from ..operators import Operator
 from .base import SolveInfo, itemsize
+from .kfac import EKFAC, KFAC
 from .nystrom import NystromPreconditioner
 
 MatMat = Callable[[Tensor], Tensor]
@@ -61,33 +62,55 @@ def cg(matmat: MatMat, B: Tensor, *, tol: float = 1e-6, max_iter: int = 1000,
 
 
 class CG:
-    """Conjugate gradients with a randomized Nystrom preconditioner of the given rank.
+    """Conjugate gradients with a preconditioner: randomized Nystrom of the given rank, or EK-FAC / K-FAC.
 
-    rank: eigen-directions captured by the preconditioner (0 disables it);
-    the sketch costs 2 x `rank` operator products once, at fit (one
-    subspace iteration sharpens it). Warns, with the
-    residual, when max_iter is reached before tol.
+    rank: eigen-directions captured by the Nystrom preconditioner (0 disables
+    it); the sketch costs 2 x `rank` operator products once, at fit (one
+    subspace iteration sharpens it). preconditioner: 'nystrom', or 'ekfac' /
+    'kfac' (the Kronecker-factored inverse of infl.EKFAC, fitted once, for
+    networks with Linear / Conv2d layers; the answer is still the exact
+    solve, the factors only speed it up). Warns, with the residual, when
+    max_iter is reached before tol.
     """
 
     name = "cg"
+    PRECONDITIONERS = ("nystrom", "ekfac", "kfac")
 
-    def __init__(self, tol: float = 1e-6, max_iter: int = 1000, rank: int = 200, seed: int = 0) -> None:
+    def __init__(self, tol: float = 1e-6, max_iter: int = 1000, rank: int = 200, seed: int = 0,
+                 preconditioner: str = "nystrom") -> None:
         if not tol > 0 or max_iter < 1 or rank < 0:
             raise InputError(f"CG needs tol > 0, max_iter >= 1 and rank >= 0; got tol={tol}, "
                              f"max_iter={max_iter}, rank={rank}")
+        if preconditioner not in self.PRECONDITIONERS:
+            raise InputError(f"unknown CG preconditioner {preconditioner!r}; choose one of "
+                             f"{', '.join(self.PRECONDITIONERS)}")
         self.tol, self.max_iter, self.rank, self.seed = tol, max_iter, rank, seed
+        self.preconditioner = preconditioner
 
     def footprint(self, op: Operator) -> dict[str, int]:
         """Bytes held, by item: the preconditioner, its sketch while fitting, and CG's vectors per right-hand side."""
         r, s = min(self.rank, op.p), itemsize(op)
+        per_rhs = {f"per right-hand side (5 vectors of {op.p})": 5 * op.p * s}
+        if self.preconditioner != "nystrom":
+            return {**self._kronecker().footprint(op), **per_rhs}
         return {f"Nystrom preconditioner ({r} x {op.p})": r * op.p * s,
-                f"its sketch ({r} x {op.p}, x3), during fit": 3 * r * op.p * s,
-                f"per right-hand side (5 vectors of {op.p})": 5 * op.p * s}
+                f"its sketch ({r} x {op.p}, x3), during fit": 3 * r * op.p * s, **per_rhs}
+
+    def _kronecker(self) -> EKFAC:
+        return (EKFAC if self.preconditioner == "ekfac" else KFAC)(check=0)
 
     def fit(self, op: Operator) -> CG:
-        """Build the preconditioner (if rank > 0)."""
+        """Build the preconditioner (Nystrom if rank > 0, or the Kronecker factors)."""
         self.op = op
-        self.precond = NystromPreconditioner(op, min(self.rank, op.p), self.seed) if self.rank else None
+        if self.preconditioner != "nystrom":
+            kron = self._kronecker().fit(op)
+            self.precond = lambda R: kron.power(R, -1.0)  # noqa: E731
+            self.precond_note = f"preconditioner: {kron.name} over {len(kron.factors.layers)} layers"
+        elif self.rank:
+            self.precond = NystromPreconditioner(op, min(self.rank, op.p), self.seed)
+            self.precond_note = f"preconditioner: Nystrom rank {self.precond.rank}"
+        else:
+            self.precond, self.precond_note = None, "no preconditioner"
         return self
 
     def solve(self, B: Tensor) -> tuple[Tensor, SolveInfo]:
@@ -97,5 +120,4 @@ class CG:
             warnings.warn(
                 f"CG stopped at max_iter={self.max_iter} with relative residual {info.max_residual:.2e} > "
                 f"tol={self.tol:.0e}; raise max_iter or the preconditioner rank, or add damping", stacklevel=2)
-        note = f"preconditioner: Nystrom rank {self.precond.rank}" if self.precond else "no preconditioner"
-        return X, SolveInfo("cg", info.iterations, info.residual, info.converged, note)
+        return X, SolveInfo("cg", info.iterations, info.residual, info.converged, self.precond_note)

@@ -17,7 +17,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from ..errors import InputError
+from ..errors import CurvatureError, InputError
 from ..kronecker import find_layers, fit_factors
 from ..operators import Operator, Shifted
 from .base import SolveInfo, itemsize, relative_residual
@@ -99,6 +99,12 @@ class EKFAC:
         self.diag_shift = shift + (obj.l2[factors.diag_index] if isinstance(obj.l2, Tensor) and obj.l2.ndim
                                    else float(obj.l2))
         self.uniform_l2 = uniform
+        eig = torch.cat([(layer.lam + s).reshape(-1) for layer, s in zip(factors.layers, self.shifts)]
+                        + ([factors.diag + self.diag_shift] if factors.diag.numel() else []))
+        if float(eig.min()) <= torch.finfo(eig.dtype).eps * op.p * float(eig.max()):
+            raise CurvatureError(f"{self.name}: the factored curvature is singular (smallest eigenvalue "
+                                 f"{float(eig.min()):.3g}, largest {float(eig.max()):.3g}) and l2 + damping adds "
+                                 "too little; pass damping > 0 (e.g. 1e-3 x the largest eigenvalue)")
         return self
 
     def power(self, B: Tensor, exponent: float = -1.0) -> Tensor:
