@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -211,9 +211,14 @@ def _eigen_moments(layer: Layer, a: Tensor, g: Tensor, chunk_numbers: int = 2**2
     return total
 
 
-def fit_factors(obj: Objective, X: Tensor, y: Tensor, batch_size: int, eigen: bool) -> Factors:
-    """Kronecker statistics over the data (X, y); eigen=True refits the eigenvalues (EK-FAC, a second pass)."""
-    n = X.shape[0]
+def fit_factors(obj: Objective, X: Tensor, y: Tensor, batch_size: int, eigen: bool, n_total: int | None = None,
+                reduce: Callable[[Tensor], Tensor] = lambda t: t) -> Factors:
+    """Kronecker statistics over the data (X, y); eigen=True refits the eigenvalues (EK-FAC, a second pass).
+
+    Sharded data: (X, y) is this process's shard, n_total the examples over all
+    processes and reduce sums a statistic over them (infl.dist.all_sum).
+    """
+    n = X.shape[0] if n_total is None else n_total
     layers, others = find_layers(obj, X[:2])
     for layer in layers:
         layer.A = torch.zeros(layer.width, layer.width, dtype=obj.dtype, device=obj.device)
@@ -221,7 +226,7 @@ def fit_factors(obj: Objective, X: Tensor, y: Tensor, batch_size: int, eigen: bo
     where = _slices(obj)
     index = torch.cat([torch.arange(obj.p)[where[name]] for name in others]) if others else torch.zeros(0, dtype=torch.long)
     diag = torch.zeros(index.numel(), dtype=obj.dtype, device=obj.device)
-    for rows in batches(n, batch_size):
+    for rows in batches(X.shape[0], batch_size):
         for c, (As, Gs) in enumerate(_pseudo_grads(obj, layers, X[rows], y[rows]) if layers else ()):
             for layer, a, g in zip(layers, As, Gs):
                 mA, mS = _moments(a, g)
@@ -231,18 +236,18 @@ def fit_factors(obj: Objective, X: Tensor, y: Tensor, batch_size: int, eigen: bo
         if index.numel():
             diag += _diag_ggn(obj, index.to(obj.device), X[rows], y[rows])
     for layer in layers:
-        layer.A /= n
-        layer.S /= n
+        layer.A = reduce(layer.A) / n
+        layer.S = reduce(layer.S) / n
         eA, layer.QA = torch.linalg.eigh(layer.A)
         eS, layer.QS = torch.linalg.eigh(layer.S)
         layer.lam = eS.clamp_min(0).unsqueeze(1) * eA.clamp_min(0).unsqueeze(0)
     if eigen and layers:
         for layer in layers:
             layer.lam = torch.zeros_like(layer.lam)
-        for rows in batches(n, batch_size):
+        for rows in batches(X.shape[0], batch_size):
             for As, Gs in _pseudo_grads(obj, layers, X[rows], y[rows]):
                 for layer, a, g in zip(layers, As, Gs):
                     layer.lam += _eigen_moments(layer, a, g)
         for layer in layers:
-            layer.lam /= n
-    return Factors(layers, index.to(obj.device), diag / n, others)
+            layer.lam = reduce(layer.lam) / n
+    return Factors(layers, index.to(obj.device), (reduce(diag) if index.numel() else diag) / n, others)

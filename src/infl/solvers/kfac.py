@@ -17,22 +17,26 @@ import warnings
 import torch
 from torch import Tensor
 
+from ..dist import AllReduced, all_sum
 from ..errors import CurvatureError, InputError
 from ..kronecker import find_layers, fit_factors
 from ..operators import Operator, Shifted
 from .base import SolveInfo, itemsize, relative_residual
 
 
-def _data_backed(op: Operator) -> tuple[Operator, float]:
-    """The operator holding (obj, X, y) under any damping shifts, and the total shift."""
-    shift = 0.0
+def _data_backed(op: Operator) -> tuple[Operator, float, int | None]:
+    """The operator holding (obj, X, y) under any damping shifts, the total shift, and the global n when the
+    data are sharded over processes (None in one process)."""
+    shift, n_total = 0.0, None
     while isinstance(op, Shifted):
         shift, op = shift + op.shift, op.op
+    if isinstance(op, AllReduced):
+        n_total, op = op.n_total, op.op
     if getattr(op, "X", None) is None or not hasattr(op, "obj"):
         raise InputError("K-FAC / EK-FAC need the model and data behind the curvature: pass an operator built from "
                          "an objective and data (infl.operators.Hessian / GaussNewton), or use them through "
                          "infl.Influence(..., solver='ekfac')")
-    return op, shift
+    return op, shift, n_total
 
 
 def _l2_on(l2: float | Tensor, index: slice | Tensor) -> tuple[float, bool]:
@@ -65,7 +69,7 @@ class EKFAC:
 
     def footprint(self, op: Operator) -> dict[str, int]:
         """Bytes held, by item: per layer the two factors, their eigenvectors and the eigenvalues; the diagonal."""
-        base, _ = _data_backed(op)
+        base = _data_backed(op)[0]
         layers, others = find_layers(base.obj, base.X[:2])
         s = itemsize(op)
         out = {f"{layer.name or 'model'}: factors and eigenvectors ({layer.out}^2, {layer.width}^2, x2) and "
@@ -78,9 +82,10 @@ class EKFAC:
 
     def fit(self, op: Operator) -> EKFAC:
         """Collect the Kronecker statistics of the data behind op."""
-        base, shift = _data_backed(op)
+        base, shift, n_total = _data_backed(op)
         obj = base.obj
-        factors = fit_factors(obj, base.X, base.y, getattr(base, "batch_size", 512), self.eigen)
+        factors = fit_factors(obj, base.X, base.y, getattr(base, "batch_size", 512), self.eigen,
+                              n_total=n_total, reduce=all_sum)
         if factors.diag_names:
             what = ", ".join(factors.diag_names[:8]) + (" ..." if len(factors.diag_names) > 8 else "")
             if self.others == "error":
