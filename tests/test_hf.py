@@ -60,3 +60,18 @@ def test_bad_batches_and_training_mode_are_refused():
         from_transformers(model, batch(6, 1), params=["head."])
     with pytest.raises(infl.InputError, match=r"call model.eval\(\)"):
         from_transformers(model.train(), batch(6, 1), params=HEAD)
+
+
+def test_ekfac_on_a_transformer_factors_its_linear_layers_and_names_the_rest():
+    """EK-FAC through the same path: Linear layers factored, LayerNorm on the exact diagonal (warned), close to exact."""
+    model, train, test = tiny_bert(), batch(20, 1), batch(3, 2)
+    params = ["classifier.", "bert.encoder.layer.1.output."]
+    opts = dict(params=params, l2=0.01, damping=0.1, curvature="gauss-newton", stationarity_tol=float("inf"))
+    with pytest.warns(UserWarning, match="LayerNorm.weight"):
+        inf = from_transformers(model, train, solver="ekfac", **opts)
+    assert len(inf.solver.factors.layers) == 2
+    assert inf.solver.factors.diag_names == ["model.bert.encoder.layer.1.output.LayerNorm.weight",
+                                             "model.bert.encoder.layer.1.output.LayerNorm.bias"]
+    S, ref = inf.scores(test), from_transformers(model, train, solver="exact", **opts).scores(test)
+    assert torch.corrcoef(torch.stack([S.reshape(-1), ref.reshape(-1)]))[0, 1] > 0.99
+    assert "relative residual" in inf.info.note
