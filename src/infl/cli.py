@@ -264,8 +264,13 @@ def explain(**opts: object) -> None:
     Trains the paper's multinomial logistic regression (float64, to the optimum of mean
     cross-entropy + l2/2 ||theta||^2), scores every training point by I_up,loss (positive =
     harmful), checks the scores against leave-one-out retraining, and writes an HTML report."""
+    run_command(_explain, opts)
+
+
+def run_command(body, opts: dict) -> None:
+    """body(opts), with infl's errors and failed writes turned into one-line click errors."""
     try:
-        _explain(opts)
+        body(opts)
     except InflError as error:
         raise click.ClickException(str(error)) from error
     except OSError as error:

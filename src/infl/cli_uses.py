@@ -19,8 +19,8 @@ from tqdm import tqdm
 from .attack import EIGHT_BIT, Budget, HeadAttack, flip_fractions
 from .attack_report import flip_fraction, write_attack_report
 from .behaviour import CNN, SVM, compare_behaviour, write_behaviour_report
+from .cli import run_command
 from .data import BUILTINS, load_builtin
-from .errors import InflError
 from .frozen import binary_task, default_cache, load_extractor, predict
 
 
@@ -33,16 +33,6 @@ def prepare_folder(out: Path, force: bool) -> Path:
                                    "write into it anyway (files of the same names are replaced).")
     out.mkdir(parents=True, exist_ok=True)
     return out
-
-
-def run_command(body, opts: dict) -> None:
-    """body(opts), with infl's errors and failed writes turned into one-line click errors."""
-    try:
-        body(opts)
-    except InflError as error:
-        raise click.ClickException(str(error)) from error
-    except OSError as error:
-        raise click.ClickException(f"cannot write the output: {error}") from error
 
 
 def say(start: float, what: str) -> None:
