@@ -9,7 +9,7 @@ from infl.errors import CurvatureError, InputError
 from infl.linear import curvature_operator, make_objective
 from infl.losses import make_smooth_hinge, smooth_hinge
 from infl.objective import Objective
-from infl.operators import GaussNewton
+from infl.operators import GaussNewton, Operator
 from infl.testing import dense_scores
 
 from conftest import make_blobs, trained
@@ -28,10 +28,23 @@ def test_gauss_newton_matches_dense_reference(mlp):
     obj = Objective(mlp.model, mlp.loss_fn, mlp.l2)
     op = GaussNewton(obj, mlp.X, mlp.y, batch_size=11)
     G = dense_ggn(obj, mlp.X, mlp.y, mlp.l2)
-    torch.testing.assert_close(op.to_dense(), G, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(op.to_dense(), G, rtol=1e-9, atol=1e-11)  # from per-example Jacobians
+    torch.testing.assert_close(Operator.to_dense(op), G, rtol=1e-9, atol=1e-11)  # from products
     sub = torch.tensor([1, 5, 9])
     torch.testing.assert_close(op.subset(sub).to_dense(), dense_ggn(obj, mlp.X[sub], mlp.y[sub], mlp.l2),
                                rtol=1e-9, atol=1e-11)
+
+
+def test_gauss_newton_dense_from_jacobians_on_a_cnn_with_per_parameter_l2():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Unflatten(1, (1, 6, 6)), nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(),
+                          nn.Linear(32, 3)).double()
+    X, y = torch.randn(13, 36, dtype=torch.float64), torch.randint(0, 3, (13,))
+    loss = lambda out, t: torch.nn.functional.cross_entropy(out, t, reduction="none")  # noqa: E731
+    obj = Objective(model, loss, {"1.weight": 0.1, "4.bias": 0.02})
+    op = GaussNewton(obj, X, y, batch_size=4)
+    torch.testing.assert_close(op.to_dense(), Operator.to_dense(op), rtol=1e-9, atol=1e-11)
+    assert float(torch.linalg.eigvalsh(op.to_dense())[0]) >= -1e-12
 
 
 def test_gauss_newton_equals_hessian_for_affine_outputs(logreg):

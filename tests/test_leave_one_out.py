@@ -4,7 +4,9 @@ import numpy as np
 import torch
 
 import infl
-from infl.validate import correlations, leave_one_out, retrain_without
+from infl.objective import Objective
+from infl.train import assign, minimize
+from infl.validate import correlations, leave_one_out, newton_steps, retrain_without
 
 from conftest import cross_entropy, make_blobs, trained
 
@@ -65,3 +67,40 @@ def test_pert_loss_predicts_retraining_on_a_perturbed_point():
     assert r > 0.99
     # first order in delta: second-order terms stay within a few percent of the largest change
     np.testing.assert_allclose(predicted, actual, rtol=0.1, atol=0.05 * max(map(abs, actual)))
+
+
+def test_newton_steps_reach_the_weighted_optimum(logreg):
+    inf = infl.Influence(logreg.model, logreg.loss_fn, l2=logreg.l2).fit(logreg.train)
+    n = inf.n_train
+    W = torch.full((2, n), 1.0 / n, dtype=torch.float64)
+    W[1, 7] = 0
+    Theta, ok = newton_steps(inf, W, inf.solver, tol=1e-11, max_iter=50)
+    assert ok.all()
+    torch.testing.assert_close(Theta[0], inf.objective_.theta, atol=1e-7, rtol=0)  # nothing removed: stays (fixture tol 1e-9)
+    torch.testing.assert_close(Theta[1], retrain_without(inf, 7, tol=1e-11), atol=1e-8, rtol=0)
+    Theta0, ok0 = newton_steps(inf, W, inf.solver, tol=0.0, max_iter=0)  # no step taken
+    assert not ok0.any() and torch.equal(Theta0[1], inf.objective_.theta)
+
+
+def test_damped_influence_tracks_proximal_retraining_of_an_unconverged_network():
+    """Figure 2 (right) in small: a tanh MLP stopped short of a stationary point, damped
+    influence against retraining from theta-tilde with and without each top point on
+    R_w + (damping/2)||theta - theta-tilde||^2 (the retraining damped influence approximates)."""
+    torch.manual_seed(0)
+    X, y = make_blobs(200, 4, 3, seed=5)
+    Xt, yt = make_blobs(1, 4, 3, seed=6)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    obj = Objective(model, cross_entropy, 1e-3)
+    assign(model, obj, minimize(obj, X, y, tol=3e-4, max_iter=500))  # stopped early, as by a training budget
+    inf = infl.Influence(model, cross_entropy, l2=1e-3, damping=0.01, stationarity_tol=float("inf")).fit((X, y))
+    assert inf.grad_norm_ > 1e-4  # not a stationary point
+    scores = inf.scores((Xt, yt))[0].numpy()
+    top = np.argsort(-np.abs(scores))[:12]
+    n = inf.n_train
+    W = torch.full((len(top) + 1, n), 1.0 / n, dtype=torch.float64)
+    W[torch.arange(1, len(top) + 1), torch.as_tensor(top)] = 0
+    Theta, ok = newton_steps(inf, W, inf.solver, tol=1e-8, max_iter=300, proximal=0.01)
+    assert ok.all()
+    losses = torch.stack([inf.objective_.losses(t, Xt, yt)[0] for t in Theta]).detach().numpy()
+    r, _ = correlations(-scores[top] / n, losses[1:] - losses[0])
+    assert r > 0.85

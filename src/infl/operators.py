@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.func import hessian, jvp, vjp, vmap
+from torch.func import hessian, jacrev, jvp, vjp, vmap
 
 from .inputs import batches
 from .objective import Objective
@@ -137,6 +137,28 @@ class GaussNewton(Hessian):
         Lam = output_hessians(obj.loss_fn, F0, y)
         U = torch.einsum("bcm,kbm->kbc", Lam, JV.reshape(V.shape[0], b, m)).reshape(JV.shape)
         return vmap(pullback)(U)[0]
+
+    def to_dense(self, block: int = 256) -> Tensor:
+        """The p x p matrix from per-example output Jacobians J_i (m, p): m reverse passes per example.
+
+        Far cheaper than p products when the outputs per example m are few (m <= p);
+        otherwise the products of Operator.to_dense.
+        """
+        obj = self.obj
+        m = obj.outputs(obj.theta, self.X[:1]).numel()
+        if m > self.p:
+            return super().to_dense(block)
+        jacobians = vmap(jacrev(lambda theta, x: obj.outputs(theta, x.unsqueeze(0)).reshape(-1)), in_dims=(None, 0))
+        G = torch.zeros(self.p, self.p, dtype=self.dtype, device=self.device)
+        rows_per_chunk = max(1, min(self.batch_size, 2**25 // (m * self.p)))  # J chunk <= 2^25 numbers
+        for rows in batches(self.n, rows_per_chunk):
+            X, y = self.X[rows], self.y[rows]
+            J = jacobians(obj.theta.detach(), X)  # (b, m, p)
+            Lam = output_hessians(obj.loss_fn, obj.outputs(obj.theta, X), y)  # (b, m, m)
+            G += J.flatten(0, 1).T @ torch.einsum("bcm,bmp->bcp", Lam, J).flatten(0, 1)
+        G /= self.n
+        G.diagonal().add_(obj.l2)
+        return (G + G.T) / 2
 
 
 def output_hessians(loss_fn, F: Tensor, y: Tensor) -> Tensor:

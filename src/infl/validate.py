@@ -18,7 +18,7 @@ from torch import Tensor
 from torch.func import grad, vmap
 
 from .errors import InflError, InputError
-from .influence import Influence
+from .influence import Influence, Solver
 from .solvers import Exact
 from .train import minimize, weighted_risk
 
@@ -50,36 +50,55 @@ def retrain_all(inf: Influence, indices: Sequence[int], tol: float = 1e-10, max_
                 done: Callable[[int], object] = lambda count: None) -> dict[int, Tensor]:
     """theta_hat_{-j} for every j in `indices`, all at once: {j: theta (p,)}.
 
-    Warm-started at theta_hat, each row iterates theta <- theta - H^{-1} grad R_{-j}(theta)
-    (Newton steps with the Hessian fixed at theta_hat, factored once) until the largest
-    entry of grad R_{-j} is <= tol: the fixed point is the exact minimiser, H only
-    speeds the way there. Rows short of tol after max_iter, or a curvature too large
-    to factor, fall back to L-BFGS (retrain_without). done(count) reports progress.
+    Warm-started at theta_hat, each row takes newton_steps until the largest entry
+    of grad R_{-j} is <= tol: the fixed point is the exact minimiser, H only speeds
+    the way there. Rows short of tol after max_iter, or a curvature too large to
+    factor, fall back to L-BFGS (retrain_without). done(count) reports progress.
     """
     solver = inf.solver if isinstance(inf.solver, Exact) else _try_exact(inf)
     pending, out = [int(j) for j in indices], {}
     if solver is not None:
-        obj, X, y = inf.objective_, inf.X_train_, inf.y_train_
-        n = X.shape[0]
-        W = torch.full((len(pending), n), 1.0 / n, dtype=obj.dtype, device=obj.device)
+        n = inf.n_train
+        W = torch.full((len(pending), n), 1.0 / n, dtype=inf.objective_.dtype, device=inf.objective_.device)
         W[torch.arange(len(pending)), torch.as_tensor(pending)] = 0
-        Theta = obj.theta.expand(len(pending), -1).clone()
-        grads = vmap(grad(lambda theta, w: weighted_risk(obj, theta, X, y, w, inf.batch_size)))
-        active = torch.arange(len(pending))
-        for _ in range(max_iter):
-            G = grads(Theta[active], W[active])
-            ok = (G.abs().amax(1) <= tol).cpu()
-            out.update({pending[r]: Theta[r].clone() for r in active[ok].tolist()})
-            done(int(ok.sum()))
-            active, G = active[~ok], G[~ok]
-            if not active.numel():
-                break
-            Theta[active] -= solver.solve(G)[0]
-        pending = [pending[r] for r in active.tolist()]
+        Theta, ok = newton_steps(inf, W, solver, tol=tol, max_iter=max_iter, done=done)
+        out.update({j: Theta[r] for r, j in enumerate(pending) if ok[r]})
+        pending = [j for r, j in enumerate(pending) if not ok[r]]
     for j in pending:
         out[j] = retrain_without(inf, j, tol=tol)
         done(1)
     return out
+
+
+def newton_steps(inf: Influence, W: Tensor, solver: Solver, *, tol: float = 1e-10, max_iter: int = 50,
+                 proximal: float = 0.0, done: Callable[[int], object] = lambda count: None) -> tuple[Tensor, Tensor]:
+    """Retrain from theta_hat on each row of example weights W (k, n): Theta (k, p), converged (k,) bool.
+
+    Each row iterates theta <- theta - P^{-1} grad R_w(theta), R_w = sum_i w_i L(z_i, theta)
+    + (l2/2)||theta||^2, with P the curvature `solver` was fitted on (fixed at theta_hat),
+    until the largest entry of grad R_w is <= tol (converged) or after max_iter steps.
+    proximal > 0 adds (proximal/2)||theta - theta_hat||^2 to R_w: the retraining that
+    influence with damping = proximal approximates when theta_hat is not a minimum. With
+    P fixed every row is a smooth function of its weights, so differences between rows are
+    not blurred by line searches or adaptive step sizes. done(count) reports converged rows.
+    """
+    obj, X, y = inf.objective_, inf.X_train_, inf.y_train_
+    start = obj.theta.detach()
+    grads = vmap(grad(lambda theta, w: weighted_risk(obj, theta, X, y, w, inf.batch_size)
+                      + 0.5 * proximal * (theta - start).square().sum()))
+    Theta = start.expand(W.shape[0], -1).clone()
+    converged = torch.zeros(W.shape[0], dtype=torch.bool)
+    active = torch.arange(W.shape[0])
+    for _ in range(max_iter + 1):
+        G = grads(Theta[active], W[active])
+        ok = (G.abs().amax(1) <= tol).cpu()
+        converged[active[ok]] = True
+        done(int(ok.sum()))
+        active, G = active[~ok], G[~ok]
+        if not active.numel() or _ == max_iter:
+            break
+        Theta[active] -= solver.solve(G)[0]
+    return Theta, converged
 
 
 def _try_exact(inf: Influence) -> Exact | None:
