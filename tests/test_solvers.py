@@ -32,6 +32,13 @@ def test_direct_and_cg_match_dense_solve(solver):
     assert info.converged and info.max_residual < 1e-10
 
 
+def test_exact_quad_is_the_quadratic_form_with_a_measured_residual():
+    A, B = spd(30, 1e3), rhs(70, 30)
+    q, info = Exact().fit(Dense(A)).quad(B)
+    torch.testing.assert_close(q, (B * torch.linalg.solve(A, B.T).T).sum(1), rtol=1e-9, atol=1e-12)
+    assert info.residual.shape == (64,) and info.max_residual < 1e-12 and "||L^-1 b||^2" in info.note
+
+
 def test_solvers_on_model_hessian_match_dense(mlp):
     from infl.testing import dense_hessian
 

@@ -14,8 +14,9 @@ from infl.cli import main
 from infl.data import Split, load_builtin
 from infl.losses import cross_entropy
 from infl.testing import dense_hessian
+from infl.train import fit_logistic
 from infl.triage import (check_claim, check_fraction, fixed_labels, flip_labels, found_fraction, rank_for_checking,
-                         triage)
+                         triage, without_empty_features)
 
 
 def small_digits(n_train: int = 240, n_test: int = 120) -> Split:
@@ -129,6 +130,7 @@ def test_cli_triage_on_files_writes_report_figure_and_csv_and_leaves_inputs(tmp_
                      "--out", str(out))
     assert result.exit_code == 0, result.output
     assert "fraction of flipped labels found" in result.stdout and "self-influence found more flips" in result.stdout
+    assert "fits" in result.stdout and "of the flipped ones" in result.stdout
     assert {p.name for p in out.iterdir()} == {"report.html", "triage.png", "found.csv", "accuracy.csv"}
     rows = (out / "found.csv").read_text().splitlines()
     assert rows[0] == "seed,method,fraction_checked,fraction_found" and len(rows) == 1 + 2 * 3 * 101
@@ -162,3 +164,43 @@ def test_cli_single_class_data_is_a_clean_error(tmp_path):
     train, test = _npz(tmp_path / "tr.npz", X, np.zeros(20)), _npz(tmp_path / "te.npz", X, np.zeros(20))
     result = _invoke("--train", str(train), "--test", str(test), "--out", str(tmp_path / "o"))
     assert result.exit_code == 1 and "at least 2 classes" in result.output and "Traceback" not in result.output
+
+
+def _self_influence(split: Split, labels: np.ndarray, l2: float) -> np.ndarray:
+    model = fit_logistic(split.X_train, labels, split.classes, l2, tol=1e-10)
+    return Influence(model, cross_entropy, l2=l2).fit((split.X_train, labels)).self_influence().numpy()
+
+
+def test_dropping_features_empty_in_training_keeps_self_influence_and_predictions():
+    s = small_digits(150, 40)
+    reduced = without_empty_features(s)
+    assert reduced.X_train.shape[1] < s.X_train.shape[1] and reduced.X_test.shape[1] == reduced.X_train.shape[1]
+    np.testing.assert_allclose(_self_influence(reduced, s.y_train, 0.01), _self_influence(s, s.y_train, 0.01),
+                               rtol=1e-6)
+    full, small = (fit_logistic(x.X_train, s.y_train, 10, 0.01) for x in (s, reduced))
+    with torch.no_grad():
+        np.testing.assert_allclose(small(torch.as_tensor(reduced.X_test)), full(torch.as_tensor(s.X_test)), atol=1e-7)
+
+
+def test_self_influence_beats_loss_only_when_the_model_memorises_the_flips():
+    """p = 650 > n = 300: with weak l2 the model fits the flipped labels (their loss drops) but their
+    self-influence stays high; with strong l2 it cannot fit them and their loss is the better signal."""
+    s = small_digits(300, 50)
+    mean_lead = {}
+    for l2 in (1e-1, 1e-5):
+        runs = triage(s, flip=0.1, seeds=(0, 1, 2), l2=l2, fixed=(), tol=1e-7)
+        mean_lead[l2] = np.mean([r.found["self-influence"][1:31] - r.found["training loss"][1:31] for r in runs])
+        fitted = np.mean([r.flips_fitted for r in runs])
+        assert fitted > 0.9 if l2 < 1e-3 else fitted < 0.1
+    assert mean_lead[1e-5] > 0 > mean_lead[1e-1]
+
+
+def test_retraining_preconditioned_by_the_noisy_hessian_reaches_the_same_optimum():
+    s = small_digits(150, 10)
+    noisy, _ = flip_labels(s.y_train, 0.2, 10, seed=0)
+    model = fit_logistic(s.X_train, noisy, 10, 1e-3, tol=1e-10)
+    factor = Influence(model, cross_entropy, l2=1e-3).fit((s.X_train, noisy)).solver.factor
+    plain = fit_logistic(s.X_train, s.y_train, 10, 1e-3, init=model, tol=1e-10)
+    fast = fit_logistic(s.X_train, s.y_train, 10, 1e-3, init=model, tol=1e-10, factor=factor)
+    for a, b in zip(plain.parameters(), fast.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=5e-6)  # |grad| <= 1e-10, l2 = 1e-3

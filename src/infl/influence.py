@@ -193,6 +193,14 @@ class Influence:
         X, self.info_ = self.solver.solve(B)
         return X
 
+    def _quad(self, G: Tensor) -> Tensor:
+        """g^T H^-1 g for each row g of G (k, p): the solver's quad() where it has one (e.g. a half
+        Cholesky solve), else from a full solve."""
+        if hasattr(self.solver, "quad"):
+            q, self.info_ = self.solver.quad(G)
+            return q
+        return (self._solve(G) * G).sum(1)
+
     def s_test(self, test: Any) -> Tensor:
         """s_test = H^{-1} grad L(z_test) for each test point, (m, p). Solver details in self.info_."""
         return self._solve(self.test_grads(test))
@@ -223,7 +231,7 @@ class Influence:
             iter_grads(self.objective_, self.X_train_, self.y_train_, self.batch_size)
         infos = []
         for rows, G in grads:
-            out[rows] = -(self._solve(G) * G).sum(1)
+            out[rows] = -self._quad(G)
             infos.append(self.info_)
         self.info_ = merge_infos(infos)
         return out

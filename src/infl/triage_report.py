@@ -79,6 +79,14 @@ def claim_text(claim: Claim, seeds: int) -> str:
             "(fraction of flips).")
 
 
+def regime_text(runs: Sequence[TriageRun]) -> str:
+    """Which regime the runs are in: how many flipped labels the noisy model fits, and what that means."""
+    fitted = float(np.mean([r.flips_fitted for r in runs]))
+    return (f"The model trained on the noisy labels fits {fitted:.0%} of the flipped ones (predicts their wrong "
+            "label). Self-influence is the better signal when it fits many (weak l2: their loss drops, their "
+            "self-influence stays high); training loss is when it fits few (strong l2).")
+
+
 def suspects_section(ranking: Ranking, order: np.ndarray, X: np.ndarray, labels: np.ndarray,
                      shape: tuple[int, int] | None, top: int, truth: np.ndarray | None = None) -> str:
     """The first `top` points of `order` to check, captioned with label, self-influence and loss
