@@ -8,11 +8,15 @@ method uses the Gauss-Newton matrix + l2 I, and the reference is CG on it to a
 relative residual of 1e-10. Each method computes the (tests) x 4,000
 score matrix in its own subprocess (wall time from fit to scores; training,
 imports and torch.func's lazy imports excluded), then the script prints its time,
-the ratio against infl's CG (and each peer's ratio against the method), and its
+the ratio against infl's CG (and each peer's time over infl's counterpart), and its
 Pearson and Spearman correlation with the reference (mean over test points, and
 over all pairs).
 
-    python benchmarks/deep.py [--l2 1e-3] [--methods ...] [--no-peers]
+Methods: cg (Nystrom rank 200, tol 1e-6), cg-ekfac (EK-FAC preconditioner),
+arnoldi (rank 100), ekfac, kfac, and ekfac-refineK: EK-FAC followed by K steps of
+EK-FAC-preconditioned CG on the Gauss-Newton matrix (infl.EKFAC(refine=K)).
+
+    python benchmarks/deep.py [--l2 1e-3] [--tests 100] [--methods ...] [--peers ... | --no-peers]
 
 Peers (pyDVL 0.10 CG and Arnoldi rank 100 on the Hessian, kronfluence 1.0 EK-FAC
 with damping l2) run through benchmarks/peers.py in their own environment.
@@ -32,8 +36,9 @@ import numpy as np
 from scipy.stats import spearmanr
 
 HERE = Path(__file__).resolve().parent
-OURS = ["cg", "cg-ekfac", "arnoldi", "ekfac", "kfac"]
+OURS = ["cg", "cg-ekfac", "arnoldi", "ekfac", "kfac", "ekfac-refine5", "ekfac-refine10"]
 PEERS = "pydvl_cg,pydvl_arnoldi,kronfluence_ekfac"
+COUNTERPART = {"pydvl_cg": "cg", "pydvl_arnoldi": "arnoldi", "kronfluence_ekfac": "ekfac"}
 HIDDEN = 128
 
 
@@ -73,12 +78,14 @@ def run_one(method: str, out: Path, l2: float, tests: int) -> None:
     model, train, test = task(out, l2, tests)
     torch.func.vmap(torch.func.grad(lambda x: (x * x).sum()))(torch.ones(2, 2))  # lazy imports: untimed
     solver = {"reference": infl.CG(tol=1e-10, max_iter=5000), "cg-ekfac": infl.CG(preconditioner="ekfac")}.get(method, method)
+    if method.startswith("ekfac-refine"):
+        solver = infl.EKFAC(refine=int(method.removeprefix("ekfac-refine")))
     t0 = time.perf_counter()
     inf = infl.Influence(model, cross_entropy, l2=l2, solver=solver, curvature="gauss-newton", stationarity_tol=1e-3)
     S = inf.fit(train).scores(test)
     seconds = time.perf_counter() - t0
     np.save(out / f"deep_scores_{method}.npy", S.numpy())
-    print(json.dumps({"method": method, "seconds": seconds, "note": inf.info.note,
+    print(json.dumps({"method": method, "seconds": seconds, "note": inf.info.note, "iterations": inf.info.iterations,
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
@@ -90,11 +97,11 @@ def child(method: str, out: Path, l2: float, tests: int) -> dict:
         print(proc.stderr[-3000:], file=sys.stderr)
         raise SystemExit(f"{method} failed")
     row = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"  {method}: {row['seconds']:.1f} s  {row['note']}", flush=True)
+    print(f"  {method}: {row['seconds']:.1f} s, {row['iterations']} iterations; {row['note']}", flush=True)
     return row
 
 
-def peers(out: Path, l2: float, tests: int) -> list[dict]:
+def peers(out: Path, l2: float, tests: int, methods: str = PEERS) -> list[dict]:
     """The same task through pyDVL and kronfluence (benchmarks/peers.py)."""
     from task import run_peers
 
@@ -103,7 +110,7 @@ def peers(out: Path, l2: float, tests: int) -> list[dict]:
     path = out / "deep_peers_task.npz"
     np.savez(path, X_train=X.numpy(), y_train=y.numpy(), X_test=Xt.numpy(), y_test=yt.numpy(),
              W1=W1, b1=b1, W2=W2, b2=b2, l2=np.float64(l2))
-    rows = run_peers(path, out, PEERS)
+    rows = run_peers(path, out, methods)
     for r in rows:
         (out / f"scores_{r['method']}.npy").rename(out / f"deep_scores_{r['method']}.npy")
     return rows
@@ -123,6 +130,7 @@ def main() -> None:
     ap.add_argument("--l2", type=float, default=1e-3)
     ap.add_argument("--methods", default=",".join(OURS))
     ap.add_argument("--tests", type=int, default=100, help="test points (the first of the built-in test split)")
+    ap.add_argument("--peers", default=PEERS, help="peer methods (benchmarks/peers.py names)")
     ap.add_argument("--no-peers", action="store_true")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -132,20 +140,24 @@ def main() -> None:
     task(args.out, args.l2)
     rows = [child(m, args.out, args.l2, args.tests) for m in ["reference", *args.methods.split(",")]]
     if not args.no_peers:
-        rows += peers(args.out, args.l2, args.tests)
+        rows += peers(args.out, args.l2, args.tests, args.peers)
     ref = np.load(args.out / "deep_scores_reference.npy")
     secs = {r["method"]: r["seconds"] for r in rows}
     print(f"\n4,000 x {args.tests} scores, MNIST 784-128-10 tanh MLP (p = 101,770), l2 = {args.l2:g}, "
           f"{time.strftime('%Y-%m-%d')}; Gauss-Newton curvature; reference: CG, tol 1e-10")
     print(f"{'method':>18s} {'seconds':>8s} {'cg/this':>8s} {'peak MiB':>9s} {'Pearson':>8s} {'Spearman':>8s}"
-          f" {'P(all)':>7s} {'S(all)':>7s}")
+          f" {'P(all)':>7s} {'S(all)':>7s} {'this/infl':>9s}")
     for r in rows:
         S = np.load(args.out / f"deep_scores_{r['method']}.npy")
         pr, sr, pa, sa = agreement(S, ref)
+        ours = COUNTERPART.get(r["method"])
+        vs = f"{r['seconds'] / secs[ours]:8.2f}x" if ours in secs else ""
         print(f"{r['method']:>18s} {r['seconds']:8.2f} {secs.get('cg', np.nan) / r['seconds']:7.2f}x "
-              f"{r['peak_rss_mib']:9.0f} {pr:8.4f} {sr:8.4f} {pa:7.4f} {sa:7.4f}")
+              f"{r['peak_rss_mib']:9.0f} {pr:8.4f} {sr:8.4f} {pa:7.4f} {sa:7.4f} {vs}")
     print("(cg/this: infl CG's seconds / this method's; above 1 means faster than infl CG. Pearson, Spearman: mean "
-          f"over the {args.tests} test points of the correlation across the 4,000 training points; (all): over all pairs)")
+          f"over the {args.tests} test points of the correlation across the 4,000 training points; (all): over all "
+          "pairs. this/infl: a peer's seconds / its infl counterpart's (pydvl_cg: cg, pydvl_arnoldi: arnoldi, "
+          "kronfluence_ekfac: ekfac))")
 
 
 if __name__ == "__main__":

@@ -191,22 +191,26 @@ def _diag_ggn(obj: Objective, index: Tensor, X: Tensor, y: Tensor, chunk_numbers
     return total
 
 
-def _moments(layer_a: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
-    """Summed sum_i (1/T) sum_t a a^T and sum_i sum_t g g^T over a batch."""
-    T = layer_a.shape[1]
+def _input_moment(layer_a: Tensor) -> Tensor:
+    """Summed sum_i (1/T) sum_t a a^T over a batch, (in', in')."""
     a = layer_a.reshape(-1, layer_a.shape[-1])
+    return a.T @ a / layer_a.shape[1]
+
+
+def _output_moment(g: Tensor) -> Tensor:
+    """Summed sum_i sum_t g g^T over a batch, (out, out)."""
     g2 = g.reshape(-1, g.shape[-1])
-    return a.T @ a / T, g2.T @ g2
+    return g2.T @ g2
 
 
-def _eigen_moments(layer: Layer, a: Tensor, g: Tensor, chunk_numbers: int = 2**23) -> Tensor:
-    """sum_i (Q_S^T D_i Q_A)^2 over a batch, D_i = sum_t g_it a_it^T: (out, in')."""
-    ah, gh = a @ layer.QA, g @ layer.QS  # (b, T, in'), (b, T, out)
-    if a.shape[1] == 1:
+def _eigen_moments(layer: Layer, ah: Tensor, g: Tensor, chunk_numbers: int = 2**23) -> Tensor:
+    """sum_i (Q_S^T D_i Q_A)^2 over a batch, D_i = sum_t g_it a_it^T, from the rotated inputs ah = a Q_A: (out, in')."""
+    gh = g @ layer.QS  # (b, T, out)
+    if ah.shape[1] == 1:
         return gh[:, 0].square().T @ ah[:, 0].square()
-    total = torch.zeros(layer.out, layer.width, dtype=a.dtype, device=a.device)
+    total = torch.zeros(layer.out, layer.width, dtype=ah.dtype, device=ah.device)
     rows = max(1, chunk_numbers // (layer.out * layer.width))
-    for r in batches(a.shape[0], rows):
+    for r in batches(ah.shape[0], rows):
         total += (gh[r].transpose(1, 2) @ ah[r]).square().sum(0)
     return total
 
@@ -229,10 +233,9 @@ def fit_factors(obj: Objective, X: Tensor, y: Tensor, batch_size: int, eigen: bo
     for rows in batches(X.shape[0], batch_size):
         for c, (As, Gs) in enumerate(_pseudo_grads(obj, layers, X[rows], y[rows]) if layers else ()):
             for layer, a, g in zip(layers, As, Gs):
-                mA, mS = _moments(a, g)
-                if c == 0:
-                    layer.A += mA
-                layer.S += mS
+                if c == 0:  # the inputs are the same for every output column
+                    layer.A += _input_moment(a)
+                layer.S += _output_moment(g)
         if index.numel():
             diag += _diag_ggn(obj, index.to(obj.device), X[rows], y[rows])
     for layer in layers:
@@ -245,9 +248,11 @@ def fit_factors(obj: Objective, X: Tensor, y: Tensor, batch_size: int, eigen: bo
         for layer in layers:
             layer.lam = torch.zeros_like(layer.lam)
         for rows in batches(X.shape[0], batch_size):
+            rotated: list[Tensor] = []
             for As, Gs in _pseudo_grads(obj, layers, X[rows], y[rows]):
-                for layer, a, g in zip(layers, As, Gs):
-                    layer.lam += _eigen_moments(layer, a, g)
+                rotated = rotated or [a @ layer.QA for layer, a in zip(layers, As)]  # once per batch, not per column
+                for layer, ah, g in zip(layers, rotated, Gs):
+                    layer.lam += _eigen_moments(layer, ah, g)
         for layer in layers:
             layer.lam = reduce(layer.lam) / n
     return Factors(layers, index.to(obj.device), (reduce(diag) if index.numel() else diag) / n, others)
