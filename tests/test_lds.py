@@ -6,6 +6,8 @@ import torch
 
 import infl
 from infl.errors import InputError
+from infl.objective import Objective
+from infl.train import assign, minimize
 from infl.validate import lds, random_subsets
 
 
@@ -65,3 +67,34 @@ def test_lds_rejects_bad_input():
         lds(np.zeros(10), lambda index: np.zeros(1))
     with pytest.raises(InputError, match=r"shape \(2,\)"):
         lds(np.zeros((2, 10)), lambda index: np.zeros(3), subsets=3)
+
+
+def test_lds_of_a_small_tanh_network_retrained_from_one_initialisation():
+    """A non-convex model, retrained deterministically (same initialisation, L-BFGS to the same tolerance) on
+    each half: Gauss-Newton influence at theta_hat ranks the retrained test losses; shuffled scores do not."""
+    gen = torch.Generator().manual_seed(0)
+    X, Xt = torch.randn(60, 3, generator=gen, dtype=torch.float64), torch.randn(6, 3, generator=gen, dtype=torch.float64)
+    label = lambda Z: (Z[:, 0] * Z[:, 1] + 0.5 * Z[:, 2] + 0.7 * torch.randn(len(Z), generator=gen, dtype=torch.float64) > 0).long()  # noqa: E731
+    y, yt = label(X), label(Xt)
+    ce = lambda out, t: torch.nn.functional.cross_entropy(out, t, reduction="none")  # noqa: E731
+    l2, cache = 1e-2, {}
+
+    def train(index):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)).double()
+        obj = Objective(model, ce, l2)
+        return model, obj, minimize(obj, X[index], y[index], tol=1e-7, max_iter=2000)
+
+    def retrain(index):  # memoised: both calls below draw the same subsets
+        key = index.tobytes()
+        if key not in cache:
+            cache[key] = obj.losses(train(index)[2], Xt, yt).detach()
+        return cache[key]
+
+    model, obj, theta = train(np.arange(60))
+    assign(model, obj, theta)
+    scores = infl.Influence(model, ce, l2=l2, curvature="gauss-newton").fit((X, y)).scores((Xt, yt))
+    res = lds(scores, retrain, subsets=12, seed=0)
+    shuffled = lds(scores[:, torch.randperm(60, generator=gen)], retrain, subsets=12, seed=0)
+    assert len(cache) == 12
+    assert res.mean > 0.4 and shuffled.mean < res.mean - 0.3, (res.mean, shuffled.mean)
