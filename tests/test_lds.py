@@ -8,7 +8,7 @@ import infl
 from infl.errors import InputError
 from infl.objective import Objective
 from infl.train import assign, minimize
-from infl.validate import lds, random_subsets
+from infl.validate import lds, lds_of_predictions, random_subsets
 
 
 def test_prediction_is_the_scaled_sum_over_each_subset():
@@ -53,6 +53,14 @@ def test_lds_of_exact_influence_against_ridge_retraining():
     res = lds(scores, retrain, subsets=40, seed=0)
     assert res.actual.shape == (6, 40)
     assert res.mean > 0.8
+    # one solve per subset instead of one per test point: -(1/n) grad L(z_test)^T H^{-1} sum_{i in S} grad L(z_i)
+    inf = infl.Influence(model, squared, l2=l2).fit((X, y))
+    masks = random_subsets(120, 40, 0.5, 0)
+    G = inf.objective_.per_example_grads(X, y)
+    U = inf.solver.solve(torch.as_tensor(masks, dtype=torch.float64) @ G)[0]
+    by_subset = lds_of_predictions(-(inf.test_grads((Xt, yt)) @ U.T) / 120, masks, retrain)
+    np.testing.assert_allclose(by_subset.predicted, res.predicted, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(by_subset.spearman, res.spearman)
     # the same scores attributed to the wrong training points carry no information
     shuffled = lds(scores[:, torch.randperm(120, generator=gen)], retrain, subsets=40, seed=0)
     assert shuffled.mean < res.mean - 0.4
@@ -67,6 +75,8 @@ def test_lds_rejects_bad_input():
         lds(np.zeros(10), lambda index: np.zeros(1))
     with pytest.raises(InputError, match=r"shape \(2,\)"):
         lds(np.zeros((2, 10)), lambda index: np.zeros(3), subsets=3)
+    with pytest.raises(InputError, match=r"\(m test points, 3 subsets\)"):
+        lds_of_predictions(np.zeros((2, 4)), random_subsets(10, 3, 0.5, 0), lambda index: np.zeros(2))
 
 
 def test_lds_of_a_small_tanh_network_retrained_from_one_initialisation():
