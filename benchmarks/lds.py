@@ -45,7 +45,8 @@ from infl.data import load_builtin
 from infl.errors import CurvatureError
 from infl.objective import Objective
 from infl.train import assign, minimize, weighted_risk
-from infl.validate import lds, random_subsets
+from infl.grads import iter_grads
+from infl.validate import lds_of_predictions, random_subsets
 
 from task import cross_entropy, mnist_task
 
@@ -123,23 +124,32 @@ class Members:
         print(f"  seed {k}, subset {key}: {time.perf_counter() - t0:.0f} s, gradient max {gmax:.1e}", flush=True)
         return losses
 
-    def scores(self, rows: slice, curvature: str, damping: float) -> np.ndarray | None:
-        """Ensemble mean of I_up,loss (m, n) for the test points `rows` (cached per member); None if a
-        member's curvature + damping is not positive definite (CG meets negative curvature)."""
-        out = 0
+    def predictions(self, rows: slice, curvature: str, damping: float, masks: np.ndarray) -> np.ndarray | None:
+        """Ensemble mean of (1/n) sum_{i in subset} I_up,loss(z_i, z_test), (m test points `rows`, s subsets).
+
+        One solve per subset (not per test point; H is symmetric):
+        -(1/n) grad L(z_test)^T (H + damping I)^{-1} sum_{i in subset} grad L(z_i). Cached per member;
+        None if a member's curvature + damping is not positive definite (CG meets negative curvature).
+        """
+        key = hashlib.sha1(masks.tobytes()).hexdigest()[:12]
+        out, n = 0, self.X.shape[0]
         for k, (model, _, _) in enumerate(self.fitted):
-            path = self.cache / f"scores_seed{k}_{curvature}_d{damping:g}_{rows.start}-{rows.stop}.npy"
+            path = self.cache / f"pred_seed{k}_{curvature}_d{damping:g}_{rows.start}-{rows.stop}_{key}.npy"
             if not path.exists():
                 t0 = time.perf_counter()
                 inf = infl.Influence(model, cross_entropy, l2=self.l2, damping=damping, solver=self.solver,
                                      curvature=curvature, stationarity_tol=1e-2)
+                M = torch.as_tensor(masks, dtype=torch.float64)
                 try:
-                    np.save(path, inf.fit((self.X, self.y)).scores((self.Xt[rows], self.yt[rows])).numpy())
+                    inf.fit((self.X, self.y))
+                    B = sum(M[:, r] @ G for r, G in iter_grads(inf.objective_, self.X, self.y, 512))
+                    U, info = inf.solver.solve(B)
                 except CurvatureError as exc:
                     print(f"  member {k}, {curvature} + {damping:g} I: {exc}", flush=True)
                     return None
-                print(f"  member {k}, {curvature} + {damping:g} I: ||grad R||={inf.grad_norm_:.1e}, {inf.info.method} "
-                      f"{inf.info.iterations} iterations ({inf.info.note}), {time.perf_counter() - t0:.0f} s", flush=True)
+                np.save(path, (-(inf.test_grads((self.Xt[rows], self.yt[rows])) @ U.T) / n).numpy())
+                print(f"  member {k}, {curvature} + {damping:g} I: ||grad R||={inf.grad_norm_:.1e}, {info.method} "
+                      f"{info.iterations} iterations ({info.note}), {time.perf_counter() - t0:.0f} s", flush=True)
             out = out + np.load(path) / len(self.fitted)
         return out
 
@@ -164,7 +174,7 @@ def main() -> None:
     ap.add_argument("--curvature", choices=["hessian", "gauss-newton"], default="hessian")
     ap.add_argument("--retrain-only", metavar="SEEDS", help="fill the retraining cache for these members "
                     "(e.g. 0,2) and stop; run several at once to use several cores")
-    ap.add_argument("--scores-only", action="store_true", help="compute and cache the scores and stop")
+    ap.add_argument("--predict-only", action="store_true", help="compute and cache the predictions and stop")
     ap.add_argument("--reverse", action="store_true", help="with --retrain-only: the subsets in reverse order")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -174,7 +184,7 @@ def main() -> None:
     members = Members(args.model, max(seeds) + 1, X, y, torch.tensor(split.X_test), torch.tensor(split.y_test))
     masks = random_subsets(X.shape[0], args.subsets, 0.5, args.seed)
     t0 = time.perf_counter()
-    for k in [] if args.scores_only else seeds:
+    for k in [] if args.predict_only else seeds:
         for mask in masks[::-1] if args.reverse else masks:
             members.retrained(k, np.flatnonzero(mask))
     print(f"{args.subsets} subset retrains x members {seeds} ready in {time.perf_counter() - t0:.0f} s", flush=True)
@@ -182,11 +192,11 @@ def main() -> None:
         return
 
     dampings = [float(d) for d in args.damping.split(",")]
-    select = len(dampings) > 1  # scores are computed (and cached) for the held-out points either way
+    select = len(dampings) > 1  # predictions are made (and cached) for the held-out points either way
     rows, test, held = slice(0, args.tests + args.select), slice(0, args.tests), slice(args.tests, args.tests + args.select)
-    if args.scores_only:
+    if args.predict_only:
         for d in dampings:
-            members.scores(rows, args.curvature, d)
+            members.predictions(rows, args.curvature, d, masks)
         return
 
     def retrain(index: np.ndarray) -> np.ndarray:
@@ -194,9 +204,9 @@ def main() -> None:
 
     results = {}
     for d in dampings:
-        S = members.scores(rows, args.curvature, d)
-        if S is not None:
-            results[d] = lds(S, retrain, subsets=args.subsets, fraction=0.5, seed=args.seed).spearman
+        P = members.predictions(rows, args.curvature, d, masks)
+        if P is not None:
+            results[d] = lds_of_predictions(P, masks, retrain).spearman
     name = f"LDS {args.model}, {members.solver} on {args.curvature}, ensemble {args.ensemble}, {args.subsets} subsets"
     if select:
         for d, rho in results.items():
