@@ -13,19 +13,24 @@ first `--tests` test points with the prediction (1/n) sum_{i in subset} I_up,los
   deterministic function of the subset; influence at theta_hat with CG (Nystrom
   preconditioner) on the Hessian or the Gauss-Newton matrix (--curvature), + --damping.
   --ensemble K repeats everything for K initialisations (seeds 0..K-1) and averages
-  both the scores and the retrained losses (TRAK-style ensembling).
+  both the predictions and the retrained losses (TRAK-style ensembling).
+
+The prediction for each subset S is formed with one solve per subset, not per test point
+(H is symmetric): -(1/n) grad L(z_test)^T (H + damping I)^{-1} sum_{i in S} grad L(z_i),
+the same number as (1/n) sum_{i in S} I_up,loss (infl.validate.lds_of_predictions).
 
 --damping takes one value or several (comma-separated): with several, each is scored on
 the `--select` test points that follow the first `--tests`, the best mean Spearman there
 is chosen, and the LDS is reported on the first `--tests` only (no choice made on them).
 
 Retrained test losses (all 1,000 test points) and trained members are cached in
-benchmarks/out/lds_<model>/ (one file per seed and subset), so runs with another
-curvature, damping or ensemble size retrain nothing; --retrain-only fills the cache.
+benchmarks/out/lds_<model>/ (one file per seed and subset; predictions per seed, curvature
+and damping), so runs with another curvature, damping or ensemble size retrain nothing;
+--retrain-only SEEDS fills the retraining cache (run several at once on several cores).
 
     python benchmarks/lds.py --model logreg [--subsets 100] [--tests 100]
     python benchmarks/lds.py --model mlp --subsets 50 [--ensemble 1] [--damping 0.001,0.01,0.1]
-                             [--curvature gauss-newton] [--retrain-only]
+                             [--curvature gauss-newton] [--retrain-only 0,1] [--predict-only]
 """
 
 from __future__ import annotations
