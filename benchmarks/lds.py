@@ -129,34 +129,40 @@ class Members:
         print(f"  seed {k}, subset {key}: {time.perf_counter() - t0:.0f} s, gradient max {gmax:.1e}", flush=True)
         return losses
 
-    def predictions(self, rows: slice, curvature: str, damping: float, masks: np.ndarray) -> np.ndarray | None:
+    def predictions(self, rows: slice, curvature: str, damping: float, masks: np.ndarray, draw: int) -> np.ndarray | None:
         """Ensemble mean of (1/n) sum_{i in subset} I_up,loss(z_i, z_test), (m test points `rows`, s subsets).
 
-        One solve per subset (not per test point; H is symmetric):
+        masks: random_subsets(n, s, 0.5, draw). One solve per subset (not per test point; H is symmetric):
         -(1/n) grad L(z_test)^T (H + damping I)^{-1} sum_{i in subset} grad L(z_i). Cached per member;
         None if a member's curvature + damping is not positive definite (CG meets negative curvature).
         """
-        key = hashlib.sha1(masks.tobytes()).hexdigest()[:12]
-        out, n = 0, self.X.shape[0]
-        for k, (model, _, _) in enumerate(self.fitted):
-            path = self.cache / f"pred_seed{k}_{curvature}_d{damping:g}_{rows.start}-{rows.stop}_{key}.npy"
-            if not path.exists():
-                t0 = time.perf_counter()
-                inf = infl.Influence(model, cross_entropy, l2=self.l2, damping=damping, solver=self.solver,
-                                     curvature=curvature, stationarity_tol=1e-2)
-                M = torch.as_tensor(masks, dtype=torch.float64)
-                try:
-                    inf.fit((self.X, self.y))
-                    B = sum(M[:, r] @ G for r, G in iter_grads(inf.objective_, self.X, self.y, 512))
-                    U, info = inf.solver.solve(B)
-                except CurvatureError as exc:
-                    print(f"  member {k}, {curvature} + {damping:g} I: {exc}", flush=True)
-                    return None
-                np.save(path, (-(inf.test_grads((self.Xt[rows], self.yt[rows])) @ U.T) / n).numpy())
-                print(f"  member {k}, {curvature} + {damping:g} I: ||grad R||={inf.grad_norm_:.1e}, {info.method} "
-                      f"{info.iterations} iterations ({info.note}), {time.perf_counter() - t0:.0f} s", flush=True)
-            out = out + np.load(path) / len(self.fitted)
+        out, s = 0, masks.shape[0]
+        for k in range(len(self.fitted)):
+            stem = f"pred_seed{k}_{curvature}_d{damping:g}_{rows.start}-{rows.stop}_subsets{draw}x"
+            # random_subsets(n, S, fraction, draw) begins with the S' < S subsets of the same draw
+            done = [p for p in self.cache.glob(f"{stem}*.npy") if int(p.stem.rsplit("x", 1)[1]) >= s]
+            P = np.load(done[0])[:, :s] if done else self._predict(k, rows, curvature, damping, masks)
+            if P is None:
+                return None
+            np.save(self.cache / f"{stem}{s}.npy", P)
+            out = out + P / len(self.fitted)
         return out
+
+    def _predict(self, k: int, rows: slice, curvature: str, damping: float, masks: np.ndarray) -> np.ndarray | None:
+        t0 = time.perf_counter()
+        inf = infl.Influence(self.fitted[k][0], cross_entropy, l2=self.l2, damping=damping, solver=self.solver,
+                             curvature=curvature, stationarity_tol=1e-2)
+        M = torch.as_tensor(masks, dtype=torch.float64)
+        try:
+            inf.fit((self.X, self.y))
+            B = sum(M[:, r] @ G for r, G in iter_grads(inf.objective_, self.X, self.y, 512))
+            U, info = inf.solver.solve(B)
+        except CurvatureError as exc:
+            print(f"  member {k}, {curvature} + {damping:g} I: {exc}", flush=True)
+            return None
+        print(f"  member {k}, {curvature} + {damping:g} I: ||grad R||={inf.grad_norm_:.1e}, {info.method} "
+              f"{info.iterations} iterations ({info.note}), {time.perf_counter() - t0:.0f} s", flush=True)
+        return (-(inf.test_grads((self.Xt[rows], self.yt[rows])) @ U.T) / self.X.shape[0]).numpy()
 
 
 def report(name: str, res, rows: slice) -> float:
@@ -201,7 +207,7 @@ def main() -> None:
     rows, test, held = slice(0, args.tests + args.select), slice(0, args.tests), slice(args.tests, args.tests + args.select)
     if args.predict_only:
         for d in dampings:
-            members.predictions(rows, args.curvature, d, masks)
+            members.predictions(rows, args.curvature, d, masks, args.seed)
         return
 
     def retrain(index: np.ndarray) -> np.ndarray:
@@ -209,7 +215,7 @@ def main() -> None:
 
     results = {}
     for d in dampings:
-        P = members.predictions(rows, args.curvature, d, masks)
+        P = members.predictions(rows, args.curvature, d, masks, args.seed)
         if P is not None:
             results[d] = lds_of_predictions(P, masks, retrain).spearman
     name = f"LDS {args.model}, {members.solver} on {args.curvature}, ensemble {args.ensemble}, {args.subsets} subsets"
