@@ -165,8 +165,8 @@ class Members:
         return (-(inf.test_grads((self.Xt[rows], self.yt[rows])) @ U.T) / self.X.shape[0]).numpy()
 
 
-def report(name: str, res, rows: slice) -> float:
-    rho = res.spearman
+def report(name: str, rho: np.ndarray, rows: slice) -> float:
+    """Print the mean and 10/50/90th percentiles of the Spearman correlations rho of the test points `rows`."""
     q = np.nanpercentile(rho, [10, 50, 90])
     print(f"{name}: mean Spearman {np.nanmean(rho):.4f} over test points {rows.start}..{rows.stop - 1} "
           f"(10/50/90th percentiles {q[0]:.3f} / {q[1]:.3f} / {q[2]:.3f})", flush=True)
@@ -222,7 +222,7 @@ def main() -> None:
     if select:
         for d, rho in results.items():
             report(f"  damping {d:g}, choosing on", rho[args.tests:], held)
-            report(f"  damping {d:g}, not chosen on", rho[: args.tests], test)
+            report(f"  damping {d:g}, reported on", rho[: args.tests], test)
         chosen = max(results, key=lambda d: np.nanmean(results[d][args.tests:]))
         report(f"{name}, damping {chosen:g} (chosen on test points {held.start}..{held.stop - 1})",
                results[chosen][: args.tests], test)
