@@ -182,6 +182,8 @@ def main() -> None:
                     "choose among several dampings")
     ap.add_argument("--ensemble", type=int, default=1)
     ap.add_argument("--damping", default="0", help="one value, or several comma-separated to choose from")
+    ap.add_argument("--target", type=int, default=0, help="average the retrained losses over the first TARGET "
+                    "members only (default: all --ensemble members), to separate the two effects of ensembling")
     ap.add_argument("--curvature", choices=["hessian", "gauss-newton"], default="hessian")
     ap.add_argument("--retrain-only", metavar="SEEDS", help="fill the retraining cache for these members "
                     "(e.g. 0,2) and stop; run several at once to use several cores")
@@ -211,14 +213,15 @@ def main() -> None:
         return
 
     def retrain(index: np.ndarray) -> np.ndarray:
-        return np.mean([members.retrained(k, index)[rows] for k in range(args.ensemble)], axis=0)
+        return np.mean([members.retrained(k, index)[rows] for k in range(args.target or args.ensemble)], axis=0)
 
     results = {}
     for d in dampings:
         P = members.predictions(rows, args.curvature, d, masks, args.seed)
         if P is not None:
             results[d] = lds_of_predictions(P, masks, retrain).spearman
-    name = f"LDS {args.model}, {members.solver} on {args.curvature}, ensemble {args.ensemble}, {args.subsets} subsets"
+    name = (f"LDS {args.model}, {members.solver} on {args.curvature}, ensemble {args.ensemble} "
+            f"(target: {args.target or args.ensemble} member(s)), {args.subsets} subsets")
     if select:
         for d, rho in results.items():
             report(f"  damping {d:g}, choosing on", rho[args.tests:], held)
