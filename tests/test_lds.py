@@ -6,7 +6,9 @@ import torch
 
 import infl
 from infl.errors import InputError
-from infl.validate import lds, random_subsets
+from infl.objective import Objective
+from infl.train import assign, minimize
+from infl.validate import lds, lds_of_predictions, random_subsets
 
 
 def test_prediction_is_the_scaled_sum_over_each_subset():
@@ -51,6 +53,14 @@ def test_lds_of_exact_influence_against_ridge_retraining():
     res = lds(scores, retrain, subsets=40, seed=0)
     assert res.actual.shape == (6, 40)
     assert res.mean > 0.8
+    # one solve per subset instead of one per test point: -(1/n) grad L(z_test)^T H^{-1} sum_{i in S} grad L(z_i)
+    inf = infl.Influence(model, squared, l2=l2).fit((X, y))
+    masks = random_subsets(120, 40, 0.5, 0)
+    G = inf.objective_.per_example_grads(X, y)
+    U = inf.solver.solve(torch.as_tensor(masks, dtype=torch.float64) @ G)[0]
+    by_subset = lds_of_predictions(-(inf.test_grads((Xt, yt)) @ U.T) / 120, masks, retrain)
+    np.testing.assert_allclose(by_subset.predicted, res.predicted, rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(by_subset.spearman, res.spearman)
     # the same scores attributed to the wrong training points carry no information
     shuffled = lds(scores[:, torch.randperm(120, generator=gen)], retrain, subsets=40, seed=0)
     assert shuffled.mean < res.mean - 0.4
@@ -65,3 +75,36 @@ def test_lds_rejects_bad_input():
         lds(np.zeros(10), lambda index: np.zeros(1))
     with pytest.raises(InputError, match=r"shape \(2,\)"):
         lds(np.zeros((2, 10)), lambda index: np.zeros(3), subsets=3)
+    with pytest.raises(InputError, match=r"\(m test points, 3 subsets\)"):
+        lds_of_predictions(np.zeros((2, 4)), random_subsets(10, 3, 0.5, 0), lambda index: np.zeros(2))
+
+
+def test_lds_of_a_small_tanh_network_retrained_from_one_initialisation():
+    """A non-convex model, retrained deterministically (same initialisation, L-BFGS to the same tolerance) on
+    each half: Gauss-Newton influence at theta_hat ranks the retrained test losses; shuffled scores do not."""
+    gen = torch.Generator().manual_seed(0)
+    X, Xt = torch.randn(60, 3, generator=gen, dtype=torch.float64), torch.randn(6, 3, generator=gen, dtype=torch.float64)
+    label = lambda Z: (Z[:, 0] * Z[:, 1] + 0.5 * Z[:, 2] + 0.7 * torch.randn(len(Z), generator=gen, dtype=torch.float64) > 0).long()  # noqa: E731
+    y, yt = label(X), label(Xt)
+    ce = lambda out, t: torch.nn.functional.cross_entropy(out, t, reduction="none")  # noqa: E731
+    l2, cache = 1e-2, {}
+
+    def train(index):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Tanh(), torch.nn.Linear(5, 2)).double()
+        obj = Objective(model, ce, l2)
+        return model, obj, minimize(obj, X[index], y[index], tol=1e-7, max_iter=2000)
+
+    def retrain(index):  # memoised: both calls below draw the same subsets
+        key = index.tobytes()
+        if key not in cache:
+            cache[key] = obj.losses(train(index)[2], Xt, yt).detach()
+        return cache[key]
+
+    model, obj, theta = train(np.arange(60))
+    assign(model, obj, theta)
+    scores = infl.Influence(model, ce, l2=l2, curvature="gauss-newton").fit((X, y)).scores((Xt, yt))
+    res = lds(scores, retrain, subsets=12, seed=0)
+    shuffled = lds(scores[:, torch.randperm(60, generator=gen)], retrain, subsets=12, seed=0)
+    assert len(cache) == 12
+    assert res.mean > 0.4 and shuffled.mean < res.mean - 0.3, (res.mean, shuffled.mean)

@@ -186,10 +186,24 @@ def lds(scores: Tensor | np.ndarray, retrain_fn: Callable[[np.ndarray], Any], *,
     S = scores.detach().cpu().numpy() if isinstance(scores, Tensor) else np.asarray(scores, dtype=np.float64)
     if S.ndim != 2:
         raise InputError(f"scores must be (m test points, n training points), got shape {S.shape}")
-    m, n = S.shape
-    masks = random_subsets(n, subsets, fraction, seed)
-    predicted = S @ masks.T.astype(S.dtype) / n
-    actual = np.empty_like(predicted)
+    masks = random_subsets(S.shape[1], subsets, fraction, seed)
+    return lds_of_predictions(S @ masks.T.astype(S.dtype) / S.shape[1], masks, retrain_fn, done=done)
+
+
+def lds_of_predictions(predicted: Tensor | np.ndarray, masks: np.ndarray, retrain_fn: Callable[[np.ndarray], Any], *,
+                       done: Callable[[int], object] = lambda count: None) -> DatamodelingScore:
+    """The LDS of predictions made per subset: predicted (m, s) for the subsets masks (s, n) bool.
+
+    For when one solve per subset is cheaper than one per test point (H is symmetric):
+        predicted[t, k] = -(1/n) grad L(z_t)^T H^{-1} sum_{i in subset k} grad L(z_i),
+    the same numbers lds() forms from the (m, n) scores. masks as random_subsets makes them;
+    retrain_fn as for lds().
+    """
+    P = predicted.detach().cpu().numpy() if isinstance(predicted, Tensor) else np.asarray(predicted, dtype=np.float64)
+    if P.ndim != 2 or P.shape[1] != masks.shape[0]:
+        raise InputError(f"predicted must be (m test points, {masks.shape[0]} subsets), got shape {P.shape}")
+    m = P.shape[0]
+    actual = np.empty_like(P)
     for k, mask in enumerate(masks):
         out = retrain_fn(np.flatnonzero(mask))
         out = out.detach().cpu().numpy() if isinstance(out, Tensor) else np.asarray(out, dtype=np.float64)
@@ -197,5 +211,5 @@ def lds(scores: Tensor | np.ndarray, retrain_fn: Callable[[np.ndarray], Any], *,
             raise InputError(f"retrain_fn must return the {m} test losses as shape ({m},), got shape {out.shape}")
         actual[:, k] = out
         done(1)
-    rho = np.array([stats.spearmanr(p, a)[0] for p, a in zip(predicted, actual)])
-    return DatamodelingScore(masks, predicted, actual, rho, float(np.nanmean(rho)))
+    rho = np.array([stats.spearmanr(p, a)[0] for p, a in zip(P, actual)])
+    return DatamodelingScore(masks, P, actual, rho, float(np.nanmean(rho)))
