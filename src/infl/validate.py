@@ -89,13 +89,13 @@ def newton_steps(inf: Influence, W: Tensor, solver: Solver, *, tol: float = 1e-1
     Theta = start.expand(W.shape[0], -1).clone()
     converged = torch.zeros(W.shape[0], dtype=torch.bool)
     active = torch.arange(W.shape[0])
-    for _ in range(max_iter + 1):
+    for step in range(max_iter + 1):
         G = grads(Theta[active], W[active])
         ok = (G.abs().amax(1) <= tol).cpu()
         converged[active[ok]] = True
         done(int(ok.sum()))
         active, G = active[~ok], G[~ok]
-        if not active.numel() or _ == max_iter:
+        if not active.numel() or step == max_iter:
             break
         Theta[active] -= solver.solve(G)[0]
     return Theta, converged
@@ -183,7 +183,7 @@ def lds(scores: Tensor | np.ndarray, retrain_fn: Callable[[np.ndarray], Any], *,
     actual over the subsets, per test point; 1 is a perfect ranking. A retrain_fn with random
     initialisation or minibatches adds noise to `actual`: average a few seeds inside it.
     """
-    S = scores.detach().cpu().numpy() if isinstance(scores, Tensor) else np.asarray(scores, dtype=np.float64)
+    S = _as_numpy(scores)
     if S.ndim != 2:
         raise InputError(f"scores must be (m test points, n training points), got shape {S.shape}")
     masks = random_subsets(S.shape[1], subsets, fraction, seed)
@@ -199,17 +199,21 @@ def lds_of_predictions(predicted: Tensor | np.ndarray, masks: np.ndarray, retrai
     the same numbers lds() forms from the (m, n) scores. masks as random_subsets makes them;
     retrain_fn as for lds().
     """
-    P = predicted.detach().cpu().numpy() if isinstance(predicted, Tensor) else np.asarray(predicted, dtype=np.float64)
+    P = _as_numpy(predicted)
     if P.ndim != 2 or P.shape[1] != masks.shape[0]:
         raise InputError(f"predicted must be (m test points, {masks.shape[0]} subsets), got shape {P.shape}")
     m = P.shape[0]
     actual = np.empty_like(P)
     for k, mask in enumerate(masks):
-        out = retrain_fn(np.flatnonzero(mask))
-        out = out.detach().cpu().numpy() if isinstance(out, Tensor) else np.asarray(out, dtype=np.float64)
+        out = _as_numpy(retrain_fn(np.flatnonzero(mask)))
         if out.shape != (m,):
             raise InputError(f"retrain_fn must return the {m} test losses as shape ({m},), got shape {out.shape}")
         actual[:, k] = out
         done(1)
     rho = np.array([stats.spearmanr(p, a)[0] for p, a in zip(P, actual)])
     return DatamodelingScore(masks, P, actual, rho, float(np.nanmean(rho)))
+
+
+def _as_numpy(values: Tensor | np.ndarray) -> np.ndarray:
+    """A tensor as a NumPy array (detached, on the CPU, its own dtype); anything else as a float64 array."""
+    return values.detach().cpu().numpy() if isinstance(values, Tensor) else np.asarray(values, dtype=np.float64)
