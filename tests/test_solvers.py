@@ -193,6 +193,26 @@ def test_arnoldi_keeping_the_remainder_beats_dropping_it(logreg):
     assert (X - ref).norm() < 0.5 * (dropped - ref).norm()
 
 
+def test_arnoldi_refined_by_cg_approaches_the_dense_solve():
+    """Arnoldi(refine=k): k CG steps on A preconditioned by the low-rank inverse. The A-norm error falls with k
+    from the low-rank answer's, and CG run to its tolerance reaches the dense solve."""
+    A, B = spd(40, 1e4, seed=3), rhs(5, 40)
+    exact = torch.linalg.solve(A, B.T).T
+    errors = []
+    for k in (0, 5, 20, 200):
+        X, info = infl.Arnoldi(rank=8, refine=k).fit(Dense(A)).solve(B)
+        E = X - exact
+        errors.append(float(((E @ A) * E).sum()))
+        if k:
+            assert info.method == "arnoldi+cg" and info.residual.shape == (5,)
+            assert "refined by" in info.note and "carry" in info.note
+    assert errors[0] > 1e-2 * float(((exact @ A) * exact).sum())
+    assert errors[2] < errors[1] < errors[0] and info.converged
+    torch.testing.assert_close(X, exact, rtol=1e-6, atol=1e-9)
+    with pytest.raises(InputError, match="refine"):
+        infl.Arnoldi(refine=-2)
+
+
 def test_arnoldi_rank_must_be_below_p():
     with pytest.raises(InputError, match="rank 30 must be below the number of parameters p = 30"):
         infl.Arnoldi(rank=30).fit(Dense(spd(30, 10)))

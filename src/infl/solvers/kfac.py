@@ -67,7 +67,6 @@ class EKFAC:
 
     name = "ekfac"
     eigen = True
-    REFINE_TOL = 1e-10  # refinement stops early only once (nearly) exact
 
     def __init__(self, others: str = "diagonal", check: int = 8, refine: int = 0) -> None:
         if others not in ("diagonal", "error"):
@@ -138,22 +137,20 @@ class EKFAC:
         """X (k, p) ~= A^{-1} b for each row b of B (k, p); the note says how close on a sample of rows."""
         if not self.refine:
             X = self.power(B, -1.0)
-            return X, SolveInfo(self.name, 0, None, True, self._note(X, B))
-        from .cg import cg  # here, not at the top: cg.py imports this module
+            return X, SolveInfo(self.name, 0, None, True, self._note(B, X))
+        from .cg import refine  # here, not at the top: cg.py imports this module
 
-        X, info = cg(self.op.matmat, B, tol=self.REFINE_TOL, max_iter=self.refine, precond=lambda R: self.power(R, -1.0))
-        note = (f"{self._note(X, B, check=False)}; refined by {info.iterations} preconditioned CG steps on "
-                f"{self.op.name}: relative residual median {float(info.residual.median()):.3g}, "
-                f"max {info.max_residual:.3g}")
-        return X, SolveInfo(f"{self.name}+cg", info.iterations, info.residual, info.converged, note)
+        return refine(self.op, B, self.refine, lambda R: self.power(R, -1.0), self.name,
+                      self._note(B))
 
-    def _note(self, X: Tensor, B: Tensor, check: bool = True) -> str:
+    def _note(self, B: Tensor, X: Tensor | None = None) -> str:
+        """What the factors cover; with X, also its residual on the first `check` rows of B."""
         f = self.factors
         note = (f"{self.name} of the Gauss-Newton matrix over {len(f.layers)} layers"
                 + (f", exact diagonal on {f.diag_index.numel()} other parameters" if f.diag_index.numel() else ""))
         if not self.uniform_l2:
             note += "; l2 differs within a layer, its mean used there"
-        k = min(self.check, B.shape[0]) if check else 0
+        k = 0 if X is None else min(self.check, B.shape[0])
         if k:
             res = relative_residual(self.op.matmat(X[:k]), B[:k])
             note += (f"; relative residual against {self.op.name} on {k} of {B.shape[0]} right-hand sides: "
