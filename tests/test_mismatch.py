@@ -51,6 +51,25 @@ def test_drivers_flag_the_few_subgroup_points_and_name_the_subgroup():
     assert best.lift == pytest.approx(1.0 / (4 / 304))
 
 
+def test_on_real_data_the_kept_subgroup_points_lead_the_drivers():
+    """benchmarks/mismatch.py's setting on scikit-learn's diabetes data: the lowest body-mass-index bracket
+    filtered out of training but for 4 points of its minority label. The filtering makes the subgroup's test
+    predictions wrong, and from the wrong predictions alone a kept point comes out as a leading driver and the
+    bracket as the most over-represented value."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("mismatch_benchmark", Path(__file__).parents[1] / "benchmarks/mismatch.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    Z, y, columns = bench.load("diabetes")
+    subgroup = Z[:, columns.index("bmi Q1")] == 1
+    args = type("Args", (), {"keep": 4, "l2": 0.001, "threshold": 10.0})
+    row = bench.one_seed(Z, y, columns, subgroup, args, seed=3)
+    assert row["acc_after"] < row["acc_before"] - 0.4
+    assert min(row["ranks"]) <= 3 and row["first"].startswith("bmi Q1 ")
+
+
 def test_weights_follow_the_definition_on_dense_scores(logreg):
     inf = Influence(logreg.model, logreg.loss_fn, l2=logreg.l2).fit(logreg.train)
     drivers = find_drivers(inf, (logreg.Xt, logreg.yt), [1, 4], k=5, threshold=2.0)
