@@ -2,7 +2,7 @@
 
 MNIST 4 vs 9 (the built-in 5,000 digits: 814 training, 186 test images of the two
 classes); frozen CNN trained on the other eight digits (3 epochs, seed 0, cached in
-benchmarks/out/cache); Linear top layer, l2 = 0.01. For each of --tests correctly
+benchmarks/out/cache); Linear top layer, l2 = 0.01 (--l2). For each of --tests correctly
 classified test images (drawn with seed 0), the top 1, 2, 10 training images by
 ||I_pert,loss||_1 are attacked with --steps signed steps (step = radius / 4), retraining
 the top layer exactly after each step, once per budget in --radii (in 1/255 units;
@@ -32,14 +32,15 @@ def main() -> None:
     parser.add_argument("--tests", type=int, default=30)
     parser.add_argument("--radii", type=float, nargs="+", default=[0.5, 8.0])
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--l2", type=float, default=0.01, help="the head's weight decay")
     args = parser.parse_args()
     split = load_builtin("mnist")
     task = binary_task(split, (4, 9))
     net, _ = load_extractor(split, task.digits, cache=OUT / "cache", seed=0, epochs=3)
-    attacker = HeadAttack(net, task.X_train, task.y_train, 0.01)
+    attacker = HeadAttack(net, task.X_train, task.y_train, args.l2)
     correct = np.flatnonzero(predict(attacker.model(), task.X_test) == task.y_test)
     tests = sorted(np.random.default_rng(0).choice(correct, size=min(args.tests, len(correct)), replace=False))
-    print(f"{task.name}: {len(task.y_train)} train, {len(task.y_test)} test, accuracy {len(correct) / len(task.y_test):.4f}; "
+    print(f"{task.name}: {len(task.y_train)} train, {len(task.y_test)} test, head l2 {args.l2:g}, accuracy {len(correct) / len(task.y_test):.4f}; "
           f"{len(tests)} correctly classified test images attacked, {args.steps} steps")
     print("| budget (L-inf, pixels in [0,1]) | 1 image | 2 images | 10 images | mean test-loss rise (1 / 2 / 10) | seconds |")
     print("|---|---|---|---|---|---|")
