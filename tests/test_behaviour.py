@@ -61,3 +61,22 @@ def test_bad_inputs(svm_task):
     task = binary_task(load_builtin("digits"), (3, 8))
     with pytest.raises(InputError, match="out of range"):
         compare_behaviour(task, torch.nn.Identity(), len(task.y_test))
+
+
+def test_many_test_points_at_once_match_one_at_a_time():
+    """compare_behaviours fits each model once and scores all test points; each Behaviour equals compare_behaviour's."""
+    from infl.behaviour import compare_behaviours
+    from infl.frozen import DigitCNN, freeze
+
+    task = binary_task(load_builtin("digits"), (3, 8))
+    torch.manual_seed(0)
+    net = freeze(DigitCNN(task.image_shape))
+    many = compare_behaviours(task, net, [0, 3, 5])
+    for res in many:
+        one = compare_behaviour(task, net, res.test_index)
+        assert res.label == one.label
+        np.testing.assert_allclose(res.distances, one.distances)
+        for a, b in zip(res.views, one.views):
+            np.testing.assert_allclose(a.scores, b.scores, rtol=1e-9, atol=1e-12)
+            assert (a.name, a.predicted) == (b.name, b.predicted) and a.loss == pytest.approx(b.loss)
+    assert not np.allclose(many[0].views[0].scores, many[1].views[0].scores)

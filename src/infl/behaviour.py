@@ -69,13 +69,15 @@ class Behaviour:
         return out
 
 
-def _view(name: str, model: nn.Module, loss_fn, l2: float, train: tuple, test: tuple) -> ModelView:
+def _views(name: str, model: nn.Module, loss_fn, l2: float, train: tuple, test: tuple) -> list[ModelView]:
+    """One ModelView per test point: one fit, then the (m, n) scores at once."""
     inf = Influence(model, loss_fn, l2=l2, solver="exact").fit(train)
-    scores = inf.scores(test)[0].numpy()
+    scores = inf.scores(test).numpy()
     with torch.no_grad():
         out = model(test[0])
-    predicted = int(out.argmax(1)[0]) if out.shape[1] > 1 else int(out[0, 0] > 0)
-    return ModelView(name, scores, predicted, float(loss_fn(out, test[1])[0]))
+    predicted = out.argmax(1) if out.shape[1] > 1 else (out[:, 0] > 0).long()
+    losses = loss_fn(out, test[1])
+    return [ModelView(name, s, int(c), float(v)) for s, c, v in zip(scores, predicted, losses)]
 
 
 def compare_behaviour(task: BinaryTask, extractor: nn.Module, test_index: int, *, l2: float = 0.01,
@@ -85,17 +87,24 @@ def compare_behaviour(task: BinaryTask, extractor: nn.Module, test_index: int, *
     SVM: rbf_svm(gamma, svm_l2, smooth hinge t), influence with the same loss and l2.
     CNN: the frozen extractor with a Linear(64, 2) head, cross-entropy, l2.
     """
+    return compare_behaviours(task, extractor, [test_index], l2=l2, svm_l2=svm_l2, gamma=gamma, t=t)[0]
+
+
+def compare_behaviours(task: BinaryTask, extractor: nn.Module, test_indices: list[int], *, l2: float = 0.01,
+                       svm_l2: float = 1e-3, gamma: float | None = None, t: float = 0.1) -> list[Behaviour]:
+    """compare_behaviour for many test points, each model fitted once: one Behaviour per index."""
     m = len(task.y_test)
-    if isinstance(test_index, bool) or not isinstance(test_index, (int, np.integer)) or not 0 <= test_index < m:
-        raise InputError(f"test index {test_index!r} is out of range: the task has {m} test points (0 to {m - 1})")
-    X, Xt = torch.as_tensor(task.X_train), torch.as_tensor(task.X_test[[test_index]])
-    y, yt = torch.as_tensor(task.y_train), torch.as_tensor(task.y_test[[test_index]])
+    for i in test_indices:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < m:
+            raise InputError(f"test index {i!r} is out of range: the task has {m} test points (0 to {m - 1})")
+    idx = list(test_indices)
+    X, Xt = torch.as_tensor(task.X_train), torch.as_tensor(task.X_test[idx])
+    y, yt = torch.as_tensor(task.y_train), torch.as_tensor(task.y_test[idx])
     svm = rbf_svm(X, y, gamma=gamma, l2=svm_l2, t=t)
-    views = (_view(SVM, svm, make_smooth_hinge(t), svm_l2, (X, to_pm(y)), (Xt, to_pm(yt))),
-             _view(CNN, train_head(extractor, task.X_train, task.y_train, l2), cross_entropy, l2, (X, y), (Xt, yt)))
-    distances = np.linalg.norm(task.X_train - task.X_test[test_index], axis=1)
-    return Behaviour(int(test_index), task.X_test[test_index], int(task.y_test[test_index]), distances,
-                     task.y_train, views)
+    svm_views = _views(SVM, svm, make_smooth_hinge(t), svm_l2, (X, to_pm(y)), (Xt, to_pm(yt)))
+    cnn_views = _views(CNN, train_head(extractor, task.X_train, task.y_train, l2), cross_entropy, l2, (X, y), (Xt, yt))
+    return [Behaviour(int(i), task.X_test[i], int(task.y_test[i]), np.linalg.norm(task.X_train - task.X_test[i], axis=1),
+                      task.y_train, (a, b)) for i, a, b in zip(idx, svm_views, cnn_views)]
 
 
 def behaviour_figure(result: Behaviour, digits: tuple[int, int]) -> Figure:
