@@ -11,7 +11,8 @@ R(theta) = (1/n) sum_i max(0, 1 - y_i theta^T x_i) + (l2/2)||theta||^2, l2 = 0.1
   (t = 0.001 and 0.1), evaluated at theta_hat (the hinge optimum, as in the
   paper), exact solver.
 - Actual: retrain without each of the 100 training points with the largest
-  |influence| (per t and test point) with the hinge loss, exactly (same
+  |influence| (per t and test point; with --select hinge, by the hinge's own
+  influence, the same rows for every t) with the hinge loss, exactly (same
   solver, warm-started, KKT-certified), and measure the test point's hinge
   loss; predicted change = -(1/n) I_up,loss.
 
@@ -70,14 +71,14 @@ def smooth_hinge_scores(model: nn.Module, train, test, l2: float, t: float) -> n
     return inf.scores(test).numpy()
 
 
-def hinge_scores(Xb: np.ndarray, y: np.ndarray, Xtb: np.ndarray, yt: np.ndarray, theta: np.ndarray,
-                 l2: float) -> np.ndarray:
+def hinge_scores(Xb: np.ndarray, y: np.ndarray, Xtb: np.ndarray, yt: np.ndarray, svm, l2: float) -> np.ndarray:
     """I_up,loss (m, n) of the hinge itself: its Hessian is 0 almost everywhere, so H = l2 I and
-    I = -g_test . g_i / l2 with g = -y x where the margin y theta^T x is below 1, else 0."""
-    def grads(X: np.ndarray, labels: np.ndarray) -> np.ndarray:
-        return -(labels * (labels * (X @ theta) < 1))[:, None] * X
-
-    return -grads(Xtb, yt) @ grads(Xb, y).T / l2
+    I = -g_test . g_i / l2. Training gradients are the subgradients that the optimum's KKT conditions
+    pick, g_i = -n a_i y_i x_i with a the dual solution (-y x inside the margin, 0 outside, in between on
+    it); a test point's is -y x where its margin y theta^T x is below 1, else 0."""
+    g_train = -(len(y) * svm.dual * y)[:, None] * Xb
+    g_test = -(yt * (yt * (Xtb @ svm.theta) < 1))[:, None] * Xtb
+    return -g_test @ g_train.T / l2
 
 
 def main() -> None:
@@ -102,8 +103,11 @@ def main() -> None:
     model = linear_model(full.theta)
     train, test = (torch.tensor(X), torch.tensor(y)), (torch.tensor(Xt[tests]), torch.tensor(yt[tests]))
     scores = {t: smooth_hinge_scores(model, train, test, args.l2, t) for t in TEMPERATURES}
-    ranking = {t: scores[t] for t in TEMPERATURES} if args.select == "own" else \
-        {t: hinge_scores(Xb, y, Xtb[tests], yt[tests], full.theta, args.l2) for t in TEMPERATURES}
+    if args.select == "own":
+        ranking = scores
+    else:
+        own = hinge_scores(Xb, y, Xtb[tests], yt[tests], full, args.l2)
+        ranking = {t: own for t in TEMPERATURES}
     chosen = {(t, k): np.argsort(-np.abs(ranking[t][k]))[: args.top] for t in TEMPERATURES for k in range(len(tests))}
     union = np.unique(np.concatenate(list(chosen.values())))
     t0 = time.perf_counter()

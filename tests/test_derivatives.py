@@ -104,3 +104,20 @@ def test_a_nonlinearity_after_the_head_uses_autodiff(logreg):
     with torch.no_grad():
         model[0].bias.fill_(50.0)  # the probe lands where ReLU is the identity
     assert not isinstance(make_objective(model, logreg.loss_fn, 0.05, logreg.X[:2]), LinearObjective)
+
+
+def test_assign_keeps_the_objective_describing_the_model():
+    """assign(model, obj, theta) sets the model's parameters and obj.theta, so a later minimize(obj, ...)
+    starts from theta, not from the parameters obj was built with."""
+    from infl.objective import Objective
+    from infl.train import assign, minimize
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 2)).double()
+    X, y = torch.randn(20, 3, dtype=torch.float64), torch.randint(0, 2, (20,))
+    obj = Objective(model, lambda out, t: torch.nn.functional.cross_entropy(out, t, reduction="none"), 0.1)
+    theta = minimize(obj, X, y, tol=1e-9)
+    assign(model, obj, theta)
+    assert torch.equal(obj.theta, theta)
+    assert torch.equal(torch.cat([p.detach().reshape(-1) for p in model.parameters()]), theta)
+    assert torch.allclose(minimize(obj, X, y, tol=1e-9, max_iter=1), theta, atol=1e-9)  # already there

@@ -1,7 +1,7 @@
 """Understanding model behaviour (Koh & Liang 2017, section 5.1, Figure 4).
 
 Two models on the same binary digit task: an RBF-kernel SVM (smooth hinge, `infl.rbf`)
-and a frozen CNN with a trained Linear top layer (`infl.frozen`). For one test point,
+and a frozen CNN with a trained Linear top layer (`infl.frozen`). For a test point,
 I_up,loss(z_i, z_test) of every training point under each model, against the pixel
 (Euclidean) distance ||x_i - x_test||, shows what each model leans on: the SVM on
 training images close in pixel space, the CNN on images that share features.
@@ -94,6 +94,8 @@ def compare_behaviours(task: BinaryTask, extractor: nn.Module, test_indices: lis
                        svm_l2: float = 1e-3, gamma: float | None = None, t: float = 0.1) -> list[Behaviour]:
     """compare_behaviour for many test points, each model fitted once: one Behaviour per index."""
     m = len(task.y_test)
+    if not len(test_indices):
+        raise InputError("no test indices given; pass at least one, e.g. [0]")
     for i in test_indices:
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < m:
             raise InputError(f"test index {i!r} is out of range: the task has {m} test points (0 to {m - 1})")

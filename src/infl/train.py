@@ -72,11 +72,13 @@ def minimize(obj: Objective, X: Tensor, y: Tensor, *, weights: Tensor | None = N
 
 
 def assign(model: nn.Module, obj: Objective, theta: Tensor) -> None:
-    """Copy theta (p,) into the model's trainable parameters (for models `infl` trains itself)."""
+    """Copy theta (p,) into the model's trainable parameters (for models `infl` trains itself), and make it
+    obj.theta, so that obj keeps describing the model (minimize starts from obj.theta)."""
     with torch.no_grad():
         params = dict(model.named_parameters())
         for name, value in obj.unflatten(theta).items():
             params[name].copy_(value)
+    obj.theta = theta.detach().clone()
 
 
 def fit_logistic(X: np.ndarray, y: np.ndarray, classes: int, l2: float, *, init: nn.Linear | None = None,

@@ -27,7 +27,7 @@ from torch import Tensor
 from ..errors import CurvatureError, InputError
 from ..operators import Operator
 from .base import SolveInfo, itemsize
-from .cg import refine
+from .krylov import refine
 
 
 class Arnoldi:
@@ -36,7 +36,8 @@ class Arnoldi:
     rank: eigenpairs kept (must be < p); probes: Hutchinson vectors for the
     trace of the remainder; tol: ARPACK's relative accuracy of the eigenpairs;
     refine: steps of CG on the operator preconditioned by the low-rank inverse
-    (0, the default: none; the note then gives every right-hand side's residual).
+    (0, the default: none); with refine > 0, SolveInfo.residual and the note
+    give every right-hand side's residual after the steps.
     """
 
     name = "arnoldi"

@@ -27,6 +27,7 @@ from ..errors import CurvatureError, InputError
 from ..kronecker import find_layers, fit_factors
 from ..operators import Operator, Shifted
 from .base import SolveInfo, itemsize, relative_residual
+from .krylov import refine
 
 
 def _data_backed(op: Operator) -> tuple[Operator, float, int | None]:
@@ -138,8 +139,6 @@ class EKFAC:
         if not self.refine:
             X = self.power(B, -1.0)
             return X, SolveInfo(self.name, 0, None, True, self._note(B, X))
-        from .cg import refine  # here, not at the top: cg.py imports this module
-
         return refine(self.op, B, self.refine, lambda R: self.power(R, -1.0), self.name,
                       self._note(B))
 
