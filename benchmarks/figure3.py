@@ -107,6 +107,9 @@ def main() -> None:
         ranking = scores
     else:
         own = hinge_scores(Xb, y, Xtb[tests], yt[tests], full, args.l2)
+        if (margin[tests] >= 1).any():
+            print(f"note: test points {tests[margin[tests] >= 1].tolist()} have margin >= 1: the hinge's influence on "
+                  "them is 0 for every row, so their rows are an arbitrary 100")
         ranking = {t: own for t in TEMPERATURES}
     chosen = {(t, k): np.argsort(-np.abs(ranking[t][k]))[: args.top] for t in TEMPERATURES for k in range(len(tests))}
     union = np.unique(np.concatenate(list(chosen.values())))
