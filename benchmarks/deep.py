@@ -17,7 +17,7 @@ arnoldi (rank 100), ekfac, kfac, and ekfac-refineK / arnoldi-refineK: the
 factored or low-rank inverse followed by K steps of CG on the Gauss-Newton
 matrix preconditioned by it (infl.EKFAC(refine=K), infl.Arnoldi(refine=K)).
 
-    python benchmarks/deep.py [--l2 1e-3] [--tests 100] [--methods ...] [--peers ... | --no-peers]
+    python benchmarks/deep.py [--l2 1e-3] [--tests 100] [--methods ...] [--peers ... | --no-peers] [--pydvl-cg-maxiter N]
 
 Peers (pyDVL 0.10 CG and Arnoldi rank 100 on the Hessian, kronfluence 1.0 EK-FAC
 with damping l2) run through benchmarks/peers.py in their own environment.
@@ -103,7 +103,7 @@ def child(method: str, out: Path, l2: float, tests: int) -> dict:
     return row
 
 
-def peers(out: Path, l2: float, tests: int, methods: str = PEERS) -> list[dict]:
+def peers(out: Path, l2: float, tests: int, methods: str = PEERS, cg_maxiter: int | None = None) -> list[dict]:
     """The same task through pyDVL and kronfluence (benchmarks/peers.py)."""
     from task import run_peers
 
@@ -112,7 +112,7 @@ def peers(out: Path, l2: float, tests: int, methods: str = PEERS) -> list[dict]:
     path = out / "deep_peers_task.npz"
     np.savez(path, X_train=X.numpy(), y_train=y.numpy(), X_test=Xt.numpy(), y_test=yt.numpy(),
              W1=W1, b1=b1, W2=W2, b2=b2, l2=np.float64(l2))
-    rows = run_peers(path, out, methods)
+    rows = run_peers(path, out, methods, () if cg_maxiter is None else ("--cg-maxiter", str(cg_maxiter)))
     for r in rows:
         (out / f"scores_{r['method']}.npy").rename(out / f"deep_scores_{r['method']}.npy")
     return rows
@@ -134,6 +134,7 @@ def main() -> None:
     ap.add_argument("--tests", type=int, default=100, help="test points (the first of the built-in test split)")
     ap.add_argument("--peers", default=PEERS, help="peer methods (benchmarks/peers.py names)")
     ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--pydvl-cg-maxiter", type=int, default=None, help="cap pyDVL CG's block iterations (default: peers.py's 2000)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.one:
@@ -142,7 +143,7 @@ def main() -> None:
     task(args.out, args.l2)
     rows = [child(m, args.out, args.l2, args.tests) for m in ["reference", *args.methods.split(",")]]
     if not args.no_peers:
-        rows += peers(args.out, args.l2, args.tests, args.peers)
+        rows += peers(args.out, args.l2, args.tests, args.peers, args.pydvl_cg_maxiter)
     ref = np.load(args.out / "deep_scores_reference.npy")
     secs = {r["method"]: r["seconds"] for r in rows}
     print(f"\n4,000 x {args.tests} scores, MNIST 784-128-10 tanh MLP (p = 101,770), l2 = {args.l2:g}, "

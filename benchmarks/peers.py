@@ -81,7 +81,8 @@ def current_rss_kib() -> int:
     return -1
 
 
-def run_pydvl(method: str, model: Any, d: dict, l2: float, bs: int) -> tuple[Any, str]:
+def run_pydvl(method: str, model: Any, d: dict, l2: float, bs: int, cg_maxiter: int = CG_MAXITER
+              ) -> tuple[Any, str]:
     """pyDVL returns <H^{-1} g_test, g_train> with H = batch-averaged Hessian + l2 I."""
     import torch.nn.functional as F
     from pydvl.influence import InfluenceMode
@@ -91,8 +92,8 @@ def run_pydvl(method: str, model: Any, d: dict, l2: float, bs: int) -> tuple[Any
     loader = DataLoader(TensorDataset(d["X_train"], d["y_train"]), batch_size=bs)
     if method == "pydvl_cg":
         inf = CgInfluence(model, F.cross_entropy, regularization=l2, rtol=CG_RTOL, atol=CG_ATOL,
-                          maxiter=CG_MAXITER, solve_simultaneously=True)
-        how = f"block CG (solve_simultaneously=True, rtol={CG_RTOL}, atol={CG_ATOL})"
+                          maxiter=cg_maxiter, solve_simultaneously=True)
+        how = f"block CG (solve_simultaneously=True, rtol={CG_RTOL}, atol={CG_ATOL}, maxiter={cg_maxiter})"
     elif method == "pydvl_arnoldi":
         inf = ArnoldiInfluence(model, F.cross_entropy, regularization=l2, rank=ARNOLDI_RANK)
         how = f"Arnoldi, rank {ARNOLDI_RANK}, dropped eigen-directions ignored"
@@ -202,7 +203,7 @@ def task_model(t: dict) -> Any:
     return model
 
 
-def child(method: str, task_path: str, out_path: str, bs: int, damping: str) -> None:
+def child(method: str, task_path: str, out_path: str, bs: int, damping: str, cg_maxiter: int = CG_MAXITER) -> None:
     """Run one method on the task (inside the venv) and save its timings and scores."""
     import numpy as np
 
@@ -227,7 +228,7 @@ def child(method: str, task_path: str, out_path: str, bs: int, damping: str) -> 
         if method == "kronfluence_ekfac":
             S, notes = run_kronfluence(model, d, l2, bs, damping)
         else:
-            S, notes = run_pydvl(method, model, d, l2, bs)
+            S, notes = run_pydvl(method, model, d, l2, bs, cg_maxiter)
         S = S.detach().cpu().double().numpy()
     seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -247,7 +248,8 @@ def run_methods(task: str, methods: list[str], args: argparse.Namespace) -> dict
         for m in methods:
             part = os.path.join(tmp, f"{m}.npz")
             cmd = [str(VPY), __file__, "--child", m, "--task", task, "--out", part,
-                   "--batch-size", str(args.batch_size), "--kron-damping", args.kron_damping]
+                   "--batch-size", str(args.batch_size), "--kron-damping", args.kron_damping,
+                   "--cg-maxiter", str(args.cg_maxiter)]
             print(f"[peers] running {m} ...", flush=True)
             if subprocess.run(cmd, check=False).returncode != 0 or not os.path.exists(part):
                 print(f"[peers] {m} FAILED; see its output above.", file=sys.stderr)
@@ -327,11 +329,12 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=1000, help="train batch size (largest divisor of n <= this)")
     p.add_argument("--kron-damping", default="default",
                    help="kronfluence damping: 'default' (its own, 1e-8), 'l2', 'heuristic', or a number")
+    p.add_argument("--cg-maxiter", type=int, default=CG_MAXITER, help="pyDVL CG's block iterations at most")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         __import__("warnings").filterwarnings("ignore", category=FutureWarning)
-        return child(args.child, args.task, args.out, args.batch_size, args.kron_damping)
+        return child(args.child, args.task, args.out, args.batch_size, args.kron_damping, args.cg_maxiter)
     if Path(sys.prefix).resolve() != VENV.resolve():  # re-run this script inside the venv
         os.environ["PEERS_AVAILABLE"] = ",".join(ensure_venv())
         os.execv(str(VPY), [str(VPY), __file__, *sys.argv[1:]])

@@ -69,15 +69,16 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
 
 
-def run_peers(task_npz: Path, out: Path, methods: str) -> list[dict]:
+def run_peers(task_npz: Path, out: Path, methods: str, extra: tuple[str, ...] = ()) -> list[dict]:
     """Run benchmarks/peers.py on a saved task; save each peer's scores as out/scores_<method>.npy.
 
-    Returns rows {method, seconds, peak_rss_mib}; [] when the peers cannot run.
+    extra: more peers.py arguments (e.g. "--cg-maxiter", "100"). Returns rows {method, seconds,
+    peak_rss_mib}; [] when the peers cannot run.
     """
     result = out / "peers_result.npz"
     result.unlink(missing_ok=True)
     proc = subprocess.run([sys.executable, str(Path(__file__).parent / "peers.py"), "--task", str(task_npz),
-                           "--out", str(result), "--kron-damping", "l2", "--methods", methods])
+                           "--out", str(result), "--kron-damping", "l2", "--methods", methods, *extra])
     if proc.returncode != 0 or not result.exists():
         print("peers could not run; see the messages above", file=sys.stderr)
         return []
