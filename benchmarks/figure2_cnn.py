@@ -40,7 +40,7 @@ from infl.data import load_builtin
 from infl.errors import InflError
 from infl.objective import Objective
 from infl.train import assign, minimize
-from infl.validate import correlations, newton_steps
+from infl.validate import correlations, newton_steps, removal_weights
 
 from task import cross_entropy
 
@@ -185,8 +185,7 @@ def main() -> None:
     ranker = "exact"
     chosen = [np.argsort(-np.abs(row))[: args.top] for row in scores[ranker]]
     union = np.unique(np.concatenate(chosen))
-    W = torch.full((len(union) + 1, n), 1.0 / n, dtype=torch.float64)
-    W[torch.arange(1, len(union) + 1), torch.as_tensor(union)] = 0
+    W = removal_weights(n, union, baseline=True)
     proximal = args.damping if args.proximal is None else args.proximal
     key = (f"n{n}_d{args.damping:g}_prox{proximal:g}_st{args.steps}_tol{TOL:g}_theta"
            f"{zlib.crc32(obj.theta.detach().numpy().tobytes()):08x}_rows{zlib.crc32(union.tobytes()):08x}")

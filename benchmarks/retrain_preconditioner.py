@@ -22,7 +22,7 @@ import torch
 import infl
 from infl.objective import Objective
 from infl.train import assign, minimize
-from infl.validate import correlations, newton_steps
+from infl.validate import correlations, newton_steps, removal_weights
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from conftest import cross_entropy, make_blobs  # noqa: E402
@@ -41,8 +41,7 @@ def main() -> None:
     scores = inf.scores((Xt, yt))[0].numpy()
     top = np.argsort(-np.abs(scores))[:12]
     n = inf.n_train
-    W = torch.full((len(top) + 1, n), 1.0 / n, dtype=torch.float64)
-    W[torch.arange(1, len(top) + 1), torch.as_tensor(top)] = 0
+    W = removal_weights(n, top, baseline=True)
     for curvature in ("hessian", "gauss-newton"):
         pre = infl.Influence(model, cross_entropy, l2=1e-3, damping=0.01, curvature=curvature,
                              stationarity_tol=float("inf")).fit((X, y))

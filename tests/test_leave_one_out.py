@@ -104,3 +104,13 @@ def test_damped_influence_tracks_proximal_retraining_of_an_unconverged_network()
     losses = torch.stack([inf.objective_.losses(t, Xt, yt)[0] for t in Theta]).detach().numpy()
     r, _ = correlations(-scores[top] / n, losses[1:] - losses[0])
     assert r > 0.85
+
+
+def test_removal_weights_zero_one_point_per_row_after_an_optional_full_row():
+    from infl.validate import removal_weights
+
+    W = removal_weights(5, [3, 0], baseline=True)
+    expected = torch.full((3, 5), 0.2, dtype=torch.float64)
+    expected[1, 3] = expected[2, 0] = 0
+    assert torch.equal(W, expected)
+    assert torch.equal(removal_weights(5, [3, 0]), expected[1:])

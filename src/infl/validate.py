@@ -38,11 +38,19 @@ class LeaveOneOut:
     spearman: np.ndarray
 
 
+def removal_weights(n: int, removed: Sequence[int], *, baseline: bool = False, dtype: torch.dtype = torch.float64,
+                    device: torch.device | str | None = None) -> Tensor:
+    """Example weights (k, n) for retraining: every row 1/n, with row r's weight of removed[r] set to 0;
+    baseline=True puts a first row with nothing removed (the full set) before them."""
+    W = torch.full((len(removed) + baseline, n), 1.0 / n, dtype=dtype, device=device)
+    W[torch.arange(baseline, len(W)), torch.as_tensor(removed, dtype=torch.long)] = 0
+    return W
+
+
 def retrain_without(inf: Influence, j: int, tol: float = 1e-10, max_iter: int = 1000) -> Tensor:
     """theta_hat_{-j}: argmin of R with point j's weight set to 0, by L-BFGS warm-started at theta_hat."""
     obj, X, y = inf.objective_, inf.X_train_, inf.y_train_
-    w = torch.full((X.shape[0],), 1.0 / X.shape[0], dtype=obj.dtype, device=obj.device)
-    w[j] = 0
+    w = removal_weights(X.shape[0], [j], dtype=obj.dtype, device=obj.device)[0]
     return minimize(obj, X, y, weights=w, theta0=obj.theta, tol=tol, max_iter=max_iter)
 
 
@@ -58,9 +66,7 @@ def retrain_all(inf: Influence, indices: Sequence[int], tol: float = 1e-10, max_
     solver = inf.solver if isinstance(inf.solver, Exact) else _try_exact(inf)
     pending, out = [int(j) for j in indices], {}
     if solver is not None:
-        n = inf.n_train
-        W = torch.full((len(pending), n), 1.0 / n, dtype=inf.objective_.dtype, device=inf.objective_.device)
-        W[torch.arange(len(pending)), torch.as_tensor(pending)] = 0
+        W = removal_weights(inf.n_train, pending, dtype=inf.objective_.dtype, device=inf.objective_.device)
         Theta, ok = newton_steps(inf, W, solver, tol=tol, max_iter=max_iter, done=done)
         out.update({j: Theta[r] for r, j in enumerate(pending) if ok[r]})
         pending = [j for r, j in enumerate(pending) if not ok[r]]

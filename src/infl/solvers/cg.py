@@ -57,7 +57,7 @@ class CG:
         self.op = op
         if self.preconditioner != "nystrom":
             kron = self._kronecker().fit(op)
-            self.precond = lambda R: kron.power(R, -1.0)  # noqa: E731
+            self.precond = kron.inverse
             self.precond_note = f"preconditioner: {kron.name} over {len(kron.factors.layers)} layers"
         elif self.rank:
             self.precond = NystromPreconditioner(op, min(self.rank, op.p), self.seed)

@@ -134,13 +134,16 @@ class EKFAC:
             X[:, f.diag_index] = B[:, f.diag_index] * (f.diag + self.diag_shift) ** exponent
         return X
 
+    def inverse(self, B: Tensor) -> Tensor:
+        """The factored inverse applied to each row b of B (k, p): power(B, -1)."""
+        return self.power(B, -1.0)
+
     def solve(self, B: Tensor) -> tuple[Tensor, SolveInfo]:
         """X (k, p) ~= A^{-1} b for each row b of B (k, p); the note says how close on a sample of rows."""
-        if not self.refine:
-            X = self.power(B, -1.0)
-            return X, SolveInfo(self.name, 0, None, True, self._note(B, X))
-        return refine(self.op, B, self.refine, lambda R: self.power(R, -1.0), self.name,
-                      self._note(B))
+        if self.refine:
+            return refine(self.op, B, self.refine, self.inverse, self.name, self._note(B))
+        X = self.inverse(B)
+        return X, SolveInfo(self.name, 0, None, True, self._note(B, X))
 
     def _note(self, B: Tensor, X: Tensor | None = None) -> str:
         """What the factors cover; with X, also its residual on the first `check` rows of B."""
