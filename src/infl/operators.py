@@ -106,7 +106,7 @@ class Hessian(Operator):
     def matmat(self, V: Tensor) -> Tensor:
         out = self.obj.l2 * V
         for rows in batches(self.n, self.batch_size):
-            out = out + self._data_product(V, self.X[rows], self.y[rows]) / self.n
+            out.add_(self._data_product(V, self.X[rows], self.y[rows]), alpha=1 / self.n)
         return out
 
     def _data_product(self, V: Tensor, X: Tensor, y: Tensor) -> Tensor:

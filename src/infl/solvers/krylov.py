@@ -30,9 +30,10 @@ def cg(matmat: MatMat, B: Tensor, *, tol: float = 1e-6, max_iter: int = 1000,
     R = B.clone()
     bnorm = B.norm(dim=1).clamp_min(torch.finfo(B.dtype).tiny)
     active = torch.nonzero(R.norm(dim=1) > tol * bnorm).squeeze(1)
-    Z = M(R[active])
+    Ra = R[active]  # the active rows' residuals; X and R are updated in place by row index
+    Z = M(Ra)
     P = Z.clone()
-    rz = (R[active] * Z).sum(1)
+    rz = (Ra * Z).sum(1)
     it = 0
     while active.numel() and it < max_iter:
         AP = matmat(P)
@@ -42,17 +43,19 @@ def cg(matmat: MatMat, B: Tensor, *, tol: float = 1e-6, max_iter: int = 1000,
                 f"conjugate gradients met negative curvature (p^T A p = {pAp.min().item():.3g}) at iteration "
                 f"{it + 1}: the operator is not positive definite. Add damping, or use curvature='gauss-newton'"
             )
-        alpha = rz / pAp
-        X[active] += alpha[:, None] * P
-        R[active] -= alpha[:, None] * AP
+        alpha = (rz / pAp)[:, None]
+        X.index_add_(0, active, alpha * P)
+        R.index_add_(0, active, -alpha * AP)
         it += 1
-        keep = R[active].norm(dim=1) > tol * bnorm[active]
-        active, P, rz = active[keep], P[keep], rz[keep]
+        Ra = R[active]
+        keep = Ra.norm(dim=1) > tol * bnorm[active]
+        if not keep.all():
+            active, P, rz, Ra = active[keep], P[keep], rz[keep], Ra[keep]
         if not active.numel():
             break
-        Z = M(R[active])
-        rz_new = (R[active] * Z).sum(1)
-        P = Z + (rz_new / rz)[:, None] * P
+        Z = M(Ra)
+        rz_new = (Ra * Z).sum(1)
+        P = Z.add_(P.mul_((rz_new / rz)[:, None]))
         rz = rz_new
     res = R.norm(dim=1) / bnorm
     return X, SolveInfo("cg", it, res, bool(active.numel() == 0), "")
