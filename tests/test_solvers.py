@@ -11,6 +11,7 @@ from infl.linear import curvature_operator, make_objective
 from infl.operators import Dense, Hessian
 from infl.objective import Objective
 from infl.solvers import CG, Exact, LiSSA, cg, nystrom, top_eigenvalue
+from infl.solvers.lanczos import top_eigenpairs
 
 
 def spd(p: int, cond: float, seed: int = 0) -> torch.Tensor:
@@ -224,6 +225,32 @@ def test_arnoldi_estimates_the_dropped_spectrum_of_a_dense_operator():
     lam = torch.cat([torch.logspace(2, 0, 10, dtype=torch.float64), torch.full((190,), 0.01, dtype=torch.float64)])
     solver = infl.Arnoldi(rank=10).fit(Dense((Q * lam) @ Q.T))
     assert abs(solver.lam_rest - 0.01) < 1e-6  # the deflated trace is exact when the rest is flat
+
+
+class Counted(Dense):
+    """A dense operator that counts the vectors it has been multiplied with."""
+
+    products = 0
+
+    def matmat(self, V):
+        self.products += V.shape[0]
+        return super().matmat(V)
+
+
+def test_block_lanczos_finds_the_dense_top_eigenpairs_through_thick_restarts():
+    gen = torch.Generator().manual_seed(7)
+    Q = torch.linalg.qr(torch.randn(300, 300, generator=gen, dtype=torch.float64)).Q
+    lam = 0.9 ** torch.arange(300, dtype=torch.float64) - 0.02  # slowly decaying, a few negative at the bottom
+    op = Counted((Q * lam) @ Q.T)
+    top, U, converged = top_eigenpairs(op, 8, tol=1e-10, block=4, max_dim=24)
+    assert converged and op.products > 24  # the basis of 24 was restarted
+    torch.testing.assert_close(top, lam[:8], rtol=1e-9, atol=0)
+    torch.testing.assert_close((U @ Q[:, :8]).abs(), torch.eye(8, dtype=torch.float64), rtol=0, atol=1e-6)
+    torch.testing.assert_close(U @ U.T, torch.eye(8, dtype=torch.float64), rtol=0, atol=1e-10)
+    _, _, converged = top_eigenpairs(Counted((Q * lam) @ Q.T), 8, tol=1e-10, block=4, max_dim=24, max_restarts=0)
+    assert not converged
+    with pytest.raises(ValueError, match="max_dim"):
+        top_eigenpairs(op, 8, block=4, max_dim=12)
 
 
 def test_lissa_on_an_indefinite_operator_raises_instead_of_returning_garbage():

@@ -4,8 +4,9 @@ with the dropped part of the spectrum kept instead of thrown away.
 A ~= U^T diag(lam) U + lam_rest (I - U^T U), so
 A^{-1} b ~= U^T diag(1/lam) U b + (b - U^T U b) / lam_rest,
 
-lam (r,) the top eigenvalues (implicitly restarted Lanczos, ARPACK through
-SciPy, on operator products only) and lam_rest the mean eigenvalue of the
+lam (r,) the top eigenvalues (block Lanczos with thick restarts,
+infl.solvers.lanczos: products with blocks of vectors, one batched pass over
+the data each) and lam_rest the mean eigenvalue of the
 dropped subspace, trace(P A P) / (p - r) with P = I - U^T U, estimated by
 random probes projected off the kept eigenvectors (exact when the rest is flat). Peers drop that subspace (1/lam_rest = 0), although the
 small eigenvalues are exactly where the inverse is large.
@@ -19,22 +20,23 @@ from __future__ import annotations
 
 import warnings
 
-import numpy as np
 import torch
-from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import Tensor
 
 from ..errors import CurvatureError, InputError
 from ..operators import Operator
 from .base import SolveInfo, itemsize
 from .krylov import refine
+from .lanczos import top_eigenpairs
 
 
 class Arnoldi:
     """Top-`rank` eigen-approximation of A, fitted once, applied to every right-hand side.
 
     rank: eigenpairs kept (must be < p); probes: Hutchinson vectors for the
-    trace of the remainder; tol: ARPACK's relative accuracy of the eigenpairs;
+    trace of the remainder; tol: relative residual ||A u - lam u|| / lam each
+    kept eigenpair must reach; block: vectors per product in the Lanczos
+    iteration (default min(rank, 16));
     refine: steps of CG on the operator preconditioned by the low-rank inverse
     (0, the default: none); with refine > 0, SolveInfo.residual and the note
     give every right-hand side's residual after the steps.
@@ -42,18 +44,24 @@ class Arnoldi:
 
     name = "arnoldi"
 
-    def __init__(self, rank: int = 100, probes: int = 32, tol: float = 1e-6, seed: int = 0, refine: int = 0) -> None:
+    def __init__(self, rank: int = 100, probes: int = 32, tol: float = 1e-6, seed: int = 0, refine: int = 0,
+                 block: int | None = None) -> None:
         if not (isinstance(rank, int) and rank >= 1) or not (isinstance(probes, int) and probes >= 1):
             raise InputError(f"Arnoldi needs integer rank >= 1 and probes >= 1, got rank={rank!r}, probes={probes!r}")
         if not (isinstance(refine, int) and refine >= 0):
             raise InputError(f"refine must be an integer >= 0 (conjugate-gradient steps), got {refine!r}")
+        if block is not None and not (isinstance(block, int) and block >= 1):
+            raise InputError(f"block must be an integer >= 1 (vectors per product), got {block!r}")
         self.rank, self.probes, self.tol, self.seed, self.refine = rank, probes, tol, seed, refine
+        self.block = block or min(rank, 16)
 
     def footprint(self, op: Operator) -> dict[str, int]:
-        """Bytes held, by item: the kept eigenvectors, and ARPACK's Lanczos basis (float64) while fitting."""
-        r = min(self.rank, op.p)
-        return {f"eigenvectors ({r} x {op.p})": r * op.p * itemsize(op),
-                f"Lanczos basis ({min(2 * r + 1, op.p)} x {op.p}, float64), during fit": min(2 * r + 1, op.p) * op.p * 8,
+        """Bytes held, by item: the kept eigenvectors, and the Lanczos basis and one block's product while fitting."""
+        r, s = min(self.rank, op.p), itemsize(op)
+        basis = min(2 * r + 2 * self.block, op.p)
+        return {f"eigenvectors ({r} x {op.p})": r * op.p * s,
+                f"Lanczos basis ({basis} x {op.p}) and a block product ({self.block} x {op.p}), during fit":
+                    (basis + self.block) * op.p * s,
                 f"probes ({self.probes} x {op.p}), during fit": self.probes * op.p * itemsize(op)}
 
     def fit(self, op: Operator) -> Arnoldi:
@@ -78,16 +86,12 @@ class Arnoldi:
         return self
 
     def _top_eigenpairs(self, op: Operator) -> tuple[Tensor, Tensor]:
-        def mv(x: np.ndarray) -> np.ndarray:
-            v = torch.as_tensor(np.ascontiguousarray(x).reshape(1, -1), dtype=op.dtype, device=op.device)
-            return op.matmat(v).reshape(-1).double().cpu().numpy()
-
-        v0 = np.random.default_rng(self.seed).standard_normal(op.p)
-        lam, vecs = eigsh(LinearOperator((op.p, op.p), matvec=mv, dtype=np.float64), k=self.rank, which="LA",
-                          tol=self.tol, v0=v0)
-        order = np.argsort(lam)[::-1].copy()
-        lam_t = torch.as_tensor(lam[order], dtype=op.dtype, device=op.device)
-        return lam_t, torch.as_tensor(vecs[:, order].T.copy(), dtype=op.dtype, device=op.device)
+        lam, U, converged = top_eigenpairs(op, self.rank, tol=self.tol, block=self.block, seed=self.seed)
+        if not converged:
+            warnings.warn(f"Arnoldi: block Lanczos stopped before its top {self.rank} eigenpairs reached relative "
+                          f"residual tol={self.tol:g}; the low-rank part is approximate. Raise tol, lower rank, or "
+                          "pass refine > 0 (CG steps correct it)", stacklevel=3)
+        return lam, U
 
     def _mean_dropped_eigenvalue(self, op: Operator) -> float:
         """trace(P A P) / (p - r), P = I - U^T U, as sum z^T A z / sum z^T z over random probes z = P w."""
