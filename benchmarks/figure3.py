@@ -16,7 +16,9 @@ R(theta) = (1/n) sum_i max(0, 1 - y_i theta^T x_i) + (l2/2)||theta||^2, l2 = 0.1
   solver, warm-started, KKT-certified), and measure the test point's hinge
   loss; predicted change = -(1/n) I_up,loss.
 
-    python benchmarks/figure3.py [--tests 3] [--top 100] [--l2 0.1] [--select own|hinge]
+    python benchmarks/figure3.py [--tests 3] [--top 100] [--l2 0.1] [--select own|hinge] [--n-train N]
+
+--n-train N keeps a random N of the 782 training points (seed 0): how R depends on the data size.
 """
 
 from __future__ import annotations
@@ -89,8 +91,14 @@ def main() -> None:
     ap.add_argument("--select", choices=["own", "hinge"], default="own",
                     help="rows retrained: each t's own top |influence| (own), or the top |influence| of the hinge "
                          "itself (H = l2 I), the same rows for every t (hinge; the authors' script)")
+    ap.add_argument("--n-train", type=int, default=None, help="a random subset of this many training points (seed 0)")
     args = ap.parse_args()
     X, y, Xt, yt = one_vs_seven()
+    if args.n_train is not None:
+        if not args.top < args.n_train <= len(y):
+            raise SystemExit(f"--n-train must be above --top ({args.top}) and at most {len(y)}, got {args.n_train}")
+        keep = np.sort(np.random.default_rng(0).choice(len(y), args.n_train, replace=False))
+        X, y = X[keep], y[keep]
     Xb, Xtb, n = with_bias(X), with_bias(Xt), len(y)
     t0 = time.perf_counter()
     full = fit_hinge_svm(Xb, y, args.l2)
