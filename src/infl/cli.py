@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .data import BUILTINS, DataError, Split, file_kind, load_builtin, load_file
+from .data import BUILTINS, DataError, Split, csv_features, file_kind, load_builtin, load_file
 from .errors import InflError
 from .influence import SOLVERS, Influence
 from .losses import cross_entropy
@@ -69,8 +69,10 @@ def prepare_out(out: Path, force: bool, inputs: Sequence[Path], names: Sequence[
     return out
 
 
-def _load_file(path: Path, label_column: str | None, labels: Path | None, flag: str) -> tuple[np.ndarray, np.ndarray]:
-    """X (n, d), y (n,) from `path`, with --label-column for CSV and --labels for IDX images."""
+def _load_file(path: Path, label_column: str | None, labels: Path | None, flag: str,
+               **extra: object) -> tuple[np.ndarray, np.ndarray]:
+    """X (n, d), y (n,) from `path`, with --label-column for CSV and --labels for IDX images; `extra`
+    passes load_file options (min_classes, and features for CSV)."""
     kind = file_kind(path)
     if label_column is not None and kind != "csv":
         raise click.ClickException(f"--label-column applies to CSV files, but {flag} {path} is not a .csv file.")
@@ -81,10 +83,13 @@ def _load_file(path: Path, label_column: str | None, labels: Path | None, flag: 
         raise click.ClickException(f"--labels applies to IDX image files, but {flag} {path} is not one.")
     options = {"label_column": label_column} if label_column is not None else {}
     options.update({"labels_path": labels} if labels is not None else {})
+    options.update({k: v for k, v in extra.items() if k != "features" or kind == "csv"})
     try:
         return load_file(path, **options)
     except DataError as error:  # say the option as the command line spells it
-        raise DataError(str(error).replace("Pass label_column=...", "Pass --label-column NAME.")) from error
+        message = str(error).replace("Pass label_column=...", "Pass --label-column NAME.")
+        raise DataError(message.replace("Pass x_key=... and y_key=...", "Save the arrays as X and y "
+                                        "(np.savez(path, X=X, y=y)).")) from error
 
 
 def load_data(data: str | None, train: Path | None, test: Path | None, label_column: str | None,
@@ -100,7 +105,9 @@ def load_data(data: str | None, train: Path | None, test: Path | None, label_col
         raise click.UsageError(f"--labels takes at most two files (train, then test), got {len(labels)}.")
     pair = list(labels) + [None] * (2 - len(labels))
     X_train, y_train = _load_file(train, label_column, pair[0], "--train")
-    X_test, y_test = _load_file(test, label_column, pair[1], "--test")
+    both_csv = file_kind(train) == "csv" and file_kind(test) == "csv"  # then columns are matched by name
+    features = csv_features(train, label_column or "label") if both_csv else None
+    X_test, y_test = _load_file(test, label_column, pair[1], "--test", min_classes=1, features=features)
     d = X_train.shape[1]
     if X_test.shape[1] != d:
         raise DataError(f"{test}: test points have {X_test.shape[1]} features but the training points {d}; "

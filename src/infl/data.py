@@ -14,6 +14,7 @@ import math
 import struct
 import zipfile
 import zlib
+from typing import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,8 @@ from .errors import InputError
 BUILTINS = ("digits", "mnist")
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions (n, rows, cols)
 IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension (n,)
-_OPTIONS = {"npz": ("x_key", "y_key"), "csv": ("label_column",), "idx": ("labels_path",)}
+_OPTIONS = {"npz": ("x_key", "y_key", "min_classes"), "csv": ("label_column", "min_classes", "features"),
+            "idx": ("labels_path", "min_classes")}
 
 
 class DataError(InputError):
@@ -162,7 +164,7 @@ def _kind(path: Path) -> str:
     )
 
 
-def load_npz(path: str | Path, x_key: str = "X", y_key: str = "y") -> tuple[np.ndarray, np.ndarray]:
+def load_npz(path: str | Path, x_key: str = "X", y_key: str = "y", min_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Load X (n, d) float64 and y (n,) int64 from arrays `x_key` and `y_key` of a .npz file."""
     path = _existing(path)
     try:
@@ -183,11 +185,41 @@ def load_npz(path: str | Path, x_key: str = "X", y_key: str = "y") -> tuple[np.n
         raise DataError(
             f"{path}: not a readable .npz archive ({error}); save it with np.savez(path, X=X, y=y)."
         ) from error
-    return check_arrays(X, y, str(path))
+    return check_arrays(X, y, str(path), min_classes)
 
 
-def load_csv(path: str | Path, label_column: str = "label") -> tuple[np.ndarray, np.ndarray]:
-    """Load a CSV with a header row: `label_column` gives y (n,), all other columns X (n, d)."""
+def load_csv(path: str | Path, label_column: str = "label", min_classes: int = 2,
+             features: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Load a CSV with a header row: `label_column` gives y (n,), all other columns X (n, d).
+
+    features: the feature columns' names in the order wanted (e.g. the training file's, from
+    csv_features); columns are matched by name, and a missing or extra column is refused.
+    """
+    header, lines, body = _read_csv(path, label_column)
+    label = header.index(label_column)
+    columns = list(zip(*body)) or [()] * len(header)
+    parsed = dict(zip(header, (_numeric(col, name, lines, Path(path)) for col, name in zip(columns, header))))
+    names = [name for name in header if name != label_column]
+    if features is not None:
+        missing, extra = [f for f in features if f not in parsed], [f for f in names if f not in features]
+        if missing or extra:
+            raise DataError(f"{path}: its feature columns differ from the training file's: "
+                            + "; ".join(part for part in (f"missing {', '.join(map(repr, missing[:5]))}" if missing else "",
+                                                          f"extra {', '.join(map(repr, extra[:5]))}" if extra else "")
+                                        if part)
+                            + ". Both files need the same named columns (in any order).")
+        names = list(features)
+    X = np.stack([parsed[name] for name in names], axis=1) if names else np.empty((len(body), 0))
+    return check_arrays(X, parsed[label_column], str(path), min_classes)
+
+
+def csv_features(path: str | Path, label_column: str = "label") -> list[str]:
+    """The feature column names of a CSV file, in file order (every header name but `label_column`)."""
+    return [name for name in _read_csv(path, label_column)[0] if name != label_column]
+
+
+def _read_csv(path: str | Path, label_column: str) -> tuple[list[str], tuple[int, ...], list[list[str]]]:
+    """Header names, the line number of each data row, and the rows; checked for shape and the label column."""
     path = _existing(path)
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
@@ -204,16 +236,14 @@ def load_csv(path: str | Path, label_column: str = "label") -> tuple[np.ndarray,
             f"{path}: no column {label_column!r}; the columns are {', '.join(map(repr, header))}. "
             "Pass label_column=..."
         )
+    duplicated = sorted({name for name in header if header.count(name) > 1})
+    if duplicated:
+        raise DataError(f"{path}: the header names {', '.join(map(repr, duplicated))} more than once; "
+                        "give every column its own name.")
     for line, row in zip(lines, body):
         if len(row) != len(header):
             raise DataError(f"{path}: line {line} has {len(row)} fields but the header has {len(header)}.")
-    label = header.index(label_column)
-    columns = list(zip(*body)) or [()] * len(header)
-    parsed = [_numeric(col, name, lines, path) for col, name in zip(columns, header)]
-    features = parsed[:label] + parsed[label + 1 :]
-    X = np.stack(features, axis=1) if features else np.empty((len(body), 0))
-    y = parsed[label]
-    return check_arrays(X, y, str(path))
+    return header, lines, body
 
 
 def _numeric(column: tuple[str, ...], name: str, lines: tuple[int, ...], path: Path) -> np.ndarray:
@@ -237,12 +267,12 @@ def _is_float(text: str) -> bool:
     return True
 
 
-def load_idx(images_path: str | Path, labels_path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+def load_idx(images_path: str | Path, labels_path: str | Path, min_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Load MNIST-style IDX files (optionally gzipped): X (n, rows*cols) in [0, 1], y (n,)."""
     images = _read_idx(_existing(images_path), IDX_IMAGES_MAGIC)
     labels = _read_idx(_existing(labels_path), IDX_LABELS_MAGIC)
     X = images.reshape(len(images), -1).astype(np.float64) / 255.0
-    return check_arrays(X, labels, f"{images_path} with labels {labels_path}")
+    return check_arrays(X, labels, f"{images_path} with labels {labels_path}", min_classes)
 
 
 def _read_idx(path: Path, magic: int) -> np.ndarray:
@@ -290,10 +320,12 @@ def _existing(path: str | Path) -> Path:
 # --- validation ---------------------------------------------------------------------
 
 
-def check_arrays(X: np.ndarray, y: np.ndarray, source: str = "arrays") -> tuple[np.ndarray, np.ndarray]:
+def check_arrays(X: np.ndarray, y: np.ndarray, source: str = "arrays", min_classes: int = 2
+                 ) -> tuple[np.ndarray, np.ndarray]:
     """Validate features X (n, ...) and labels y (n,); return X float64 (n, d), y int64 (n,).
 
-    Images (n, h, w) are flattened to rows; y must hold at least two non-negative integer classes.
+    Images (n, h, w) are flattened to rows; y must hold at least `min_classes` non-negative integer classes
+    (2 for training data; 1 for test points, which may be a single point).
     """
     X, y = np.asarray(X), np.asarray(y)
     if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
@@ -315,11 +347,11 @@ def check_arrays(X: np.ndarray, y: np.ndarray, source: str = "arrays") -> tuple[
             f"{source}: X has NaN or inf in {int(bad.sum())} row(s), first row {int(np.argmax(bad))}; "
             "impute or drop those rows."
         )
-    return np.ascontiguousarray(X), _labels(y, source)
+    return np.ascontiguousarray(X), _labels(y, source, min_classes)
 
 
-def _labels(y: np.ndarray, source: str) -> np.ndarray:
-    """Check that y (n,) holds at least two non-negative integer classes; return int64."""
+def _labels(y: np.ndarray, source: str, min_classes: int = 2) -> np.ndarray:
+    """Check that y (n,) holds at least `min_classes` non-negative integer classes; return int64."""
     if not np.issubdtype(y.dtype, np.number):
         raise DataError(f"{source}: labels must be integers, got dtype {y.dtype}; map classes to 0..K-1.")
     if not np.isfinite(y).all() or not np.equal(np.mod(y, 1), 0).all():
@@ -328,7 +360,7 @@ def _labels(y: np.ndarray, source: str) -> np.ndarray:
     if y.min() < 0:
         raise DataError(f"{source}: labels must be non-negative, got {int(y.min())}; map classes to 0..K-1.")
     found = np.unique(y)
-    if len(found) < 2:
+    if len(found) < min_classes:
         raise DataError(
             f"{source}: labels need at least 2 classes, got only {found.tolist()}; "
             "a classifier needs examples of two or more classes."

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import warnings
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -44,8 +46,12 @@ def merge_infos(infos: list[SolveInfo]) -> SolveInfo:
 
 
 def _check_number(name: str, value: float) -> float:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-        raise InputError(f"{name} must be a finite number >= 0, got {value!r}")
+    """A finite number >= 0 (Python, NumPy or 0-d tensor; not a bool) as a float."""
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.dtype == torch.bool:
+        value = value.item()
+    ok = isinstance(value, (numbers.Real, np.number)) and not isinstance(value, (bool, np.bool_))
+    if not (ok and math.isfinite(value) and value >= 0):
+        raise InputError(f"{name} must be a finite number >= 0 (not a bool or an array), got {value!r}")
     return float(value)
 
 
@@ -80,8 +86,9 @@ class Influence:
     def __init__(self, model: nn.Module, loss_fn: LossFn, *, l2: L2 = 0.0, damping: float = 0.0,
                  solver: str | Solver = "exact", curvature: str = "hessian", batch_size: int = 512,
                  keep_train_grads: bool = False, stationarity_tol: float = 1e-3) -> None:
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if not isinstance(batch_size, (numbers.Integral, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
             raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        batch_size = int(batch_size)
         self.model, self.loss_fn = model, loss_fn
         self.l2, self.damping = check_l2(l2), _check_number("damping", damping)
         self.solver = make_solver(solver)
@@ -146,10 +153,15 @@ class Influence:
         """Read the training data, build the curvature operator and prepare the solver."""
         self.prepare(train)
         op, obj = self.operator_, self.objective_
-        if isinstance(self.solver, LiSSA):
-            self.solver.fit(op, floor=obj.l2_min + self.damping)
-        else:
-            self.solver.fit(op)
+        try:
+            if isinstance(self.solver, LiSSA):
+                self.solver.fit(op, floor=obj.l2_min + self.damping)
+            else:
+                self.solver.fit(op)
+        except NotImplementedError as exc:  # an operation without forward-mode AD (curvature products use it)
+            raise InputError(f"the curvature products need forward-mode AD, which an operation in this model lacks "
+                             f"({exc}); use curvature='gauss-newton' with solver='exact' or 'ekfac', or freeze the "
+                             "layer (requires_grad=False)") from exc
         self.curvature_: Operator = op
         sh = self.shard_
         self.train_grads_ = (stack_grads(self.objective_, self.X_train_[sh], self.y_train_[sh], self.batch_size)
@@ -248,7 +260,16 @@ class Influence:
 
     def _train_index(self, indices: Sequence[int] | Tensor) -> Tensor:
         self._fitted()
-        index = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        index = torch.as_tensor(np.asarray(indices.cpu() if isinstance(indices, Tensor) else indices))
+        if index.dtype == torch.bool:
+            if index.shape != (self.n_train,):
+                raise InputError(f"a boolean mask of training points must have one entry per training point "
+                                 f"({self.n_train}), got shape {tuple(index.shape)}")
+            index = torch.nonzero(index).reshape(-1)
+        if index.is_floating_point() or index.is_complex():
+            raise InputError(f"training indices must be integers (or a boolean mask), got dtype {index.dtype}; "
+                             "convert them with .long() / astype(int) after checking they are whole numbers")
+        index = index.to(torch.long).reshape(-1)
         bad = index[(index < -self.n_train) | (index >= self.n_train)]
         if bad.numel():
             raise InputError(f"training indices {bad.tolist()[:5]} are out of range for {self.n_train} training points")
@@ -262,6 +283,10 @@ class Influence:
         by delta changes the retrained test loss by about (1/n) I_pert,loss . delta.
         """
         index = self._train_index(train_indices)
+        if not self.X_train_.is_floating_point():
+            raise InputError(f"I_pert,loss moves training inputs continuously, but they are {self.X_train_.dtype} "
+                             "(e.g. token ids); perturb a continuous input instead, such as an embedding output "
+                             "fed to the rest of the model")
         T = self.s_test(test)
         X, y = self.X_train_[index], self.y_train_[index]
         return torch.stack([-self.objective_.input_grads(X, y, t) for t in T])

@@ -57,11 +57,16 @@ def to_tensors(data: Any, dtype: torch.dtype, device: torch.device, name: str = 
         raise InputError(f"the {name} data is empty; influence needs at least one example")
     X = X.to(device=device, dtype=dtype) if X.is_floating_point() else X.to(device)
     y = y.to(device=device, dtype=dtype) if y.is_floating_point() else y.to(device)
+    if y.dtype in _NARROW_INTEGERS:  # class labels: widened losslessly, as the losses index with int64
+        y = y.long()
     for arr, part in ((X, "X"), (y, "y")):
         if arr.is_floating_point() and not torch.isfinite(arr).all():
             bad = int((~torch.isfinite(arr)).reshape(arr.shape[0], -1).any(1).sum())
             raise InputError(f"{name} {part} contains NaN or inf in {bad} example(s); clean or drop them first")
     return X, y
+
+
+_NARROW_INTEGERS = (torch.int8, torch.int16, torch.int32, torch.uint8)
 
 
 def batches(n: int, batch_size: int) -> Iterator[slice]:

@@ -100,10 +100,16 @@ def _supported(module: nn.Module) -> bool:
 
 
 def find_layers(obj: Objective, probe: Tensor) -> tuple[list[Layer], list[str]]:
-    """The factorable layers (trained weight, called once per forward) and the names of all other trained parameters."""
+    """The factorable layers (trained weight, called once per forward, not tied to another module) and the
+    names of all other trained parameters."""
     where = _slices(obj)
     calls: dict[str, int] = {}
-    candidates = {name: m for name, m in obj.model.named_modules() if _supported(m) and _qual(name, "weight") in where}
+    holders: dict[int, int] = {}  # id(weight) -> modules holding it (tied weights are used by several)
+    for m in obj.model.modules():
+        if isinstance(getattr(m, "weight", None), nn.Parameter):
+            holders[id(m.weight)] = holders.get(id(m.weight), 0) + 1
+    candidates = {name: m for name, m in obj.model.named_modules()
+                  if _supported(m) and _qual(name, "weight") in where and holders[id(m.weight)] == 1}
     with _hooks(candidates, lambda name, args, out: calls.__setitem__(name, calls.get(name, 0) + 1)):
         with torch.no_grad():
             obj.outputs(obj.theta, probe)

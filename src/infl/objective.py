@@ -14,8 +14,10 @@ model is never modified: every evaluation goes through
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Mapping, Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vmap
@@ -29,23 +31,34 @@ a number or a tensor shaped like that parameter; trainable parameters not named 
 
 
 def _is_l2_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    """A finite real >= 0: Python, NumPy scalar or one-element tensor, not a bool."""
+    if isinstance(value, Tensor):
+        return value.numel() == 1 and value.dtype != torch.bool and _is_l2_number(value.item())
+    return (isinstance(value, (numbers.Real, np.number)) and not isinstance(value, (bool, np.bool_))
+            and math.isfinite(value) and value >= 0)
 
 
 def check_l2(l2: L2) -> L2:
-    """l2 unchanged when it is a number >= 0 or a mapping of such values, else an InputError."""
+    """l2 as a float when it is a number >= 0, or a mapping of such numbers and non-negative tensors
+    (NumPy arrays become tensors), else an InputError."""
     if isinstance(l2, Mapping):
+        out = {}
         for name, value in l2.items():
-            ok = _is_l2_number(value) or (isinstance(value, Tensor) and bool(torch.isfinite(value).all())
-                                          and bool((value >= 0).all()))
-            if not ok:
+            if isinstance(value, np.ndarray) and value.ndim:
+                value = torch.as_tensor(value)
+            if _is_l2_number(value):
+                out[name] = float(value.item() if isinstance(value, Tensor) else value)
+            elif (isinstance(value, Tensor) and not value.dtype == torch.bool
+                  and bool(torch.isfinite(value).all()) and bool((value >= 0).all())):
+                out[name] = value
+            else:
                 raise InputError(f"l2[{name!r}] must be a finite number >= 0 or a tensor of them shaped like the "
                                  f"parameter, got {value!r}")
-        return l2
+        return out
     if not _is_l2_number(l2):
         raise InputError(f"l2 must be a finite number >= 0 (the training weight decay) or a mapping "
                          f"{{parameter name: l2}}, got {l2!r}")
-    return float(l2)
+    return float(l2.item() if isinstance(l2, Tensor) else l2)
 
 
 def l2_vector(l2: L2, trainable: list[tuple[str, Tensor]]) -> float | Tensor:
@@ -88,6 +101,13 @@ def check_deterministic(model: nn.Module) -> None:
     functions need.
     """
     for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is None:
+            raise InputError(
+                f"the model's layer '{name or type(model).__name__}' ({type(module).__name__}) has "
+                "track_running_stats=False, so it normalises with the statistics of each batch even in eval mode "
+                "and one example's loss depends on the others; use running statistics (track_running_stats=True, "
+                "trained) or a per-example normalisation such as nn.LayerNorm / nn.GroupNorm"
+            )
         if module.training and isinstance(module, _STOCHASTIC_IN_TRAINING):
             kind = type(module).__name__
             raise InputError(
@@ -196,7 +216,7 @@ class Objective:
         except Exception as exc:  # the user's model or loss failed: say where
             raise InputError(
                 f"the model and loss_fn could not evaluate a batch of inputs shaped {tuple(X.shape)} "
-                f"with targets shaped {tuple(y.shape)}: {type(exc).__name__}: {exc}"
+                f"with targets shaped {tuple(y.shape)}: {type(exc).__name__}: {exc}{_dtype_hint(exc, X, self.dtype)}"
             ) from exc
         if out.shape != (X.shape[0],):
             raise InputError(
@@ -206,3 +226,33 @@ class Objective:
             )
         if not torch.isfinite(out).all():
             raise InputError("loss_fn returned NaN or inf on the data; check the data, the targets and the model")
+        try:  # one example at a time, as every gradient is taken (torch.func.vmap over grad)
+            self.per_example_grads(X, y)
+        except Exception as exc:
+            raise InputError(f"the per-example gradient (torch.func: vmap over grad, one example as a batch of "
+                             f"one) failed on inputs shaped {tuple(X.shape[1:])}: {type(exc).__name__}: {exc}"
+                             f"{_vmap_hint(exc, X, self.dtype)}") from exc
+
+
+def _dtype_hint(exc: Exception, X: Tensor, dtype: torch.dtype) -> str:
+    """A fix for integer inputs given to a floating-point model, if that is what failed."""
+    text = str(exc)
+    if not X.is_floating_point() and ("dtype" in text or "Long" in text or "Byte" in text):
+        return (f"; the inputs are {X.dtype} and the model computes in {dtype}: pass float inputs "
+                "(X.to(torch.float64) / X.astype(float)) unless they are token ids for an embedding")
+    return ""
+
+
+def _vmap_hint(exc: Exception, X: Tensor, dtype: torch.dtype) -> str:
+    """A likely fix for a failure of the per-example gradient, from its message."""
+    text = str(exc)
+    if "random" in text:
+        return ("; the forward pass draws random numbers (e.g. F.dropout(x, p, training=True) in a custom "
+                "module): call model.eval() and make such layers deterministic in eval mode")
+    if "target size" in text.lower():
+        return ("; a loss that squeezes every dimension (e.g. out.squeeze()) breaks on a batch of one: use "
+                "out.squeeze(1) or out.view(-1)")
+    return _dtype_hint(exc, X, dtype) or (
+        "; infl needs every layer and operation to work on one example at a time under torch.func.vmap (and, for "
+        "the Hessian, forward-mode AD): check that the model treats a batch of one like any other batch (e.g. "
+        "batch_first for recurrent layers), or freeze the unsupported part (requires_grad=False)")

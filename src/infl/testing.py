@@ -13,13 +13,15 @@ from .objective import L2, LossFn, Objective
 
 def dense_hessian(model: nn.Module, loss_fn: LossFn, X: Tensor, y: Tensor, l2: L2 = 0.0) -> Tensor:
     """H = grad^2 [(1/n) sum_i L(z_i) + (1/2) sum_k l2_k theta_k^2] at the model's parameters, (p, p),
-    by torch.func.hessian. l2: a float or {parameter name: l2} as in Influence."""
+    by double reverse-mode autograd (torch.autograd.functional.hessian: independent of the forward-over-reverse
+    products infl uses, and unaffected by torch.func.hessian's wrong blocks through LayerNorm in torch 2.13).
+    l2: a float or {parameter name: l2} as in Influence."""
     obj = Objective(model, loss_fn, l2)
 
     def risk(theta: Tensor) -> Tensor:
         return obj.losses(theta, X, y).mean() + 0.5 * (obj.l2 * theta.square()).sum()
 
-    return torch.func.hessian(risk)(obj.theta)
+    return torch.autograd.functional.hessian(risk, obj.theta.detach())
 
 
 def dense_scores(model: nn.Module, loss_fn: LossFn, train: tuple[Tensor, Tensor], test: tuple[Tensor, Tensor],

@@ -1,0 +1,138 @@
+"""Inputs and models beyond the usual: index masks, NumPy and tensor scalars, narrow integer labels,
+layers that break per-example gradients, tied weights, and the CLI's test files."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from torch import nn
+
+import infl
+from infl.cli import main
+from infl.data import DataError, csv_features, load_csv
+from infl.errors import InputError
+from infl.testing import dense_scores
+
+
+def influence(problem, **kw):
+    return infl.Influence(problem.model, problem.loss_fn, l2=problem.l2, **kw).fit(problem.train)
+
+
+def test_batchnorm_without_running_statistics_is_refused(logreg):
+    model = nn.Sequential(nn.Linear(logreg.X.shape[1], 4), nn.BatchNorm1d(4, track_running_stats=False),
+                          nn.Linear(4, 3)).double().eval()
+    with pytest.raises(InputError, match="track_running_stats=False.*statistics of each batch"):
+        infl.Influence(model, logreg.loss_fn, l2=0.01).fit(logreg.train)
+
+
+def test_a_boolean_mask_selects_rows_and_float_indices_are_refused(logreg):
+    inf = influence(logreg)
+    mask = torch.zeros(len(logreg.y), dtype=torch.bool)
+    mask[[10, 20]] = True
+    torch.testing.assert_close(inf.up_params(mask), inf.up_params([10, 20]))
+    torch.testing.assert_close(inf.up_params(mask.numpy()), inf.up_params([10, 20]))
+    with pytest.raises(InputError, match="integers"):
+        inf.up_params([2.9])
+    with pytest.raises(InputError, match="one entry per training point"):
+        inf.up_params(mask[:5])
+
+
+def test_numbers_may_be_numpy_or_tensor_scalars_but_not_bools(logreg):
+    ref = influence(logreg, damping=0.01, batch_size=16).scores(logreg.test)
+    for l2, damping, batch in ((np.float32(logreg.l2), np.float64(0.01), np.int64(16)),
+                               (torch.tensor(logreg.l2), torch.tensor(0.01), 16)):
+        inf = infl.Influence(logreg.model, logreg.loss_fn, l2=l2, damping=damping, batch_size=batch)
+        torch.testing.assert_close(inf.fit(logreg.train).scores(logreg.test), ref, rtol=1e-6, atol=1e-9)
+    with pytest.raises(InputError, match="not a bool"):
+        infl.Influence(logreg.model, logreg.loss_fn, damping=True)
+
+
+def test_narrow_integer_labels_give_the_same_scores(logreg):
+    ref = influence(logreg).scores(logreg.test)
+    for dtype in (torch.int32, torch.int16, torch.uint8):
+        inf = infl.Influence(logreg.model, logreg.loss_fn, l2=logreg.l2).fit((logreg.X, logreg.y.to(dtype)))
+        torch.testing.assert_close(inf.scores((logreg.Xt, logreg.yt.to(dtype))), ref)
+
+
+def test_a_loss_that_squeezes_every_dimension_gets_the_fix(logreg):
+    model = nn.Linear(logreg.X.shape[1], 1).double()
+    bce = lambda out, t: F.binary_cross_entropy_with_logits(out.squeeze(), t, reduction="none")  # noqa: E731
+    with pytest.raises(InputError, match=r"squeeze\(1\)"):
+        infl.Influence(model, bce, l2=0.01).fit((logreg.X, (logreg.y == 1).double()))
+
+
+def test_integer_inputs_for_a_float_model_get_the_fix(logreg):
+    with pytest.raises(InputError, match="pass float inputs"):
+        infl.Influence(logreg.model, logreg.loss_fn, l2=logreg.l2).fit((logreg.X.round().long(), logreg.y))
+
+
+def test_a_random_forward_pass_is_refused_with_the_fix(logreg):
+    class Noisy(nn.Module):
+        def forward(self, x):
+            return F.dropout(x, 0.5, training=True)
+
+    model = nn.Sequential(nn.Linear(logreg.X.shape[1], 3), Noisy()).double().eval()
+    with pytest.raises(InputError, match="random numbers.*model.eval"):
+        infl.Influence(model, logreg.loss_fn, l2=0.01).fit(logreg.train)
+
+
+def test_pert_loss_refuses_token_ids():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(10, 3), nn.Flatten(), nn.Linear(6, 2)).double()
+    X, y = torch.randint(0, 10, (20, 2)), torch.randint(0, 2, (20,))
+    inf = infl.Influence(model, lambda o, t: F.cross_entropy(o, t, reduction="none"), l2=0.1, damping=1.0)
+    with pytest.warns(UserWarning, match="stationary"):
+        inf.fit((X, y))
+    with pytest.raises(InputError, match="token ids"):
+        inf.pert_loss((X[:1], y[:1]), [0])
+
+
+def test_kronecker_factors_leave_tied_weights_to_the_diagonal(logreg):
+    torch.manual_seed(0)
+    a, b = nn.Linear(3, 3), nn.Linear(3, 3)
+    b.weight = a.weight
+    model = nn.Sequential(nn.Linear(logreg.X.shape[1], 3), nn.Tanh(), a, nn.Tanh(), b).double()
+    inf = infl.Influence(model, logreg.loss_fn, l2=0.01, curvature="gauss-newton", solver=infl.EKFAC(others="error"))
+    with pytest.raises(InputError, match="2.weight"), pytest.warns(UserWarning, match="stationary"):
+        inf.fit(logreg.train)
+
+
+def test_dense_reference_is_right_through_layernorm(logreg):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(logreg.X.shape[1], 4), nn.LayerNorm(4), nn.Tanh(), nn.Linear(4, 3)).double()
+    inf = infl.Influence(model, logreg.loss_fn, l2=0.01, damping=5.0)
+    with pytest.warns(UserWarning, match="stationary"):
+        inf.fit(logreg.train)
+    ref = dense_scores(model, logreg.loss_fn, logreg.train, logreg.test, 0.01, damping=5.0)
+    torch.testing.assert_close(inf.scores(logreg.test), ref, rtol=1e-8, atol=1e-10)
+
+
+def _csv(path, names, X, y):
+    """A CSV of X's columns a, b, c, d and the labels, in the column order `names`."""
+    column = {"a": 0, "b": 1, "c": 2, "d": 3, "zz": 3}
+    cells = lambda i: [str(int(y[i])) if c == "label" else f"{X[i, column[c]]:.6f}" for c in names]  # noqa: E731
+    path.write_text("\n".join([",".join(names)] + [",".join(cells(i)) for i in range(len(y))]) + "\n")
+    return path
+
+
+def test_cli_matches_csv_columns_by_name_and_explains_a_single_test_point(tmp_path):
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 4)), np.arange(40) % 2
+    X[:, 0] += 2 * y
+    train = _csv(tmp_path / "train.csv", ["a", "b", "c", "d", "label"], X, y)
+    test = _csv(tmp_path / "test.csv", ["a", "b", "c", "d", "label"], X[:1], y[:1])
+    shuffled = _csv(tmp_path / "shuffled.csv", ["label", "d", "b", "c", "a"], X[:1], y[:1])
+    features = csv_features(train)
+    np.testing.assert_array_equal(load_csv(shuffled, min_classes=1, features=features)[0],
+                                  load_csv(test, min_classes=1, features=features)[0])
+    outputs = []
+    for name, file in (("o1", test), ("o2", shuffled)):  # one test point, one class: explained, not refused
+        result = CliRunner().invoke(main, ["explain", "--train", str(train), "--test", str(file), "--loo", "0",
+                                           "--out", str(tmp_path / name)])
+        assert result.exit_code == 0, result.output
+        outputs.append(result.stdout.split("test point 0:")[1].split("report:")[0])
+    assert outputs[0] == outputs[1]
+    other = _csv(tmp_path / "other.csv", ["a", "b", "c", "zz", "label"], X[:1], y[:1])
+    with pytest.raises(DataError, match="missing 'd'; extra 'zz'"):
+        load_csv(other, features=features)
