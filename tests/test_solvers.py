@@ -214,6 +214,18 @@ def test_arnoldi_refined_by_cg_approaches_the_dense_solve():
         infl.Arnoldi(refine=-2)
 
 
+def test_refinement_groups_right_hand_sides_and_stops_when_the_space_is_full(monkeypatch):
+    """Block CG in groups of REFINE_BLOCK right-hand sides: each group's space is its own, and a group whose
+    space stops growing (here: all of R^p) is exact in fewer steps than asked."""
+    from infl.solvers import krylov
+
+    monkeypatch.setattr(krylov, "REFINE_BLOCK", 2)
+    A, B = spd(12, 1e3, seed=4), rhs(5, 12)
+    X, info = infl.Arnoldi(rank=3, refine=50).fit(Dense(A)).solve(B)
+    torch.testing.assert_close(X, torch.linalg.solve(A, B.T).T, rtol=1e-7, atol=1e-9)
+    assert info.converged and info.iterations < 50 and info.residual.shape == (5,)
+
+
 def test_arnoldi_rank_must_be_below_p():
     with pytest.raises(InputError, match="rank 30 must be below the number of parameters p = 30"):
         infl.Arnoldi(rank=30).fit(Dense(spd(30, 10)))

@@ -11,9 +11,10 @@ dropped subspace, trace(P A P) / (p - r) with P = I - U^T U, estimated by
 random probes projected off the kept eigenvectors (exact when the rest is flat). Peers drop that subspace (1/lam_rest = 0), although the
 small eigenvalues are exactly where the inverse is large.
 
-refine=k > 0 then takes k steps of conjugate gradients on the true operator,
-preconditioned by that approximate inverse: k more products per right-hand
-side, and the residual falls with k towards CG's exact solve.
+refine=k > 0 then takes k steps of block conjugate gradients on the true
+operator, preconditioned by that approximate inverse (infl.solvers.krylov.refine):
+k more products per right-hand side, and the residual falls with k towards the
+exact solve.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class Arnoldi:
     trace of the remainder; tol: relative residual ||A u - lam u|| / lam each
     kept eigenpair must reach; block: vectors per product in the Lanczos
     iteration (default min(rank, 16));
-    refine: steps of CG on the operator preconditioned by the low-rank inverse
+    refine: steps of block CG on the operator preconditioned by the low-rank inverse
     (0, the default: none); with refine > 0, SolveInfo.residual and the note
     give every right-hand side's residual after the steps.
     """

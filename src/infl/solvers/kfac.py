@@ -9,10 +9,10 @@ An approximation of the Gauss-Newton matrix whichever curvature the
 operator holds; each solve measures its residual against that operator on a
 few right-hand sides and reports it in the note.
 
-refine=k > 0 takes k steps of conjugate gradients on the true curvature,
-preconditioned by the factored inverse (from x = 0, so step 1 is the
-factored answer rescaled): k more curvature products per right-hand side,
-and the residual falls with k towards CG's exact solve.
+refine=k > 0 takes k steps of block conjugate gradients on the true
+curvature, preconditioned by the factored inverse (infl.solvers.krylov.refine;
+step 1 already improves on the factored answer): k more curvature products
+per right-hand side, and the residual falls with k towards the exact solve.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class EKFAC:
     the exact Gauss-Newton diagonal for them and warns, naming them;
     'error' refuses. check: right-hand sides per solve whose residual
     against the true curvature is measured (one curvature product; 0 skips).
-    refine: steps of EK-FAC-preconditioned conjugate gradients on the true
+    refine: steps of EK-FAC-preconditioned block conjugate gradients on the true
     curvature after the factored solve (0, the default: none); the note then
     gives every right-hand side's residual, at no extra product.
     """
