@@ -14,7 +14,7 @@ over all pairs).
 
 Methods: cg (Nystrom rank 200, tol 1e-6), cg-ekfac (EK-FAC preconditioner; not run by default),
 arnoldi (rank 100), ekfac, kfac, and ekfac-refineK / arnoldi-refineK: the
-factored or low-rank inverse followed by K steps of CG on the Gauss-Newton
+factored or low-rank inverse followed by K steps of block CG on the Gauss-Newton
 matrix preconditioned by it (infl.EKFAC(refine=K), infl.Arnoldi(refine=K)).
 
     python benchmarks/deep.py [--l2 1e-3] [--tests 100] [--methods ...] [--peers ... | --no-peers] [--pydvl-cg-maxiter N]
@@ -37,7 +37,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 HERE = Path(__file__).resolve().parent
-OURS = ["cg", "arnoldi", "arnoldi-refine5", "arnoldi-refine10", "ekfac", "kfac", "ekfac-refine5", "ekfac-refine10"]
+OURS = ["cg", "arnoldi", "arnoldi-refine5", "arnoldi-refine10", "ekfac", "kfac", "ekfac-refine3", "ekfac-refine5", "ekfac-refine10"]
 PEERS = "pydvl_cg,pydvl_arnoldi,kronfluence_ekfac"
 COUNTERPART = {"pydvl_cg": "cg", "pydvl_arnoldi": "arnoldi", "kronfluence_ekfac": "ekfac"}
 HIDDEN = 128

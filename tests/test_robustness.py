@@ -136,3 +136,50 @@ def test_cli_matches_csv_columns_by_name_and_explains_a_single_test_point(tmp_pa
     other = _csv(tmp_path / "other.csv", ["a", "b", "c", "zz", "label"], X[:1], y[:1])
     with pytest.raises(DataError, match="missing 'd'; extra 'zz'"):
         load_csv(other, features=features)
+
+
+def _npz(path, X, y):
+    np.savez(path, X=X, y=y)
+    return path
+
+
+def test_cli_renumbers_labels_to_the_training_classes_and_refuses_unseen_test_labels(tmp_path):
+    from infl.cli import load_data
+
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(30, 5)), np.where(np.arange(30) % 2, 7000, 3)
+    split = load_data(None, _npz(tmp_path / "tr.npz", X, y), _npz(tmp_path / "te.npz", X[:4], y[:4]), None, ())
+    assert split.classes == 2 and set(split.y_train) == {0, 1}
+    np.testing.assert_array_equal(split.y_test, (y[:4] == 7000).astype(int))
+    with pytest.raises(DataError, match=r"test labels \[5\] do not occur in the training file"):
+        load_data(None, tmp_path / "tr.npz", _npz(tmp_path / "bad.npz", X[:2], np.array([3, 5])), None, ())
+
+
+def test_cli_reads_a_csv_with_a_square_number_of_features_as_a_table(tmp_path):
+    from infl.cli import load_data
+
+    rng = np.random.default_rng(2)
+    X, y = rng.normal(size=(20, 4)), np.arange(20) % 2
+    train, test = _csv(tmp_path / "train.csv", ["a", "b", "c", "d", "label"], X, y), \
+        _csv(tmp_path / "test.csv", ["d", "c", "b", "a", "label"], X[:3], y[:3])
+    split = load_data(None, train, test, None, ())
+    assert split.image_shape is None and split.feature_names == ("a", "b", "c", "d")
+
+
+def test_rebuilding_an_index_removes_only_its_own_files(tmp_path):
+    from infl.index import _start
+    from infl.store import CorruptIndexError, read_json
+
+    (tmp_path / "grads").mkdir()
+    (tmp_path / "grads" / "notes.txt").write_text("mine")
+    (tmp_path / "grads" / "000000.npy").write_bytes(b"old chunk")
+    _start(tmp_path, {"format": "test"}, resume=False)
+    assert (tmp_path / "grads" / "notes.txt").read_text() == "mine"
+    assert not (tmp_path / "grads" / "000000.npy").exists()
+    with pytest.raises(CorruptIndexError, match="missing or damaged"):
+        read_json(tmp_path / "grads" / "000000.json")
+
+
+def test_to_frame_refuses_nan_scores():
+    with pytest.raises(InputError, match="NaN or inf scores"):
+        infl.to_frame(torch.tensor([0.1, float("nan")]))

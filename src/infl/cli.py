@@ -113,9 +113,25 @@ def load_data(data: str | None, train: Path | None, test: Path | None, label_col
         raise DataError(f"{test}: test points have {X_test.shape[1]} features but the training points {d}; "
                         "both files must describe the same features.")
     side = math.isqrt(d)
-    shape = (side, side) if side > 1 and side * side == d else None
-    classes = int(max(y_train.max(), y_test.max())) + 1
-    return Split(X_train, y_train, X_test, y_test, shape, classes, train.name)
+    shape = (side, side) if side > 1 and side * side == d and features is None else None  # CSV: tabular
+    y_train, y_test, classes = _class_indices(y_train, y_test, test)
+    return Split(X_train, y_train, X_test, y_test, shape, classes, train.name,
+                 tuple(features) if features is not None else None)
+
+
+def _class_indices(y_train: np.ndarray, y_test: np.ndarray, test: Path) -> tuple[np.ndarray, np.ndarray, int]:
+    """Labels as class indices 0..K-1 over the training file's classes (a note on stderr when they are
+    renumbered, e.g. 3 and 7 -> 0 and 1); test labels must be among them."""
+    values = np.unique(y_train)
+    unknown = np.setdiff1d(np.unique(y_test), values)
+    if unknown.size:
+        raise DataError(f"{test}: test labels {unknown[:5].tolist()} do not occur in the training file (classes "
+                        f"{values[:10].tolist()}); a model trained on it can never predict them.")
+    if not np.array_equal(values, np.arange(len(values))):
+        shown = ", ".join(f"{v} -> {i}" for i, v in enumerate(values[:10])) + (" ..." if len(values) > 10 else "")
+        click.echo(f"note: labels renumbered as classes 0..{len(values) - 1} ({shown}); reports show the new "
+                   "numbers", err=True)
+    return np.searchsorted(values, y_train), np.searchsorted(values, y_test), len(values)
 
 
 def train_model(split: Split, l2: float) -> nn.Linear:

@@ -64,6 +64,8 @@ def index(**opts: object) -> None:
     try:
         dist.init()
         split = load_data(opts["data"], None, None, None, ())
+        if opts["out"].exists() and not opts["out"].is_dir():
+            raise click.ClickException(f"--out {opts['out']} is a file; give a folder for the index.")
         if opts["out"].exists() and any(opts["out"].iterdir()) and not (opts["out"] / "manifest.json").exists() \
                 and not opts["force"]:
             raise click.ClickException(f"--out {opts['out']} is not empty and holds no index; choose another "

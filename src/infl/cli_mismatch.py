@@ -50,7 +50,7 @@ def mismatch_command(**opts: object) -> None:
         wrong = np.flatnonzero(predict(model, split.X_test) != split.y_test)[: opts["max_wrong"]]
         with clock.stage(f"scoring the training points for {len(wrong)} wrong test predictions"):
             drivers = find_drivers(inf, (split.X_test, split.y_test), wrong, opts["top"], opts["threshold"])
-        values = [] if split.image_shape else over_represented(split.X_train, drivers.top)
+        values = [] if split.image_shape else over_represented(split.X_train, drivers.top, split.feature_names)
         click.echo(f"{len(wrong)} wrong test predictions; {len(drivers.outsized)} training point(s) at or above "
                    f"{opts['threshold']:g}x the mean |influence|; the top {opts['top']} carry {drivers.share:.0%}")
         for rank, i in enumerate(drivers.top, 1):

@@ -44,6 +44,7 @@ class Split:
     image_shape: tuple[int, int] | None
     classes: int
     name: str
+    feature_names: tuple[str, ...] | None = None  # a CSV file's column names, in X's column order
 
 
 # --- built-in data sets -------------------------------------------------------------

@@ -43,6 +43,9 @@ def to_frame(scores: Any, labels: Any = None, ids: Any = None, id_name: str | No
     if s.ndim != 1:
         raise InputError(f"to_frame takes the scores of one test point, shape (n,), got {s.shape}; "
                          "pass scores[i] for test point i")
+    if not np.isfinite(s).all():
+        raise InputError(f"to_frame got {int((~np.isfinite(s)).sum())} NaN or inf scores; check the solve "
+                         "(inf.info) and the model before ranking")
     n = s.shape[0]
     columns: dict[str, Any] = {"index": np.arange(n)}
     if ids is not None:

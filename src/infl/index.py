@@ -338,8 +338,10 @@ def _existing(folder: Path, manifest: dict, force: bool) -> dict | None:
 def _start(folder: Path, manifest: dict, resume: bool) -> None:
     """Create the folder layout (clearing old index files unless resuming) and write the pending manifest."""
     folder.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        shutil.rmtree(folder / GRADS, ignore_errors=True)
+    if not resume:  # only the index's own files: chunk records and arrays named by number, never others
+        for path in (folder / GRADS).glob("[0-9][0-9][0-9][0-9][0-9][0-9].*"):
+            if path.suffix in (".npy", ".json"):
+                path.unlink()
         for name in (MANIFEST, f"{CURVATURE}.npy", f"{CURVATURE}.json"):
             (folder / name).unlink(missing_ok=True)
     (folder / GRADS).mkdir(exist_ok=True)

@@ -51,7 +51,12 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text())
+    """The JSON record at `path`; a missing or unreadable one is a CorruptIndexError naming the fix."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise CorruptIndexError(f"{path} is missing or damaged ({type(error).__name__}: {error}); run the build "
+                                "again (infl index with the same settings) to rewrite it") from error
 
 
 def write_array(path: Path, a: np.ndarray) -> dict:

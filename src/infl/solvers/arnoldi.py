@@ -69,7 +69,8 @@ class Arnoldi:
         """Find the top eigenpairs of op and the mean eigenvalue of the rest."""
         if self.rank >= op.p:
             raise InputError(f"Arnoldi rank {self.rank} must be below the number of parameters p = {op.p}; "
-                             f"use rank <= {op.p - 1}, or solver='exact' for the whole spectrum")
+                             f"use rank <= {op.p - 1}, or solver='exact' (on the command line: --solver exact) for "
+                             "the whole spectrum, which is cheap at this size")
         self.op = op
         lam, U = self._top_eigenpairs(op)
         if lam[-1] <= 0:

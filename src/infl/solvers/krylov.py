@@ -92,31 +92,54 @@ def refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: st
 
 def _block_galerkin(op: Operator, B: Tensor, steps: int, M: MatMat) -> tuple[Tensor, Tensor, int]:
     """X (k, p) minimising each row's error in the A-norm over the block Krylov space of M A from M B
-    (`steps` blocks); its relative residuals (k,) and the blocks used (fewer once the space stops growing)."""
-    basis: list[Tensor] = []
-    products: list[Tensor] = []
-    W = M(B)
-    for _ in range(steps):
-        scale = float(W.norm(dim=1).max())
-        for _ in range(2 if basis else 0):  # full reorthogonalisation, twice for stability
-            V = torch.cat(basis)
-            W = W - (W @ V.T) @ V
-        _, S, Vh = torch.linalg.svd(W, full_matrices=False)
-        keep = S > torch.finfo(B.dtype).eps ** 0.5 * max(scale, torch.finfo(B.dtype).tiny)  # drop what is rounding
-        if not keep.any():  # the space is invariant: the answer in it is exact
+    (`steps` blocks); its relative residuals (k,) and the blocks used (fewer once the space stops growing).
+
+    The basis V (orthonormal rows) and AV fill preallocated buffers; T = V A V^T grows by its new column
+    block each step, so nothing is recomputed.
+    """
+    k, p = B.shape
+    V, AV = B.new_empty(steps * k, p), B.new_empty(steps * k, p)
+    T = B.new_zeros(steps * k, steps * k)
+    m, used, W = 0, 0, M(B)
+    for step in range(steps):
+        Q = _new_directions(W, V[:m])
+        if Q is None:  # the space is invariant: the answer in it is exact
             break
-        Q = Vh[keep]
-        if basis:  # once more against the basis, then orthonormal rows again
-            V = torch.cat(basis)
-            Q = torch.linalg.qr((Q - (Q @ V.T) @ V).T).Q.T
-        basis.append(Q.contiguous())
-        products.append(op.matmat(basis[-1]))
-        W = M(products[-1])
-    V, AV = torch.cat(basis), torch.cat(products)
-    L, info = torch.linalg.cholesky_ex((V @ AV.T + AV @ V.T) / 2)
+        q = Q.shape[0]
+        V[m:m + q] = Q
+        AV[m:m + q] = op.matmat(Q)
+        C = V[:m + q] @ AV[m:m + q].T  # (m + q, q): the new column block of T
+        T[:m + q, m:m + q], T[m:m + q, :m] = C, C[:m].T
+        T[m:m + q, m:m + q] = (C[m:] + C[m:].T) / 2
+        m, used = m + q, used + 1
+        if step + 1 < steps:
+            W = M(AV[m - q:m])
+    L, info = torch.linalg.cholesky_ex(T[:m, :m])
     if info.item():
         raise CurvatureError("block conjugate gradients met negative curvature: the operator is not positive "
                              "definite on the Krylov space. Add damping, or use curvature='gauss-newton'")
-    Y = torch.cholesky_solve(V @ B.T, L)  # (m, k) coordinates in the basis
-    R = B - Y.T @ AV
-    return Y.T @ V, R.norm(dim=1) / B.norm(dim=1).clamp_min(torch.finfo(B.dtype).tiny), len(basis)
+    Y = torch.cholesky_solve(V[:m] @ B.T, L)  # (m, k) coordinates in the basis
+    R = B - Y.T @ AV[:m]
+    return Y.T @ V[:m], R.norm(dim=1) / B.norm(dim=1).clamp_min(torch.finfo(B.dtype).tiny), used
+
+
+def _new_directions(W: Tensor, V: Tensor) -> Tensor | None:
+    """Orthonormal rows spanning the part of W's rows (k, p) outside the orthonormal rows V (m, p), without
+    directions at rounding level (None if nothing is left). Projection, orthonormalisation through the
+    k x k Gram matrix (rank-revealing: its eigenvectors; far cheaper than an SVD or QR of the wide W), then
+    projection and Cholesky orthonormalisation once more, for orthogonality to working precision."""
+    eps = torch.finfo(W.dtype).eps
+    scale = float(W.norm(dim=1).max())
+    if V.shape[0]:
+        W = W - (W @ V.T) @ V
+    lam, U = torch.linalg.eigh(W @ W.T)
+    keep = (lam > (1e3 * eps * scale) ** 2) & (lam > 100 * eps * float(lam[-1]))  # not rounding; resolved
+    if not keep.any():
+        return None
+    W = (U[:, keep] / lam[keep].sqrt()).T @ W
+    if V.shape[0]:
+        W = W - (W @ V.T) @ V
+    L, info = torch.linalg.cholesky_ex(W @ W.T)
+    if info.item():  # lost a direction to the projection: fall back to Householder
+        return torch.linalg.qr(W.T).Q.T.contiguous()
+    return torch.linalg.solve_triangular(L, W, upper=False)
