@@ -183,3 +183,16 @@ def test_rebuilding_an_index_removes_only_its_own_files(tmp_path):
 def test_to_frame_refuses_nan_scores():
     with pytest.raises(InputError, match="NaN or inf scores"):
         infl.to_frame(torch.tensor([0.1, float("nan")]))
+
+
+def test_a_one_class_idx_test_file_is_accepted_where_a_training_file_is_not(tmp_path):
+    from infl.data import load_file
+
+    images, labels = tmp_path / "t-images-idx3-ubyte", tmp_path / "t-labels-idx1-ubyte"
+    images.write_bytes(bytes.fromhex("00000803") + (2).to_bytes(4, "big") + (2).to_bytes(4, "big")
+                       + (2).to_bytes(4, "big") + bytes(8))
+    labels.write_bytes(bytes.fromhex("00000801") + (2).to_bytes(4, "big") + bytes([4, 4]))
+    X, y = load_file(images, labels_path=labels, min_classes=1)
+    assert X.shape == (2, 4) and y.tolist() == [4, 4]
+    with pytest.raises(DataError, match="at least 2 classes"):
+        load_file(images, labels_path=labels)

@@ -284,3 +284,29 @@ def test_self_influence_reports_every_chunk(logreg):
     inf = infl.Influence(logreg.model, logreg.loss_fn, l2=logreg.l2, solver="cg", batch_size=32).fit(logreg.train)
     inf.self_influence()
     assert inf.info.residual.shape == (90,) and inf.info.converged
+
+
+def test_block_lanczos_restarts_with_fresh_directions_when_the_krylov_space_is_invariant():
+    """0.5 I + a rank-3 term: after the first blocks nothing new is reachable; the deflated directions are
+    replaced by random ones orthogonal to the basis, so the eigenvalues stay right and U stays orthonormal."""
+    G = torch.randn(3, 200, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    A = 0.5 * torch.eye(200, dtype=torch.float64) + G.T @ G
+    top, U, converged = top_eigenpairs(Dense(A), 5, tol=1e-10, block=4, max_dim=40)
+    torch.testing.assert_close(top, torch.linalg.eigvalsh(A).flip(0)[:5], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(U @ U.T, torch.eye(5, dtype=torch.float64), rtol=0, atol=1e-8)
+    assert converged
+
+
+def test_refinement_keeps_a_small_right_hand_side_and_caps_its_basis_at_p():
+    """A right-hand side 1e-9 times smaller than the others is still solved (directions are judged per row),
+    and refine far beyond p holds at most p basis vectors and is exact."""
+    A, B = spd(60, 1e3, seed=8), rhs(4, 60)
+    B[2] *= 1e-9
+    solver = infl.Arnoldi(rank=5, refine=3).fit(Dense(A))
+    X, info = solver.solve(B)
+    own, _ = cg(Dense(A).matmat, B[2:3], tol=1e-30, max_iter=3, precond=solver.inverse)
+    exact = torch.linalg.solve(A, B.T).T
+    a_err = lambda E: float((E @ A * E).sum())  # noqa: E731
+    assert a_err(X[2:3] - exact[2:3]) <= a_err(own - exact[2:3]) * (1 + 1e-6)
+    X, info = infl.Arnoldi(rank=5, refine=1000).fit(Dense(A)).solve(B)
+    torch.testing.assert_close(X, exact, rtol=1e-6, atol=1e-15)

@@ -139,7 +139,7 @@ def load_file(path: str | Path, **options: str | Path) -> tuple[np.ndarray, np.n
         return load_csv(path, **options)
     if "labels_path" not in options:
         raise DataError(f"{path}: IDX images need their labels file; pass labels_path=...")
-    return load_idx(path, options["labels_path"])
+    return load_idx(path, options["labels_path"], options.get("min_classes", 2))
 
 
 def file_kind(path: str | Path) -> str | None:
@@ -363,7 +363,7 @@ def _labels(y: np.ndarray, source: str, min_classes: int = 2) -> np.ndarray:
     found = np.unique(y)
     if len(found) < min_classes:
         raise DataError(
-            f"{source}: labels need at least 2 classes, got only {found.tolist()}; "
+            f"{source}: labels need at least {min_classes} classes, got only {found.tolist()}; "
             "a classifier needs examples of two or more classes."
         )
     return y

@@ -199,7 +199,7 @@ class Index:
         config = _config(inf, manifest["config"]["project"], manifest["config"]["seed"])
         _compare(folder, manifest, config, model_fingerprint(obj), None)
         if not manifest["complete"]:
-            done = len(list((folder / GRADS).glob("*.json")))
+            done = len(list((folder / GRADS).glob("[0-9][0-9][0-9][0-9][0-9][0-9].json")))
             raise IncompleteIndexError(f"the index in {folder} is incomplete: {done} of {manifest['n_chunks']} "
                                        "gradient chunks were written. Run Index.build with the same model, data and "
                                        "settings to resume it")

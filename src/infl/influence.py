@@ -47,7 +47,8 @@ def merge_infos(infos: list[SolveInfo]) -> SolveInfo:
 
 def _check_number(name: str, value: float) -> float:
     """A finite number >= 0 (Python, NumPy or 0-d tensor; not a bool) as a float."""
-    if isinstance(value, Tensor) and value.numel() == 1 and not value.dtype == torch.bool:
+    if isinstance(value, (Tensor, np.ndarray)) and value.reshape(-1).shape[0] == 1 \
+            and value.dtype not in (torch.bool, np.bool_):
         value = value.item()
     ok = isinstance(value, (numbers.Real, np.number)) and not isinstance(value, (bool, np.bool_))
     if not (ok and math.isfinite(value) and value >= 0):
@@ -261,6 +262,8 @@ class Influence:
     def _train_index(self, indices: Sequence[int] | Tensor) -> Tensor:
         self._fitted()
         index = torch.as_tensor(np.asarray(indices.cpu() if isinstance(indices, Tensor) else indices))
+        if index.numel() == 0:
+            index = index.to(torch.long)
         if index.dtype == torch.bool:
             if index.shape != (self.n_train,):
                 raise InputError(f"a boolean mask of training points must have one entry per training point "

@@ -31,7 +31,9 @@ a number or a tensor shaped like that parameter; trainable parameters not named 
 
 
 def _is_l2_number(value: object) -> bool:
-    """A finite real >= 0: Python, NumPy scalar or one-element tensor, not a bool."""
+    """A finite real >= 0: Python, NumPy scalar or 0-d array, or one-element tensor, not a bool."""
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value.item()
     if isinstance(value, Tensor):
         return value.numel() == 1 and value.dtype != torch.bool and _is_l2_number(value.item())
     return (isinstance(value, (numbers.Real, np.number)) and not isinstance(value, (bool, np.bool_))
@@ -47,7 +49,7 @@ def check_l2(l2: L2) -> L2:
             if isinstance(value, np.ndarray) and value.ndim:
                 value = torch.as_tensor(value)
             if _is_l2_number(value):
-                out[name] = float(value.item() if isinstance(value, Tensor) else value)
+                out[name] = float(value.item() if isinstance(value, (Tensor, np.ndarray)) else value)
             elif (isinstance(value, Tensor) and not value.dtype == torch.bool
                   and bool(torch.isfinite(value).all()) and bool((value >= 0).all())):
                 out[name] = value
@@ -58,7 +60,7 @@ def check_l2(l2: L2) -> L2:
     if not _is_l2_number(l2):
         raise InputError(f"l2 must be a finite number >= 0 (the training weight decay) or a mapping "
                          f"{{parameter name: l2}}, got {l2!r}")
-    return float(l2.item() if isinstance(l2, Tensor) else l2)
+    return float(l2.item() if isinstance(l2, (Tensor, np.ndarray)) else l2)
 
 
 def l2_vector(l2: L2, trainable: list[tuple[str, Tensor]]) -> float | Tensor:

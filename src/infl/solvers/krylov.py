@@ -98,13 +98,15 @@ def _block_galerkin(op: Operator, B: Tensor, steps: int, M: MatMat) -> tuple[Ten
     block each step, so nothing is recomputed.
     """
     k, p = B.shape
-    V, AV = B.new_empty(steps * k, p), B.new_empty(steps * k, p)
-    T = B.new_zeros(steps * k, steps * k)
+    cap = min(steps * k, p)  # the basis never exceeds p rows
+    V, AV = B.new_empty(cap, p), B.new_empty(cap, p)
+    T = B.new_zeros(cap, cap)
     m, used, W = 0, 0, M(B)
     for step in range(steps):
         Q = _new_directions(W, V[:m])
-        if Q is None:  # the space is invariant: the answer in it is exact
+        if Q is None or m == cap:  # the space is invariant (or all of R^p): the answer in it is exact
             break
+        Q = Q[:cap - m]
         q = Q.shape[0]
         V[m:m + q] = Q
         AV[m:m + q] = op.matmat(Q)
@@ -125,17 +127,21 @@ def _block_galerkin(op: Operator, B: Tensor, steps: int, M: MatMat) -> tuple[Ten
 
 def _new_directions(W: Tensor, V: Tensor) -> Tensor | None:
     """Orthonormal rows spanning the part of W's rows (k, p) outside the orthonormal rows V (m, p), without
-    directions at rounding level (None if nothing is left). Projection, orthonormalisation through the
-    k x k Gram matrix (rank-revealing: its eigenvectors; far cheaper than an SVD or QR of the wide W), then
-    projection and Cholesky orthonormalisation once more, for orthogonality to working precision."""
+    directions at rounding level (None if nothing is left). Each row is judged against its own size (a
+    small right-hand side keeps its directions): projection, rows whose remainder is rounding dropped, the
+    rest scaled to unit norm, orthonormalised through the k x k Gram matrix (its eigenvectors; far cheaper
+    than an SVD or QR of the wide W), then projection and Cholesky orthonormalisation once more."""
     eps = torch.finfo(W.dtype).eps
-    scale = float(W.norm(dim=1).max())
+    before = W.norm(dim=1)
     if V.shape[0]:
         W = W - (W @ V.T) @ V
-    lam, U = torch.linalg.eigh(W @ W.T)
-    keep = (lam > (1e3 * eps * scale) ** 2) & (lam > 100 * eps * float(lam[-1]))  # not rounding; resolved
-    if not keep.any():
+    after = W.norm(dim=1)
+    real = after > 1e3 * eps * before
+    if not real.any():
         return None
+    W = W[real] / after[real, None]
+    lam, U = torch.linalg.eigh(W @ W.T)
+    keep = lam > 100 * eps * float(lam[-1])  # resolved by the Gram matrix
     W = (U[:, keep] / lam[keep].sqrt()).T @ W
     if V.shape[0]:
         W = W - (W @ V.T) @ V

@@ -47,9 +47,9 @@ def top_eigenpairs(op: Operator, rank: int, *, tol: float = 1e-6, block: int | N
         T[m - block:, m - block:] = (Q @ W.T + W @ Q.T) / 2
         for _ in range(2):  # full reorthogonalisation, twice for stability
             W -= (W @ V.T) @ V
-        Qn, R = torch.linalg.qr(W.T)  # W = R^T Qn^T
         theta, Y = torch.linalg.eigh(T)
         theta, Y = theta.flip(0), Y.flip(1)
+        Qn, R = _next_block(W, V, float(theta.abs().max()), gen)  # W = R^T Qn^T
         k = min(rank, m)
         res = (R @ Y[m - block:, :k]).norm(dim=0)
         converged = m >= rank and bool((res <= tol * theta[:k].abs()).all())
@@ -68,6 +68,24 @@ def top_eigenpairs(op: Operator, rank: int, *, tol: float = 1e-6, block: int | N
         T = torch.zeros(keep + block, keep + block, dtype=op.dtype, device=op.device)
         T[:keep, :keep] = torch.diag(theta[:keep])
         T[keep:, :keep], T[:keep, keep:] = C, C.T
+
+
+def _next_block(W: Tensor, V: Tensor, norm: float, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Qn (p, b) orthonormal and orthogonal to V's rows, and R (b, b) with W^T = Qn R. Where W has lost rank
+    (the Krylov space is invariant there: |R_ii| at rounding level against the operator's norm), the column is
+    a fresh random direction orthogonal to everything kept, and its row of R is 0 (no coupling)."""
+    Qn, R = torch.linalg.qr(W.T)
+    lost = R.diagonal().abs() <= 1e3 * torch.finfo(W.dtype).eps * max(norm, torch.finfo(W.dtype).tiny)
+    if lost.any():
+        fresh = torch.randn(W.shape[1], int(lost.sum()), generator=gen, dtype=W.dtype).to(W.device)
+        keep = Qn[:, ~lost]
+        for _ in range(2):
+            fresh = fresh - V.T @ (V @ fresh) - keep @ (keep.T @ fresh)
+        Qn = Qn.clone()
+        Qn[:, lost] = torch.linalg.qr(fresh).Q
+        R = R.clone()
+        R[lost] = 0
+    return Qn, R
 
 
 def _grow(T: Tensor, m: int) -> Tensor:
