@@ -38,3 +38,4 @@ def test_index_refuses_a_foreign_folder_and_query_another_setting(tmp_path) -> N
     assert CliRunner().invoke(main, ["index", "--data", "digits", "--out", str(out), "--project", "40"]).exit_code == 0
     run = CliRunner().invoke(main, ["query", str(out), "--data", "digits", "--test-index", "0", "--l2", "0.1"])
     assert run.exit_code != 0 and "l2: index 0.01, now 0.1" in run.output
+    assert "infl index --force" in run.output and "force=True" not in run.output  # the CLI's spelling of the fix

@@ -81,7 +81,25 @@ def index(**opts: object) -> None:
             store.write_atomic(opts["out"] / MODEL, _npz(model))
         _echo(f"index of {idx.n} training points, {idx.k} numbers each, written to {opts['out']}")
     except InflError as error:
-        raise click.ClickException(str(error)) from error
+        raise click.ClickException(_as_options(str(error), "index")) from error
+
+
+_SPELLINGS = {  # the library's advice, as the command line spells it
+    "index": (("Index.build with force=True", "infl index --force"), ("force=True", "--force"),
+              ("pass project=k", "pass --project K"), ("lower project", "lower --project"),
+              ("Run Index.build", "Run infl index"), ("run Index.build", "run infl index")),
+    "query": (("another folder, or force=True to rebuild it", "another folder, or rebuild it with infl index "
+               "--force"), ("Index.build with force=True", "infl index --force"), ("force=True", "infl index --force"),
+              ("Run Index.build", "Run infl index"), ("run Index.build", "run infl index"),
+              ("build one with Index.build", "build one with infl index")),
+}
+
+
+def _as_options(message: str, command: str) -> str:
+    """A library error message with its Python spellings of fixes replaced by this command's options."""
+    for python, cli in _SPELLINGS[command]:
+        message = message.replace(python, cli)
+    return message
 
 
 def _npz(model: nn.Linear) -> bytes:
@@ -118,4 +136,4 @@ def query(folder: Path, data: str, test_index: tuple[int, ...], top: int, l2: fl
                 for rank, (v, i) in enumerate(zip(vals, rws), 1):
                     _echo(f"  {rank:>3}  train {i:>6}  label {split.y_train[i]}  score {v:+.4g}")
     except InflError as error:
-        raise click.ClickException(str(error)) from error
+        raise click.ClickException(_as_options(str(error), "query")) from error
