@@ -83,7 +83,7 @@ def _load_file(path: Path, label_column: str | None, labels: Path | None, flag: 
         raise click.ClickException(f"--labels applies to IDX image files, but {flag} {path} is not one.")
     options = {"label_column": label_column} if label_column is not None else {}
     options.update({"labels_path": labels} if labels is not None else {})
-    options.update({k: v for k, v in extra.items() if k != "features" or kind == "csv"})
+    options.update(extra)
     try:
         return load_file(path, **options)
     except DataError as error:  # say the option as the command line spells it
@@ -107,7 +107,8 @@ def load_data(data: str | None, train: Path | None, test: Path | None, label_col
     X_train, y_train = _load_file(train, label_column, pair[0], "--train")
     both_csv = file_kind(train) == "csv" and file_kind(test) == "csv"  # then columns are matched by name
     features = csv_features(train, label_column or "label") if both_csv else None
-    X_test, y_test = _load_file(test, label_column, pair[1], "--test", min_classes=1, features=features)
+    X_test, y_test = _load_file(test, label_column, pair[1], "--test", min_classes=1,
+                                **({"features": features} if features is not None else {}))
     d = X_train.shape[1]
     if X_test.shape[1] != d:
         raise DataError(f"{test}: test points have {X_test.shape[1]} features but the training points {d}; "

@@ -14,9 +14,9 @@ import math
 import struct
 import zipfile
 import zlib
-from typing import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -197,41 +197,56 @@ def load_csv(path: str | Path, label_column: str = "label", min_classes: int = 2
     csv_features); columns are matched by name, and a missing or extra column is refused.
     """
     header, lines, body = _read_csv(path, label_column)
-    label = header.index(label_column)
     columns = list(zip(*body)) or [()] * len(header)
     parsed = dict(zip(header, (_numeric(col, name, lines, Path(path)) for col, name in zip(columns, header))))
     names = [name for name in header if name != label_column]
     if features is not None:
         missing, extra = [f for f in features if f not in parsed], [f for f in names if f not in features]
         if missing or extra:
-            raise DataError(f"{path}: its feature columns differ from the training file's: "
-                            + "; ".join(part for part in (f"missing {', '.join(map(repr, missing[:5]))}" if missing else "",
-                                                          f"extra {', '.join(map(repr, extra[:5]))}" if extra else "")
-                                        if part)
-                            + ". Both files need the same named columns (in any order).")
+            parts = ([f"missing {', '.join(map(repr, missing[:5]))}"] if missing else []) + \
+                ([f"extra {', '.join(map(repr, extra[:5]))}"] if extra else [])
+            raise DataError(f"{path}: its feature columns differ from the training file's: {'; '.join(parts)}. "
+                            "Both files need the same named columns (in any order).")
         names = list(features)
     X = np.stack([parsed[name] for name in names], axis=1) if names else np.empty((len(body), 0))
     return check_arrays(X, parsed[label_column], str(path), min_classes)
 
 
 def csv_features(path: str | Path, label_column: str = "label") -> list[str]:
-    """The feature column names of a CSV file, in file order (every header name but `label_column`)."""
-    return [name for name in _read_csv(path, label_column)[0] if name != label_column]
+    """The feature column names of a CSV file, in file order (every header name but `label_column`); reads
+    the header row only."""
+    return [name for name in _header(_rows(path, header_only=True), label_column, path) if name != label_column]
 
 
 def _read_csv(path: str | Path, label_column: str) -> tuple[list[str], tuple[int, ...], list[list[str]]]:
     """Header names, the line number of each data row, and the rows; checked for shape and the label column."""
+    rows = _rows(path)
+    header = _header(rows, label_column, path)
+    numbered = [(line, row) for line, row in enumerate(rows[1:], start=2) if row]  # skip blank lines
+    lines, body = tuple(line for line, _ in numbered), [row for _, row in numbered]
+    for line, row in zip(lines, body):
+        if len(row) != len(header):
+            raise DataError(f"{path}: line {line} has {len(row)} fields but the header has {len(header)}.")
+    return header, lines, body
+
+
+def _rows(path: str | Path, header_only: bool = False) -> list[list[str]]:
+    """The CSV's rows as strings (only the first with header_only); an unreadable or empty file is refused."""
     path = _existing(path)
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
-            rows = list(csv.reader(handle))
+            reader = csv.reader(handle)
+            rows = [row for row in [next(reader, None)] if row is not None] if header_only else list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"{path}: not a readable UTF-8 CSV file ({error}); re-export it as CSV.") from error
     if not rows:
         raise DataError(f"{path}: the file is empty; expected a header row and data rows.")
+    return rows
+
+
+def _header(rows: list[list[str]], label_column: str, path: str | Path) -> list[str]:
+    """The header row's names, stripped; it must name `label_column` and no column twice."""
     header = [name.strip() for name in rows[0]]
-    numbered = [(line, row) for line, row in enumerate(rows[1:], start=2) if row]  # skip blank lines
-    lines, body = tuple(line for line, _ in numbered), [row for _, row in numbered]
     if label_column not in header:
         raise DataError(
             f"{path}: no column {label_column!r}; the columns are {', '.join(map(repr, header))}. "
@@ -241,10 +256,7 @@ def _read_csv(path: str | Path, label_column: str) -> tuple[list[str], tuple[int
     if duplicated:
         raise DataError(f"{path}: the header names {', '.join(map(repr, duplicated))} more than once; "
                         "give every column its own name.")
-    for line, row in zip(lines, body):
-        if len(row) != len(header):
-            raise DataError(f"{path}: line {line} has {len(row)} fields but the header has {len(header)}.")
-    return header, lines, body
+    return header
 
 
 def _numeric(column: tuple[str, ...], name: str, lines: tuple[int, ...], path: Path) -> np.ndarray:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -45,6 +44,7 @@ from .projection import Identity, Projection
 
 FORMAT, VERSION = "infl-index", 1
 MANIFEST, CURVATURE, GRADS = "manifest.json", "curvature", "grads"
+CHUNK_GLOB = "[0-9]" * 6  # the names of the chunk files in grads/ (000000.npy, 000000.json, ...)
 
 
 class IndexMismatchError(InflError, ValueError):
@@ -199,7 +199,7 @@ class Index:
         config = _config(inf, manifest["config"]["project"], manifest["config"]["seed"])
         _compare(folder, manifest, config, model_fingerprint(obj), None)
         if not manifest["complete"]:
-            done = len(list((folder / GRADS).glob("[0-9][0-9][0-9][0-9][0-9][0-9].json")))
+            done = len(list((folder / GRADS).glob(f"{CHUNK_GLOB}.json")))
             raise IncompleteIndexError(f"the index in {folder} is incomplete: {done} of {manifest['n_chunks']} "
                                        "gradient chunks were written. Run Index.build with the same model, data and "
                                        "settings to resume it")
@@ -339,8 +339,8 @@ def _start(folder: Path, manifest: dict, resume: bool) -> None:
     """Create the folder layout (clearing old index files unless resuming) and write the pending manifest."""
     folder.mkdir(parents=True, exist_ok=True)
     if not resume:  # only the index's own files: chunk records and arrays named by number, never others
-        for path in (folder / GRADS).glob("[0-9][0-9][0-9][0-9][0-9][0-9].*"):
-            if path.suffix in (".npy", ".json"):
+        for suffix in (".npy", ".json"):
+            for path in (folder / GRADS).glob(CHUNK_GLOB + suffix):
                 path.unlink()
         for name in (MANIFEST, f"{CURVATURE}.npy", f"{CURVATURE}.json"):
             (folder / name).unlink(missing_ok=True)

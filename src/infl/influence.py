@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import math
 import numbers
 import warnings
 from typing import Any, Sequence
@@ -17,7 +16,7 @@ from .errors import InputError, NotFittedError
 from .grads import iter_grads, stack_grads, sum_grad
 from .inputs import batches, to_tensors
 from .linear import check_curvature, curvature_operator, make_objective
-from .objective import L2, LossFn, check_l2, describe_l2
+from .objective import L2, LossFn, check_l2, describe_l2, nonnegative_number
 from .operators import Operator
 from .solvers import CG, EKFAC, KFAC, Arnoldi, Exact, LiSSA, SolveInfo
 
@@ -46,14 +45,13 @@ def merge_infos(infos: list[SolveInfo]) -> SolveInfo:
 
 
 def _check_number(name: str, value: float) -> float:
-    """A finite number >= 0 (Python, NumPy or 0-d tensor; not a bool) as a float."""
-    if isinstance(value, (Tensor, np.ndarray)) and value.reshape(-1).shape[0] == 1 \
-            and value.dtype not in (torch.bool, np.bool_):
-        value = value.item()
-    ok = isinstance(value, (numbers.Real, np.number)) and not isinstance(value, (bool, np.bool_))
-    if not (ok and math.isfinite(value) and value >= 0):
+    """A finite number >= 0 (Python or NumPy scalar, one-element array or tensor; not a bool) as a float."""
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(())
+    number = nonnegative_number(value)
+    if number is None:
         raise InputError(f"{name} must be a finite number >= 0 (not a bool or an array), got {value!r}")
-    return float(value)
+    return number
 
 
 class Influence:

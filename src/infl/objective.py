@@ -30,14 +30,18 @@ L2 = Union[float, Mapping[str, Union[float, Tensor]]]
 a number or a tensor shaped like that parameter; trainable parameters not named get 0."""
 
 
-def _is_l2_number(value: object) -> bool:
-    """A finite real >= 0: Python, NumPy scalar or 0-d array, or one-element tensor, not a bool."""
+def nonnegative_number(value: object) -> float | None:
+    """value as a float when it is a finite real >= 0 (Python or NumPy scalar, 0-d array, one-element
+    tensor; not a bool), else None."""
     if isinstance(value, np.ndarray) and value.ndim == 0:
         value = value.item()
     if isinstance(value, Tensor):
-        return value.numel() == 1 and value.dtype != torch.bool and _is_l2_number(value.item())
-    return (isinstance(value, (numbers.Real, np.number)) and not isinstance(value, (bool, np.bool_))
-            and math.isfinite(value) and value >= 0)
+        if value.numel() != 1 or value.dtype == torch.bool:
+            return None
+        value = value.item()
+    ok = (isinstance(value, (numbers.Real, np.number)) and not isinstance(value, (bool, np.bool_))
+          and math.isfinite(value) and value >= 0)
+    return float(value) if ok else None
 
 
 def check_l2(l2: L2) -> L2:
@@ -48,8 +52,9 @@ def check_l2(l2: L2) -> L2:
         for name, value in l2.items():
             if isinstance(value, np.ndarray) and value.ndim:
                 value = torch.as_tensor(value)
-            if _is_l2_number(value):
-                out[name] = float(value.item() if isinstance(value, (Tensor, np.ndarray)) else value)
+            number = nonnegative_number(value)
+            if number is not None:
+                out[name] = number
             elif (isinstance(value, Tensor) and not value.dtype == torch.bool
                   and bool(torch.isfinite(value).all()) and bool((value >= 0).all())):
                 out[name] = value
@@ -57,10 +62,11 @@ def check_l2(l2: L2) -> L2:
                 raise InputError(f"l2[{name!r}] must be a finite number >= 0 or a tensor of them shaped like the "
                                  f"parameter, got {value!r}")
         return out
-    if not _is_l2_number(l2):
+    number = nonnegative_number(l2)
+    if number is None:
         raise InputError(f"l2 must be a finite number >= 0 (the training weight decay) or a mapping "
                          f"{{parameter name: l2}}, got {l2!r}")
-    return float(l2.item() if isinstance(l2, (Tensor, np.ndarray)) else l2)
+    return number
 
 
 def l2_vector(l2: L2, trainable: list[tuple[str, Tensor]]) -> float | Tensor:
@@ -90,7 +96,7 @@ def describe_l2(l2: L2) -> str:
     """A short text for messages: the float, or name=value pairs."""
     if not isinstance(l2, Mapping):
         return f"{l2:g}"
-    return "{" + ", ".join(f"{k}: {v:g}" if _is_l2_number(v) else f"{k}: tensor" for k, v in l2.items()) + "}"
+    return "{" + ", ".join(f"{k}: {v:g}" if nonnegative_number(v) is not None else f"{k}: tensor" for k, v in l2.items()) + "}"
 
 _STOCHASTIC_IN_TRAINING = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
 

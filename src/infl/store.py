@@ -55,8 +55,8 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise CorruptIndexError(f"{path} is missing or damaged ({type(error).__name__}: {error}); run the build "
-                                "again (infl index with the same settings) to rewrite it") from error
+        raise CorruptIndexError(f"{path} is missing or damaged ({type(error).__name__}: {error}); run Index.build "
+                                "again with the same arguments to rewrite it") from error
 
 
 def write_array(path: Path, a: np.ndarray) -> dict:

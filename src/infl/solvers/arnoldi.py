@@ -28,7 +28,7 @@ from ..errors import CurvatureError, InputError
 from ..operators import Operator
 from .base import SolveInfo, itemsize
 from .krylov import refine
-from .lanczos import top_eigenpairs
+from .lanczos import basis_size, default_block, top_eigenpairs
 
 
 class Arnoldi:
@@ -54,12 +54,12 @@ class Arnoldi:
         if block is not None and not (isinstance(block, int) and block >= 1):
             raise InputError(f"block must be an integer >= 1 (vectors per product), got {block!r}")
         self.rank, self.probes, self.tol, self.seed, self.refine = rank, probes, tol, seed, refine
-        self.block = block or min(rank, 16)
+        self.block = block or default_block(rank)
 
     def footprint(self, op: Operator) -> dict[str, int]:
         """Bytes held, by item: the kept eigenvectors, and the Lanczos basis and one block's product while fitting."""
         r, s = min(self.rank, op.p), itemsize(op)
-        basis = min(2 * r + 2 * self.block, op.p)
+        basis = min(basis_size(r, self.block), op.p)
         return {f"eigenvectors ({r} x {op.p})": r * op.p * s,
                 f"Lanczos basis ({basis} x {op.p}) and a block product ({self.block} x {op.p}), during fit":
                     (basis + self.block) * op.p * s,

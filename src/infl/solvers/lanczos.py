@@ -20,6 +20,19 @@ from torch import Tensor
 from ..operators import Operator
 
 
+DEFAULT_BLOCK = 16  # vectors per product unless told
+
+
+def default_block(rank: int) -> int:
+    """Vectors per product when none is given: min(rank, DEFAULT_BLOCK)."""
+    return min(rank, DEFAULT_BLOCK)
+
+
+def basis_size(rank: int, block: int) -> int:
+    """The default cap on the Lanczos basis: 2 * rank + 2 * block vectors."""
+    return 2 * rank + 2 * block
+
+
 def top_eigenpairs(op: Operator, rank: int, *, tol: float = 1e-6, block: int | None = None,
                    max_dim: int | None = None, seed: int = 0, max_restarts: int = 30) -> tuple[Tensor, Tensor, bool]:
     """The `rank` largest eigenvalues (rank,) descending and eigenvectors as rows (rank, p) of op.
@@ -29,21 +42,20 @@ def top_eigenpairs(op: Operator, rank: int, *, tol: float = 1e-6, block: int | N
     matrix is formed instead (p products, exact). Returns (lam, U, converged).
     """
     p = op.p
-    block = block or min(rank, 16)
-    max_dim = max_dim or 2 * rank + 2 * block
-    if max_dim >= p or rank + 2 * block > max_dim:
-        if max_dim >= p:
-            lam, vecs = torch.linalg.eigh(op.to_dense())
-            return lam.flip(0)[:rank], vecs.flip(1)[:, :rank].T.contiguous(), True
+    block = block or default_block(rank)
+    max_dim = max_dim or basis_size(rank, block)
+    if max_dim >= p:
+        lam, vecs = torch.linalg.eigh(op.to_dense())
+        return lam.flip(0)[:rank], vecs.flip(1)[:, :rank].T.contiguous(), True
+    if rank + 2 * block > max_dim:
         raise ValueError(f"max_dim {max_dim} must be at least rank + 2 * block = {rank + 2 * block}")
     gen = torch.Generator().manual_seed(seed)
     Q = torch.linalg.qr(torch.randn(p, block, generator=gen, dtype=op.dtype)).Q.T.to(op.device).contiguous()
-    V, T = Q, torch.zeros(0, 0, dtype=op.dtype, device=op.device)  # basis rows (m, p); projected operator (m, m)
+    V, T = Q, torch.zeros(block, block, dtype=op.dtype, device=op.device)  # basis rows (m, p); V A V^T (m, m)
     restarts = 0
     while True:
         W = op.matmat(Q)  # (b, p)
         m = V.shape[0]
-        T = _grow(T, m)
         T[m - block:, m - block:] = (Q @ W.T + W @ Q.T) / 2
         for _ in range(2):  # full reorthogonalisation, twice for stability
             W -= (W @ V.T) @ V
