@@ -37,7 +37,8 @@ import numpy as np
 from scipy.stats import spearmanr
 
 HERE = Path(__file__).resolve().parent
-OURS = ["cg", "arnoldi", "arnoldi-refine5", "arnoldi-refine10", "ekfac", "kfac", "ekfac-refine3", "ekfac-refine5", "ekfac-refine10"]
+OURS = ["cg", "arnoldi", "arnoldi-refine5", "arnoldi-refine10", "ekfac", "kfac", "ekfac-refine3", "ekfac-refine4", "ekfac-refine5",
+        "ekfac-refine10"]
 PEERS = "pydvl_cg,pydvl_arnoldi,kronfluence_ekfac"
 COUNTERPART = {"pydvl_cg": "cg", "pydvl_arnoldi": "arnoldi", "kronfluence_ekfac": "ekfac"}
 HIDDEN = 128

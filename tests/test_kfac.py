@@ -206,7 +206,8 @@ def test_ekfac_refined_by_cg_approaches_the_exact_solve(mlp):
             assert info.iterations == k or info.converged  # fewer steps only once the space is invariant
             assert info.residual.shape == (B.shape[0],)
             assert f"refined by {info.iterations} preconditioned block CG steps" in info.note
-            own, _ = cg(op.matmat, B, tol=1e-30, max_iter=k, precond=inf.solver.inverse)
+            precond = lambda R: inf.solver.power(R, -1.0, 1.0 + inf.solver.refine_damping)  # noqa: E731
+            own, _ = cg(op.matmat, B, tol=1e-30, max_iter=k, precond=precond)
             assert (g_norm(X - exact) <= g_norm(own - exact) * (1 + 1e-9)).all()
     assert errors[0] > 1e-3 * float(((exact @ G) * exact).sum())  # the factored answer alone is approximate
     assert errors[3] < errors[2] < errors[1] <= errors[0]
@@ -214,6 +215,26 @@ def test_ekfac_refined_by_cg_approaches_the_exact_solve(mlp):
     assert info.converged and torch.allclose(X, exact, atol=1e-8, rtol=1e-6)
     with pytest.raises(InputError, match="refine"):
         infl.EKFAC(refine=-1)
+
+
+def test_refine_damping_raises_only_the_preconditioners_damping(mlp):
+    """refine_damping scales the damping of the refinement's preconditioner, not the system: a huge one makes
+    the preconditioner a multiple of I, so the answer is plain block CG's (Krylov spaces are scale-free), and
+    the factored answer without refinement is unchanged. Bad values are refused."""
+    from infl.solvers.krylov import refine
+
+    inf = fitted(mlp.model, mlp.X, mlp.y, infl.EKFAC(refine=1, refine_damping=1e12), l2=mlp.l2)
+    B = inf.test_grads(mlp.test)
+    X, info = inf.solver.solve(B)
+    plain, _ = refine(inf.solver.op, B, 1, lambda R: R.clone(), "cg", "")
+    assert info.max_residual > 0.1  # one step: far from converged, so the spaces must match
+    torch.testing.assert_close(X, plain, rtol=1e-6, atol=1e-9)
+    direct = [fitted(mlp.model, mlp.X, mlp.y, infl.EKFAC(refine_damping=d), l2=mlp.l2).solver.solve(B)[0]
+              for d in (0.0, 5.0)]
+    torch.testing.assert_close(direct[0], direct[1], rtol=0, atol=0)
+    for bad in (-1.0, float("nan"), True, "2"):
+        with pytest.raises(InputError, match="refine_damping"):
+            infl.EKFAC(refine_damping=bad)
 
 
 def test_zero_factored_eigenvalue_without_damping_is_refused(logreg):

@@ -297,6 +297,29 @@ def test_block_lanczos_restarts_with_fresh_directions_when_the_krylov_space_is_i
     assert converged
 
 
+def test_closing_step_lowers_every_probed_rows_error_and_measures_only_those_rows(monkeypatch):
+    """After the block CG steps, refine moves each row along its preconditioned residual by one length
+    measured on CLOSING_PROBES rows: each probed row's A-norm error falls below the block CG answer's, the
+    residual is reported for those rows only (nan elsewhere) and matches b - A x there; disabling the step
+    gives back the block CG answer."""
+    from infl.solvers import krylov
+
+    A, B = spd(80, 1e4, seed=9), rhs(12, 80)
+    exact = torch.linalg.solve(A, B.T).T
+    a_err = lambda X: ((X - exact[:len(X)]) @ A * (X - exact[:len(X)])).sum(1)  # noqa: E731
+    solver = infl.Arnoldi(rank=6, refine=3).fit(Dense(A))
+    X, info = solver.solve(B)
+    monkeypatch.setattr(krylov, "_closing_step", lambda op, M, X, R, bnorm: (X, R.norm(dim=1) / bnorm, 0.0))
+    krylov_only, plain = solver.solve(B)
+    k = krylov.CLOSING_PROBES
+    assert (a_err(X[:k]) < a_err(krylov_only[:k])).all()
+    assert float(a_err(X).sum()) < float(a_err(krylov_only).sum())
+    assert info.residual[k:].isnan().all() and not plain.residual.isnan().any()
+    measured = (B[:k] - X[:k] @ A).norm(dim=1) / B[:k].norm(dim=1)
+    torch.testing.assert_close(info.residual[:k], measured, rtol=1e-8, atol=1e-12)
+    assert "closing step of length" in info.note and not info.converged
+
+
 def test_refinement_keeps_a_small_right_hand_side_and_caps_its_basis_at_p():
     """A right-hand side 1e-9 times smaller than the others is still solved (directions are judged per row),
     and refine far beyond p holds at most p basis vectors and is exact."""

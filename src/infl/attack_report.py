@@ -6,7 +6,6 @@ page as a base64 data URI (no network, no JavaScript), with report.py's style.
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Mapping, Sequence
 

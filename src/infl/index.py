@@ -30,7 +30,6 @@ import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-import numpy as np
 import torch
 from torch import Tensor
 

@@ -39,8 +39,9 @@ class Arnoldi:
     kept eigenpair must reach; block: vectors per product in the Lanczos
     iteration (default min(rank, 16));
     refine: steps of block CG on the operator preconditioned by the low-rank inverse
-    (0, the default: none); with refine > 0, SolveInfo.residual and the note
-    give every right-hand side's residual after the steps.
+    (0, the default: none), then a closing step (infl.solvers.krylov.refine); the
+    note gives every right-hand side's residual after the block steps, and
+    SolveInfo.residual those measured after the closing step (nan elsewhere).
     """
 
     name = "arnoldi"
