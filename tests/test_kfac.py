@@ -8,12 +8,11 @@ from torch import nn
 
 import infl
 from infl.errors import InputError
-from infl.linear import make_objective
 from infl.operators import GaussNewton
 from infl.solvers import cg
 from infl.testing import dense_scores
 
-from conftest import cross_entropy, make_blobs, trained
+from conftest import cross_entropy, make_blobs
 
 
 class Scale(nn.Module):

@@ -309,7 +309,7 @@ def test_closing_step_lowers_every_probed_rows_error_and_measures_only_those_row
     a_err = lambda X: ((X - exact[:len(X)]) @ A * (X - exact[:len(X)])).sum(1)  # noqa: E731
     solver = infl.Arnoldi(rank=6, refine=3).fit(Dense(A))
     X, info = solver.solve(B)
-    monkeypatch.setattr(krylov, "_closing_step", lambda op, M, X, R, bnorm: (X, R.norm(dim=1) / bnorm, 0.0))
+    monkeypatch.setattr(krylov, "_closing_step", lambda op, M, X, R, bnorm: (X, R.norm(dim=1) / bnorm, ""))
     krylov_only, plain = solver.solve(B)
     k = krylov.CLOSING_PROBES
     assert (a_err(X[:k]) < a_err(krylov_only[:k])).all()
@@ -318,6 +318,21 @@ def test_closing_step_lowers_every_probed_rows_error_and_measures_only_those_row
     measured = (B[:k] - X[:k] @ A).norm(dim=1) / B[:k].norm(dim=1)
     torch.testing.assert_close(info.residual[:k], measured, rtol=1e-8, atol=1e-12)
     assert "closing step of length" in info.note and not info.converged
+
+
+def test_closing_step_skips_zero_rows_and_a_preconditioner_that_is_not_positive_definite():
+    """A zero right-hand side (a test point with zero gradient, e.g. past a hinge's margin) gets x = 0 and
+    residual 0, and does not make the step length 0 / 0; a preconditioner with r.Mr <= 0 leaves the block CG
+    answer as it is, and the note says so."""
+    from infl.solvers.krylov import refine
+
+    A, B = spd(50, 1e3, seed=10), rhs(4, 50)
+    B[1] = 0
+    X, info = refine(Dense(A), B, 2, lambda R: R.clone(), "cg", "")
+    assert torch.isfinite(X).all() and (X[1] == 0).all() and info.residual[1] == 0
+    assert "closing step of length" in info.note and info.residual[[0, 2, 3]].isfinite().all()
+    X, info = refine(Dense(A), B, 2, lambda R: -R, "cg", "")
+    assert torch.isfinite(X).all() and "no closing step" in info.note and info.residual.isfinite().all()
 
 
 def test_refinement_keeps_a_small_right_hand_side_and_caps_its_basis_at_p():

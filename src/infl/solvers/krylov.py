@@ -93,34 +93,40 @@ def refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: st
     note = (f"{note}; refined by {taken} preconditioned block CG steps on {op.name}: relative residual "
             f"median {float(res.median()):.3g}, max {float(res.max()):.3g}")
     if res.max() > REFINE_TOL:
-        X, res, alpha = _closing_step(op, approx_inverse, X, R, bnorm)
-        probed = res[~res.isnan()]
-        note += (f"; closing step of length {alpha:.3g} along the preconditioned residuals: relative residual on "
-                 f"the {probed.numel()} rows measured median {float(probed.median()):.3g}, "
-                 f"max {float(probed.max()):.3g}")
+        X, res, closing = _closing_step(op, approx_inverse, X, R, bnorm)
+        note += closing
     return X, SolveInfo(f"{name}+cg", taken, res, bool(res.max() <= REFINE_TOL), note)
 
 
 CLOSING_PROBES = 8  # rows whose product measures the closing step's length
 
 
-def _closing_step(op: Operator, M: MatMat, X: Tensor, R: Tensor, bnorm: Tensor) -> tuple[Tensor, Tensor, float]:
-    """X + alpha M R, alpha measured on the first CLOSING_PROBES rows; their new relative residuals (nan for
-    the rows not measured) and alpha.
+def _closing_step(op: Operator, M: MatMat, X: Tensor, R: Tensor, bnorm: Tensor) -> tuple[Tensor, Tensor, str]:
+    """X + alpha M R for residuals R (k, p), alpha measured on the first CLOSING_PROBES rows with a nonzero
+    residual; the relative residuals known afterwards (those rows', 0 where R was 0, nan elsewhere) and a note.
 
     Along d = M r, the A-norm error of a row is least at alpha_i = r.d / d.A d (> 0 for A and M positive
     definite). alpha is their median over the probed rows, capped at 1.9 x their smallest, so that every
     probed row's error falls; rows share alpha because one preconditioner scales them alike. Costs one
     application of M and a product with op on the probed rows only (a block CG step would need it on all).
+    X and the residuals of R are returned unchanged when no alpha_i is a positive number.
     """
+    res = R.norm(dim=1) / bnorm
+    live = torch.nonzero(res > 0).squeeze(1)[:CLOSING_PROBES]
+    if not live.numel():
+        return X, res, ""
     D = M(R)
-    k = min(CLOSING_PROBES, R.shape[0])
-    AD = op.matmat(D[:k])
-    each = (R[:k] * D[:k]).sum(1) / (D[:k] * AD).sum(1)
+    AD = op.matmat(D[live])
+    each = (R[live] * D[live]).sum(1) / (D[live] * AD).sum(1)
+    if not (torch.isfinite(each).all() and (each > 0).all()):
+        return X, res, "; no closing step (the preconditioned residuals met non-positive curvature)"
     alpha = float(torch.minimum(each.median(), 1.9 * each.min()))
-    res = torch.full_like(bnorm, float("nan"))
-    res[:k] = (R[:k] - alpha * AD).norm(dim=1) / bnorm[:k]
-    return X.add_(D, alpha=alpha), res, alpha
+    known = torch.where(res > 0, float("nan"), 0.0).to(res)
+    known[live] = (R[live] - alpha * AD).norm(dim=1) / bnorm[live]
+    probed = known[live]
+    note = (f"; closing step of length {alpha:.3g} along the preconditioned residuals: relative residual on the "
+            f"{live.numel()} rows measured median {float(probed.median()):.3g}, max {float(probed.max()):.3g}")
+    return X.add_(D, alpha=alpha), known, note
 
 
 def _block_galerkin(op: Operator, B: Tensor, steps: int, M: MatMat) -> tuple[Tensor, Tensor, int]:
