@@ -16,7 +16,8 @@ class SolveInfo:
 
     method: the solver's name; iterations: steps taken (0 for a direct
     solve); residual: ||A x - b|| / ||b|| per right-hand side (k,), None
-    where not measured; converged: every right-hand side met the tolerance;
+    where not measured, nan for single rows not measured (refine's closing
+    step); converged: every right-hand side met the tolerance;
     note: what the result represents (scale, depth, rank...).
     """
 
@@ -32,8 +33,10 @@ class SolveInfo:
 
     @property
     def max_residual(self) -> float:
-        """The worst relative residual, nan when not measured."""
-        return float("nan") if self.residual is None else float(self.residual.max())
+        """The worst relative residual among the rows measured, nan when none was."""
+        if self.residual is None or self.residual.isnan().all():
+            return float("nan")
+        return float(self.residual.nan_to_num(nan=-1.0).max())
 
 
 def itemsize(op: Operator) -> int:

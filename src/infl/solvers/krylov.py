@@ -73,27 +73,32 @@ def refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: st
 
     The right-hand sides, in groups of up to REFINE_BLOCK, share one Krylov
     space: span{M B, M A M B, ...} with M the approximate inverse, one block
-    per step; each row's answer is the A-norm-best point of the whole space
-    (block CG's iterate, computed as a Galerkin solve), so it is never worse
-    than that row's own CG after the same steps. Each step costs one product
-    with op per right-hand side; the basis and its products are held, 2 x
-    steps x group x p numbers. Then a closing step (`_closing_step`) moves
-    every row along its preconditioned residual, for one more preconditioner
-    application and a product on CLOSING_PROBES rows only. The note adds the
-    residuals reached.
+    per step; each row's block CG answer is the A-norm-best point of the whole
+    space (a Galerkin solve), so it is never worse than that row's own CG
+    after the same steps. Each step costs one product with op per right-hand
+    side; the basis and its products are held, 2 x steps x group x p numbers.
+    Then a closing step (`_closing_step`) moves the rows not yet solved along
+    their preconditioned residuals, for one more preconditioner application
+    and a product on CLOSING_PROBES rows only. The note adds the residuals
+    reached.
     """
     if not (isinstance(steps, int) and steps >= 1):
         raise InputError(f"refine needs an integer number of CG steps >= 1, got {steps!r}")
+    if not B.shape[0]:
+        return B.clone(), SolveInfo(f"{name}+cg", 0, B.new_empty(0), True, note)
     X, R, taken = torch.empty_like(B), torch.empty_like(B), 0
+    unsolved = torch.zeros(B.shape[0], dtype=torch.bool, device=B.device)
     for rows in batches(B.shape[0], REFINE_BLOCK):
         X[rows], R[rows], used = _block_galerkin(op, B[rows], steps, approx_inverse)
         taken = max(taken, used)
+        unsolved[rows] = used == steps  # a space that stopped growing holds the exact answers
     bnorm = B.norm(dim=1).clamp_min(torch.finfo(B.dtype).tiny)
     res = R.norm(dim=1) / bnorm
     note = (f"{note}; refined by {taken} preconditioned block CG steps on {op.name}: relative residual "
             f"median {float(res.median()):.3g}, max {float(res.max()):.3g}")
-    if res.max() > REFINE_TOL:
-        X, res, closing = _closing_step(op, approx_inverse, X, R, bnorm)
+    unsolved &= res > REFINE_TOL
+    if unsolved.any():
+        X, res, closing = _closing_step(op, approx_inverse, X, R, bnorm, unsolved)
         note += closing
     return X, SolveInfo(f"{name}+cg", taken, res, bool(res.max() <= REFINE_TOL), note)
 
@@ -101,32 +106,37 @@ def refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: st
 CLOSING_PROBES = 8  # rows whose product measures the closing step's length
 
 
-def _closing_step(op: Operator, M: MatMat, X: Tensor, R: Tensor, bnorm: Tensor) -> tuple[Tensor, Tensor, str]:
-    """X + alpha M R for residuals R (k, p), alpha measured on the first CLOSING_PROBES rows with a nonzero
-    residual; the relative residuals known afterwards (those rows', 0 where R was 0, nan elsewhere) and a note.
+def _closing_step(op: Operator, M: MatMat, X: Tensor, R: Tensor, bnorm: Tensor, movable: Tensor
+                  ) -> tuple[Tensor, Tensor, str]:
+    """X + alpha M R on the `movable` rows (bool, (k,)) for residuals R (k, p); the relative residuals known
+    afterwards (the other rows' as they were, the probed rows' new ones, nan for the moved rows not measured)
+    and a note.
 
     Along d = M r, the A-norm error of a row is least at alpha_i = r.d / d.A d (> 0 for A and M positive
-    definite). alpha is their median over the probed rows, capped at 1.9 x their smallest, so that every
-    probed row's error falls; rows share alpha because one preconditioner scales them alike. Costs one
-    application of M and a product with op on the probed rows only (a block CG step would need it on all).
-    X and the residuals of R are returned unchanged when no alpha_i is a positive number.
+    definite). alpha is their median over CLOSING_PROBES rows spread evenly over the movable ones, capped at
+    1.9 x their smallest so that every probed row's error falls; rows share alpha because one preconditioner
+    scales them alike. A row far from all the probed ones (its alpha_i < alpha / 2) would lose accuracy, and
+    its residual is not measured: the price of a product on the probed rows only (a block CG step needs it on
+    all). Costs one application of M to the movable rows. X and the residuals are returned unchanged when an
+    alpha_i is not a positive number (M or A not positive definite there).
     """
     res = R.norm(dim=1) / bnorm
-    live = torch.nonzero(res > 0).squeeze(1)[:CLOSING_PROBES]
-    if not live.numel():
-        return X, res, ""
-    D = M(R)
-    AD = op.matmat(D[live])
-    each = (R[live] * D[live]).sum(1) / (D[live] * AD).sum(1)
+    rows = torch.nonzero(movable).squeeze(1)
+    at = torch.linspace(0, rows.numel() - 1, min(CLOSING_PROBES, rows.numel())).round().long().to(rows.device)
+    probed = rows[at]
+    D = M(R[rows])
+    AD = op.matmat(D[at])
+    each = (R[probed] * D[at]).sum(1) / (D[at] * AD).sum(1)
     if not (torch.isfinite(each).all() and (each > 0).all()):
         return X, res, "; no closing step (the preconditioned residuals met non-positive curvature)"
     alpha = float(torch.minimum(each.median(), 1.9 * each.min()))
-    known = torch.where(res > 0, float("nan"), 0.0).to(res)
-    known[live] = (R[live] - alpha * AD).norm(dim=1) / bnorm[live]
-    probed = known[live]
-    note = (f"; closing step of length {alpha:.3g} along the preconditioned residuals: relative residual on the "
-            f"{live.numel()} rows measured median {float(probed.median()):.3g}, max {float(probed.max()):.3g}")
-    return X.add_(D, alpha=alpha), known, note
+    known = res.clone()
+    known[rows] = float("nan")
+    known[probed] = (R[probed] - alpha * AD).norm(dim=1) / bnorm[probed]
+    note = (f"; closing step of length {alpha:.3g} along the preconditioned residuals of {rows.numel()} rows: "
+            f"relative residual on the {probed.numel()} measured median {float(known[probed].median()):.3g}, "
+            f"max {float(known[probed].max()):.3g}")
+    return X.index_add_(0, rows, D, alpha=alpha), known, note
 
 
 def _block_galerkin(op: Operator, B: Tensor, steps: int, M: MatMat) -> tuple[Tensor, Tensor, int]:
