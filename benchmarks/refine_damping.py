@@ -51,7 +51,7 @@ def study(name: str, model: nn.Module, train: tuple, test: tuple, l2: float, dam
 
         def measure(c: float, close: bool) -> tuple[float, float]:
             inf.solver.refine_damping = c
-            krylov._closing_step = closing if close else (lambda op, M, X, R, bnorm, movable: (X, R.norm(dim=1) / bnorm, ""))
+            krylov._closing_step = closing if close else (lambda op, M, X, R, res, bnorm, movable: (X, res, ""))
             try:
                 X, _ = inf.solver.solve(B)
             finally:

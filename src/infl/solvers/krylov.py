@@ -98,7 +98,7 @@ def refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: st
             f"median {float(res.median()):.3g}, max {float(res.max()):.3g}")
     unsolved &= res > REFINE_TOL
     if unsolved.any():
-        X, res, closing = _closing_step(op, approx_inverse, X, R, bnorm, unsolved)
+        X, res, closing = _closing_step(op, approx_inverse, X, R, res, bnorm, unsolved)
         note += closing
     return X, SolveInfo(f"{name}+cg", taken, res, bool(res.max() <= REFINE_TOL), note)
 
@@ -106,11 +106,11 @@ def refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: st
 CLOSING_PROBES = 8  # rows whose product measures the closing step's length
 
 
-def _closing_step(op: Operator, M: MatMat, X: Tensor, R: Tensor, bnorm: Tensor, movable: Tensor
+def _closing_step(op: Operator, M: MatMat, X: Tensor, R: Tensor, res: Tensor, bnorm: Tensor, movable: Tensor
                   ) -> tuple[Tensor, Tensor, str]:
-    """X + alpha M R on the `movable` rows (bool, (k,)) for residuals R (k, p); the relative residuals known
-    afterwards (the other rows' as they were, the probed rows' new ones, nan for the moved rows not measured)
-    and a note.
+    """X + alpha M R on the `movable` rows (bool, (k,)) for residuals R (k, p), their relative norms res (k,)
+    and b's norms bnorm (k,); the relative residuals known afterwards (the other rows' as they were, the
+    probed rows' new ones, nan for the moved rows not measured) and a note.
 
     Along d = M r, the A-norm error of a row is least at alpha_i = r.d / d.A d (> 0 for A and M positive
     definite). alpha is their median over CLOSING_PROBES rows spread evenly over the movable ones, capped at
@@ -120,7 +120,6 @@ def _closing_step(op: Operator, M: MatMat, X: Tensor, R: Tensor, bnorm: Tensor, 
     all). Costs one application of M to the movable rows. X and the residuals are returned unchanged when an
     alpha_i is not a positive number (M or A not positive definite there).
     """
-    res = R.norm(dim=1) / bnorm
     rows = torch.nonzero(movable).squeeze(1)
     at = torch.linspace(0, rows.numel() - 1, min(CLOSING_PROBES, rows.numel())).round().long().to(rows.device)
     probed = rows[at]
