@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import infl
+from infl.grads import DIRECTIONAL_ROWS, directional_pays
 from infl.linear import LinearObjective, curvature_operator, make_objective
 from infl.objective import Objective
 from infl.operators import Hessian
@@ -53,6 +54,64 @@ def test_linear_closed_forms_equal_generic_autodiff(logreg, bias):
     torch.testing.assert_close(Hf.to_dense(), Hs.to_dense(), rtol=1e-10, atol=1e-12)
     V = torch.randn(3, slow.p, dtype=torch.float64)
     torch.testing.assert_close(Hf.matmat(V), Hs.matmat(V), rtol=1e-10, atol=1e-12)
+
+
+def test_directional_grads_are_rows_times_per_example_grads(mlp, logreg):
+    """t . grad L(z_i) by forward mode (generic) and by the linear closed form (with and without bias, and
+    behind frozen features) equals T @ G^T from the per-example gradients."""
+    frozen = torch.nn.Sequential(torch.nn.Linear(5, 4).double().requires_grad_(False), torch.nn.Tanh(),
+                                 torch.nn.Linear(4, 3).double())
+    cases = [(Objective(mlp.model, mlp.loss_fn, mlp.l2), mlp.X, mlp.y)]
+    for model in (torch.nn.Linear(5, 3).double(), torch.nn.Linear(5, 3, bias=False).double(), frozen):
+        fast = make_objective(model, logreg.loss_fn, 0.05, logreg.X[:2])
+        assert isinstance(fast, LinearObjective)
+        cases.append((fast, logreg.X, logreg.y))
+    for obj, X, y in cases:
+        T = torch.randn(4, obj.p, dtype=torch.float64)
+        torch.testing.assert_close(obj.directional_grads(T, X, y), T @ obj.per_example_grads(X, y).T,
+                                   rtol=1e-10, atol=1e-12)
+
+
+def test_scores_take_forward_mode_only_where_it_pays(mlp):
+    """Dense layers with few test points: forward mode; a convolution (weights reused over positions), more
+    rows than DIRECTIONAL_ROWS, or an operation without forward-mode AD: per-example gradients. Scores are
+    the same either way."""
+    obj = Objective(mlp.model, mlp.loss_fn, mlp.l2)
+    assert directional_pays(obj, mlp.X, mlp.y, 8)
+    assert not directional_pays(obj, mlp.X, mlp.y, DIRECTIONAL_ROWS + 1)
+    conv = torch.nn.Sequential(torch.nn.Unflatten(1, (1, 2, 2)), torch.nn.Conv2d(1, 16, 1, padding=4),
+                               torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 3)).double()
+    assert not directional_pays(Objective(conv, mlp.loss_fn, mlp.l2), mlp.X, mlp.y, 8)
+
+    class NoForwardMode(torch.autograd.Function):
+        generate_vmap_rule = True
+
+        @staticmethod
+        def forward(x):
+            return torch.tanh(x)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            ctx.save_for_backward(output)
+
+        @staticmethod
+        def backward(ctx, g):
+            return g * (1 - ctx.saved_tensors[0] ** 2)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = mlp.model[0], mlp.model[2]
+
+        def forward(self, x):
+            return self.b(NoForwardMode.apply(self.a(x)))
+
+    assert not directional_pays(Objective(Net(), mlp.loss_fn, mlp.l2), mlp.X, mlp.y, 8)
+    inf = infl.Influence(mlp.model, mlp.loss_fn, l2=mlp.l2).fit(mlp.train)
+    kept = infl.Influence(mlp.model, mlp.loss_fn, l2=mlp.l2, keep_train_grads=True).fit(mlp.train)
+    torch.testing.assert_close(inf.scores(mlp.test), kept.scores(mlp.test), rtol=1e-10, atol=1e-12)
+    many = (mlp.X[torch.arange(DIRECTIONAL_ROWS + 1) % mlp.X.shape[0]], mlp.y[torch.arange(DIRECTIONAL_ROWS + 1) % 60])
+    torch.testing.assert_close(inf.scores(many), kept.scores(many), rtol=1e-10, atol=1e-12)
 
 
 def test_frozen_features_with_linear_head_use_closed_form(logreg):

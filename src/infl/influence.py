@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from . import dist
 from .errors import InputError, NotFittedError
-from .grads import iter_grads, stack_grads, sum_grad
+from .grads import directional_pays, iter_directional, iter_grads, stack_grads, sum_grad
 from .inputs import batches, to_tensors
 from .linear import check_curvature, curvature_operator, make_objective
 from .objective import L2, LossFn, check_l2, describe_l2, nonnegative_number
@@ -225,9 +225,18 @@ class Influence:
         T = self.s_test(test)
         sh = self.shard_
         out = torch.empty(T.shape[0], sh.stop - sh.start, dtype=T.dtype, device=T.device)
-        for rows, G in self._train_grads():
-            out[:, rows] = -(T @ G.T)
+        for rows, block in self._train_products(T):
+            out[:, rows] = -block
         return dist.gather_columns(out, self.n_train)
+
+    def _train_products(self, T: Tensor) -> Any:
+        """Iterate (rows, T @ grad L(z_i)^T for i in rows), each (k, b), over this rank's training rows: from
+        kept gradients, by forward-mode products where cheaper (grads.directional_pays), else from gradients."""
+        sh = self.shard_
+        X, y = self.X_train_[sh], self.y_train_[sh]
+        if self.train_grads_ is None and directional_pays(self.objective_, X, y, T.shape[0]):
+            return iter_directional(self.objective_, T, X, y, self.batch_size)
+        return ((rows, T @ G.T) for rows, G in self._train_grads())
 
     def self_influence(self) -> Tensor:
         """I_up,loss(z_i, z_i) = -grad L(z_i)^T H^{-1} grad L(z_i) for each training point, (n_train,).

@@ -78,6 +78,17 @@ class LinearObjective(Objective):
         delta = vmap(grad(self._loss_one_out))(F, y)  # (b, C) = dL/df
         return self._join(delta.unsqueeze(2) * A.unsqueeze(1), delta if self.has_bias else None)
 
+    def directional_grads(self, T: Tensor, X: Tensor, y: Tensor) -> Tensor:
+        """t . grad L(z_i) = dL/df_i . (T_w a_i + t_b) for each row t of T (k, p): (k, b), one matrix product."""
+        A = self.features(X)
+        delta = vmap(grad(self._loss_one_out))(self._head_outputs(A, self.theta), y)  # (b, C) = dL/df
+        Tw, Tb = self._split(T)
+        k, C, d = Tw.shape
+        JT = (Tw.reshape(k * C, d) @ A.T).view(k, C, -1)  # (k, C, b): the outputs' change along t
+        if Tb is not None:
+            JT = JT + Tb.unsqueeze(2)
+        return (JT * delta.T).sum(1)
+
     def out_hessians(self, X: Tensor, y: Tensor) -> Tensor:
         """Lambda_i = d^2 L / df^2 at theta_hat for each example, (b, C, C)."""
         return vmap(hessian(self._loss_one_out))(self._head_outputs(self.features(X), self.theta), y)

@@ -197,6 +197,15 @@ class Objective:
         theta = self.theta if theta is None else theta
         return vmap(grad(self._loss_one), in_dims=(None, 0, 0))(theta, X, y)
 
+    def directional_grads(self, T: Tensor, X: Tensor, y: Tensor) -> Tensor:
+        """t . grad_theta L(z_i, theta_hat) for each row t of T (k, p) and example i of (X, y): (k, b).
+
+        One forward-mode product of the batch's losses per row (vectorised); no per-example gradient is
+        formed, so it costs about k forward passes instead of b gradients of p numbers.
+        """
+        f = lambda theta: self.losses(theta, X, y)  # noqa: E731
+        return vmap(lambda t: jvp(f, (self.theta,), (t,))[1])(T)
+
     def input_grads(self, X: Tensor, y: Tensor, direction: Tensor) -> Tensor:
         """grad_x of (direction . grad_theta L((x, y), theta_hat)) per example, shaped like X."""
 
