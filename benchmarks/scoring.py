@@ -10,8 +10,9 @@ best of `repeats` timings of
   forward:   one forward-mode product of the chunk's losses per row of T (infl.grads.iter_directional);
 their ratio, the largest difference between the two results (relative to the largest entry), and the
 path infl.grads.directional_pays chooses. Models: the paper's logistic regression (a Linear layer:
-closed form), the 784-128-10 tanh MLP of benchmarks/deep.py and the tanh CNN of Figure 2
-(benchmarks/figure2_cnn.py), whose convolutions reuse each weight at many positions.
+closed form), the 784-128-10 tanh MLP of benchmarks/deep.py, a deeper MLP with LayerNorm (more work per
+example besides the matrix products) and the tanh CNN of Figure 2 (benchmarks/figure2_cnn.py), whose
+convolutions reuse each weight at many positions.
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def main() -> None:
     torch.manual_seed(0)
     models = {"logistic regression": nn.Linear(784, 10),
               "MLP 784-128-10": nn.Sequential(nn.Linear(784, 128), nn.Tanh(), nn.Linear(128, 10)),
+              "MLP 784-256-256-10, LayerNorm": nn.Sequential(
+                  nn.Linear(784, 256), nn.LayerNorm(256), nn.Tanh(), nn.Linear(256, 256), nn.LayerNorm(256), nn.Tanh(),
+                  nn.Linear(256, 10)),
               "CNN of Figure 2": SmallCNN()}
     print(f"T @ grad L(z_i)^T over {X.shape[0]} training points, float64, chunks of {CHUNK}, "
           f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}")

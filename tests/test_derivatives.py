@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import infl
-from infl.grads import DIRECTIONAL_ROWS, directional_pays
+import infl.influence
+from infl.grads import directional_pays
 from infl.linear import LinearObjective, curvature_operator, make_objective
 from infl.objective import Objective
 from infl.operators import Hessian
@@ -67,21 +68,24 @@ def test_directional_grads_are_rows_times_per_example_grads(mlp, logreg):
         assert isinstance(fast, LinearObjective)
         cases.append((fast, logreg.X, logreg.y))
     for obj, X, y in cases:
-        T = torch.randn(4, obj.p, dtype=torch.float64)
+        T = torch.randn(11, obj.p, dtype=torch.float64)  # more rows than features: the closed form's chunks
         torch.testing.assert_close(obj.directional_grads(T, X, y), T @ obj.per_example_grads(X, y).T,
                                    rtol=1e-10, atol=1e-12)
 
 
-def test_scores_take_forward_mode_only_where_it_pays(mlp):
-    """Dense layers with few test points: forward mode; a convolution (weights reused over positions), more
-    rows than DIRECTIONAL_ROWS, or an operation without forward-mode AD: per-example gradients. Scores are
-    the same either way."""
-    obj = Objective(mlp.model, mlp.loss_fn, mlp.l2)
-    assert directional_pays(obj, mlp.X, mlp.y, 8)
-    assert not directional_pays(obj, mlp.X, mlp.y, DIRECTIONAL_ROWS + 1)
+def test_scores_take_forward_mode_only_where_it_pays(mlp, monkeypatch):
+    """Dense layers with few test rows: forward mode (gradients are never formed); many rows (their tangents
+    would outweigh one gradient), a convolution (weights reused over positions) or an operation without
+    forward-mode AD: per-example gradients (forward mode never runs). Scores are the same either way."""
+    torch.manual_seed(0)
+    X, y = torch.randn(50, 40, dtype=torch.float64), torch.randint(0, 3, (50,))
+    dense = torch.nn.Sequential(torch.nn.Linear(40, 30), torch.nn.Tanh(), torch.nn.Linear(30, 3)).double()
+    obj = Objective(dense, mlp.loss_fn, 0.1)  # p = 1,323; about 70 numbers written per example
+    assert directional_pays(obj, X, y, 8)
+    assert not directional_pays(obj, X, y, 64)
     conv = torch.nn.Sequential(torch.nn.Unflatten(1, (1, 2, 2)), torch.nn.Conv2d(1, 16, 1, padding=4),
                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 3)).double()
-    assert not directional_pays(Objective(conv, mlp.loss_fn, mlp.l2), mlp.X, mlp.y, 8)
+    assert not directional_pays(Objective(conv, mlp.loss_fn, mlp.l2), mlp.X, mlp.y, 1)
 
     class NoForwardMode(torch.autograd.Function):
         generate_vmap_rule = True
@@ -101,17 +105,26 @@ def test_scores_take_forward_mode_only_where_it_pays(mlp):
     class Net(torch.nn.Module):
         def __init__(self):
             super().__init__()
-            self.a, self.b = mlp.model[0], mlp.model[2]
+            self.a, self.b = dense[0], dense[2]
 
         def forward(self, x):
             return self.b(NoForwardMode.apply(self.a(x)))
 
-    assert not directional_pays(Objective(Net(), mlp.loss_fn, mlp.l2), mlp.X, mlp.y, 8)
-    inf = infl.Influence(mlp.model, mlp.loss_fn, l2=mlp.l2).fit(mlp.train)
-    kept = infl.Influence(mlp.model, mlp.loss_fn, l2=mlp.l2, keep_train_grads=True).fit(mlp.train)
-    torch.testing.assert_close(inf.scores(mlp.test), kept.scores(mlp.test), rtol=1e-10, atol=1e-12)
-    many = (mlp.X[torch.arange(DIRECTIONAL_ROWS + 1) % mlp.X.shape[0]], mlp.y[torch.arange(DIRECTIONAL_ROWS + 1) % 60])
-    torch.testing.assert_close(inf.scores(many), kept.scores(many), rtol=1e-10, atol=1e-12)
+    assert not directional_pays(Objective(Net(), mlp.loss_fn, 0.1), X, y, 1)
+
+    def refuse(*args):
+        raise AssertionError("this path must not run")
+
+    kw = dict(l2=0.1, curvature="gauss-newton", stationarity_tol=float("inf"))
+    inf = infl.Influence(dense, mlp.loss_fn, **kw).fit((X, y))
+    kept = infl.Influence(dense, mlp.loss_fn, keep_train_grads=True, **kw).fit((X, y))
+    few, many = (X[:8], y[:8]), (X.repeat(2, 1)[:64], y.repeat(2)[:64])
+    with monkeypatch.context() as m:
+        m.setattr(infl.influence, "iter_grads", refuse)  # the training gradients
+        torch.testing.assert_close(inf.scores(few), kept.scores(few), rtol=1e-10, atol=1e-12)
+    with monkeypatch.context() as m:
+        m.setattr(infl.influence, "iter_directional", refuse)
+        torch.testing.assert_close(inf.scores(many), kept.scores(many), rtol=1e-10, atol=1e-12)
 
 
 def test_frozen_features_with_linear_head_use_closed_form(logreg):

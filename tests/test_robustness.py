@@ -19,6 +19,20 @@ def influence(problem, **kw):
     return infl.Influence(problem.model, problem.loss_fn, l2=problem.l2, **kw).fit(problem.train)
 
 
+def test_a_loss_that_mixes_the_examples_of_a_batch_is_refused(logreg):
+    class Centred(nn.Module):  # subtracts half the batch mean: one example's output depends on the others
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(logreg.X.shape[1], 3)
+
+        def forward(self, x):
+            h = self.a(x)
+            return h - 0.5 * h.mean(0)
+
+    with pytest.raises(InputError, match="depends on the other examples in its batch.*x - x.mean"):
+        infl.Influence(Centred().double(), logreg.loss_fn, l2=logreg.l2).fit(logreg.train)
+
+
 def test_batchnorm_without_running_statistics_is_refused(logreg):
     model = nn.Sequential(nn.Linear(logreg.X.shape[1], 4), nn.BatchNorm1d(4, track_running_stats=False),
                           nn.Linear(4, 3)).double().eval()

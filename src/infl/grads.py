@@ -6,13 +6,13 @@ from typing import Iterator
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from .inputs import batches
 from .linear import LinearObjective
 from .objective import Objective
 
-DIRECTIONAL_ROWS = 128  # most rows t for which t . grad L(z_i) goes by forward mode
 
 
 def iter_grads(obj: Objective, X: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[slice, Tensor]]:
@@ -49,20 +49,40 @@ def directional_pays(obj: Objective, X: Tensor, y: Tensor, k: int) -> bool:
     """Whether T @ grad L(z_i)^T for k rows of T is cheaper by forward mode (iter_directional) than by forming
     the b x p per-example gradients (iter_grads).
 
-    Yes for outputs affine in theta (a closed form). Otherwise when k <= DIRECTIONAL_ROWS and each
-    trainable weight is used about once per example (one example's loss costs <= 2p multiply-adds, e.g.
-    dense layers), and the model supports forward-mode AD: then k forward products cost about k x p per
-    example against p numbers written per example plus the same k x p multiply-adds. Convolutions and
-    attention reuse their weights across positions and vectorise poorly in forward mode: gradients there.
+    Yes for outputs affine in theta (a closed form). Otherwise measured on one example's loss: its
+    multiply-adds F (matrix products, convolutions, attention) and the numbers N written by every other
+    operation that is not a view. Forward mode redoes both for each of the k rows, gradients write p numbers
+    per example and then take k x p multiply-adds. So forward mode when F <= 2p (each weight used about
+    once per example, as in dense layers; convolutions reuse theirs at every position and vectorise poorly
+    in forward mode) and 2k x N <= p (the k rows' tangents hold at most half a gradient, so memory stays
+    within the b x p gradient chunk; the 2 leaves room for the extra work of forward-mode formulas, e.g.
+    LayerNorm's; benchmarks/scoring.py), and the model supports forward-mode AD (a probe on one example).
     """
     if isinstance(obj, LinearObjective):
         return True
-    if k > DIRECTIONAL_ROWS or not X.shape[0]:
+    if not X.shape[0]:
         return False
     try:
-        with FlopCounterMode(display=False) as counter:
+        with FlopCounterMode(display=False) as flops, _NumbersWritten() as written:
             obj.losses(obj.theta, X[:1], y[:1])
+        if flops.get_total_flops() / 2 > 2 * obj.p or 2 * k * written.total > obj.p:
+            return False
         obj.directional_grads(obj.theta.new_zeros(1, obj.p), X[:1], y[:1])
-    except NotImplementedError:  # an operation without forward-mode AD
+    except Exception:  # e.g. an operation without forward-mode AD: gradients, which raise their own errors
         return False
-    return counter.get_total_flops() / 2 <= 2 * obj.p
+    return True
+
+
+class _NumbersWritten(TorchDispatchMode):
+    """Counts the numbers in the outputs of every operation run under it, views (which write none) excepted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 (the dispatch protocol)
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view:
+            self.total += sum(t.numel() for t in (out if isinstance(out, (tuple, list)) else (out,))
+                              if isinstance(t, Tensor))
+        return out

@@ -79,15 +79,18 @@ class LinearObjective(Objective):
         return self._join(delta.unsqueeze(2) * A.unsqueeze(1), delta if self.has_bias else None)
 
     def directional_grads(self, T: Tensor, X: Tensor, y: Tensor) -> Tensor:
-        """t . grad L(z_i) = dL/df_i . (T_w a_i + t_b) for each row t of T (k, p): (k, b), one matrix product."""
+        """t . grad L(z_i) = dL/df_i . (T_w a_i + t_b) for each row t of T (k, p): (k, b), by matrix products
+        on d rows of T at a time (their (d, C, b) outputs hold no more numbers than the b x p gradients)."""
         A = self.features(X)
-        delta = vmap(grad(self._loss_one_out))(self._head_outputs(A, self.theta), y)  # (b, C) = dL/df
-        Tw, Tb = self._split(T)
-        k, C, d = Tw.shape
-        JT = (Tw.reshape(k * C, d) @ A.T).view(k, C, -1)  # (k, C, b): the outputs' change along t
-        if Tb is not None:
-            JT = JT + Tb.unsqueeze(2)
-        return (JT * delta.T).sum(1)
+        delta = vmap(grad(self._loss_one_out))(self._head_outputs(A, self.theta), y).T  # (C, b) = dL/df
+        out = T.new_empty(T.shape[0], X.shape[0])
+        for rows in batches(T.shape[0], self.d):
+            Tw, Tb = self._split(T[rows])
+            JT = (Tw.reshape(-1, self.d) @ A.T).view(Tw.shape[0], self.C, -1)  # the outputs' change along t
+            if Tb is not None:
+                JT += Tb.unsqueeze(2)
+            out[rows] = torch.einsum("kcb,cb->kb", JT, delta)
+        return out
 
     def out_hessians(self, X: Tensor, y: Tensor) -> Tensor:
         """Lambda_i = d^2 L / df^2 at theta_hat for each example, (b, C, C)."""

@@ -227,7 +227,8 @@ class Objective:
         return vmap(one)(V)
 
     def check_loss(self, X: Tensor, y: Tensor) -> None:
-        """Check on a batch that loss_fn returns one finite loss per example."""
+        """Check on a batch that loss_fn returns one finite loss per example, that per-example gradients work,
+        and that each example's loss is the same in the batch as alone (it depends on that example only)."""
         try:
             out = self.losses(self.theta, X, y)
         except Exception as exc:  # the user's model or loss failed: say where
@@ -249,6 +250,15 @@ class Objective:
             raise InputError(f"the per-example gradient (torch.func: vmap over grad, one example as a batch of "
                              f"one) failed on inputs shaped {tuple(X.shape[1:])}: {type(exc).__name__}: {exc}"
                              f"{_vmap_hint(exc, X, self.dtype)}") from exc
+        alone = torch.cat([self.losses(self.theta, X[i:i + 1], y[i:i + 1]) for i in range(X.shape[0])])
+        tol = torch.finfo(out.dtype).eps ** 0.5 if out.is_floating_point() else 0.0
+        if not torch.allclose(out, alone, rtol=tol, atol=tol):
+            raise InputError(
+                f"an example's loss depends on the other examples in its batch: {out.tolist()} for a batch of "
+                f"{X.shape[0]}, {alone.tolist()} one at a time. Influence needs each example's loss to depend on "
+                "that example only: remove statistics over the batch (e.g. x - x.mean(0), or normalisation by "
+                "batch statistics; use model.eval() with running statistics, or nn.LayerNorm)"
+            )
 
 
 def _dtype_hint(exc: Exception, X: Tensor, dtype: torch.dtype) -> str:
