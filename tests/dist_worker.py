@@ -6,7 +6,6 @@ import os
 import sys
 
 import numpy as np
-import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 import infl  # noqa: E402
