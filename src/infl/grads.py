@@ -14,7 +14,6 @@ from .linear import LinearObjective
 from .objective import Objective
 
 
-
 def iter_grads(obj: Objective, X: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[slice, Tensor]]:
     """Yield (rows, grad L(z_i) for i in rows), each (b, p); unregularised per-example gradients."""
     for rows in batches(X.shape[0], batch_size):
@@ -35,7 +34,6 @@ def sum_grad(obj: Objective, X: Tensor, y: Tensor, batch_size: int) -> Tensor:
     for rows in batches(X.shape[0], batch_size):
         total += torch.func.grad(obj.loss_sum)(obj.theta, X[rows], y[rows])
     return total
-
 
 
 def iter_directional(obj: Objective, T: Tensor, X: Tensor, y: Tensor, batch_size: int

@@ -72,17 +72,20 @@ class LinearObjective(Objective):
         F = A @ Wt[0].T
         return F if bt is None else F + bt[0]
 
+    def _output_grads(self, A: Tensor, y: Tensor, theta: Tensor | None = None) -> Tensor:
+        """dL/df_i for features A (b, d) and targets y: (b, C)."""
+        return vmap(grad(self._loss_one_out))(self._head_outputs(A, self.theta if theta is None else theta), y)
+
     def per_example_grads(self, X: Tensor, y: Tensor, theta: Tensor | None = None) -> Tensor:
         A = self.features(X)
-        F = self._head_outputs(A, self.theta if theta is None else theta)
-        delta = vmap(grad(self._loss_one_out))(F, y)  # (b, C) = dL/df
+        delta = self._output_grads(A, y, theta)
         return self._join(delta.unsqueeze(2) * A.unsqueeze(1), delta if self.has_bias else None)
 
     def directional_grads(self, T: Tensor, X: Tensor, y: Tensor) -> Tensor:
         """t . grad L(z_i) = dL/df_i . (T_w a_i + t_b) for each row t of T (k, p): (k, b), by matrix products
         on d rows of T at a time (their (d, C, b) outputs hold no more numbers than the b x p gradients)."""
         A = self.features(X)
-        delta = vmap(grad(self._loss_one_out))(self._head_outputs(A, self.theta), y).T  # (C, b) = dL/df
+        delta = self._output_grads(A, y).T  # (C, b)
         out = T.new_empty(T.shape[0], X.shape[0])
         for rows in batches(T.shape[0], self.d):
             Tw, Tb = self._split(T[rows])
