@@ -99,3 +99,54 @@ def test_training_index_out_of_range(logreg):
     inf = influence(logreg).fit(logreg.train)
     with pytest.raises(InputError, match=r"training indices \[90\] are out of range for 90"):
         inf.up_params([90])
+
+
+class TwoHeads(nn.Module):
+    """Returns a tuple: class logits and a regression output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body, self.cls, self.reg = nn.Linear(4, 6), nn.Linear(6, 3), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.body(x))
+        return self.cls(h), self.reg(h)
+
+
+def test_tuple_outputs_refused_where_the_loss_is_factored_through_the_outputs():
+    """The Hessian handles a model with two heads; Gauss-Newton and the Kronecker factors need one output tensor."""
+    torch.manual_seed(0)
+    model = TwoHeads().double().eval()
+    X = torch.randn(30, 4, dtype=torch.float64)
+    y = torch.cat([torch.randint(0, 3, (30, 1)).double(), torch.randn(30, 2, dtype=torch.float64)], 1)
+    loss = lambda o, t: F.cross_entropy(o[0], t[:, 0].long(), reduction="none") + (o[1] - t[:, 1:]).square().sum(1)  # noqa: E731
+    inf = infl.Influence(model, loss, l2=0.05, damping=1.0).fit((X, y))
+    assert torch.isfinite(inf.scores((X[:2], y[:2]))).all()
+    for kw in [dict(curvature="gauss-newton"), dict(curvature="gauss-newton", solver="cg"), dict(solver="ekfac")]:
+        with pytest.raises(InputError, match="needs a model that returns one tensor.*returns a tuple.*torch.cat"):
+            infl.Influence(model, loss, l2=0.05, damping=1.0, **kw).fit((X, y))
+
+
+@pytest.mark.parametrize("name", ["logreg", "mlp"])
+def test_empty_index_lists_give_empty_answers(name, request):
+    problem = request.getfixturevalue(name)
+    inf = influence(problem).fit(problem.train)
+    assert inf.up_params([]).shape == (0, inf.objective_.p)
+    assert inf.pert_loss(problem.test, []).shape == (problem.test[0].shape[0], 0, *problem.X.shape[1:])
+
+
+def test_a_label_the_loss_cannot_take_is_named_by_its_row(logreg):
+    y = logreg.y.clone()
+    y[70] = 7  # three classes
+    with pytest.raises(InputError, match=r"loss fails on example 70 .*Target 7 is out of bounds.*label"):
+        influence(logreg).fit((logreg.X, y))
+    inf = influence(logreg).fit(logreg.train)
+    yt = logreg.test[1].clone()
+    yt[4] = -5
+    with pytest.raises(InputError, match="loss fails on example 4 "):
+        inf.scores((logreg.test[0], yt))
+
+
+def test_a_dict_of_arrays_is_refused_with_the_fix(logreg):
+    with pytest.raises(InputError, match=r"got a dict with keys \['x', 'y'\]: pass \(data"):
+        influence(logreg).fit({"x": logreg.X, "y": logreg.y})

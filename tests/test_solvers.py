@@ -11,6 +11,7 @@ from infl.linear import curvature_operator, make_objective
 from infl.operators import Dense, Hessian
 from infl.objective import Objective
 from infl.solvers import CG, Exact, LiSSA, cg, nystrom, top_eigenvalue
+from infl.solvers.base import relative_residual
 from infl.solvers.lanczos import top_eigenpairs
 
 
@@ -141,6 +142,32 @@ def test_lissa_without_lower_bound_asks_for_damping_or_depth():
         LiSSA().fit(Dense(spd(5, 2)), floor=0.0)
 
 
+def test_lissa_estimates_its_floor_where_l2_does_not_bound_the_hessian(mlp):
+    """The MLP's data Hessian has negative eigenvalues (lambda_min(H) < l2 at its minimum): l2 would be a false
+    floor that cuts the series short (truncation error about 0.25 here); LiSSA's Lanczos estimate finds H's
+    smallest eigenvalue and the answer meets its tolerance. With Gauss-Newton (PSD data part) l2 is the floor."""
+    from infl.testing import dense_hessian
+
+    H = dense_hessian(mlp.model, mlp.loss_fn, mlp.X, mlp.y, mlp.l2)
+    lam = float(torch.linalg.eigvalsh(H)[0])
+    assert 0 < lam < mlp.l2 / 2, "the test needs a Hessian whose smallest eigenvalue is well below l2"
+    inf = infl.Influence(mlp.model, mlp.loss_fn, l2=mlp.l2, solver=LiSSA(batch_size=1000)).fit((mlp.X, mlp.y))
+    assert lam <= inf.solver.floor <= 1.05 * lam
+    G = inf.test_grads((mlp.X[:5], mlp.y[:5]))
+    ref = torch.linalg.solve(H, G.T).T
+    T = inf.s_test((mlp.X[:5], mlp.y[:5]))
+    assert float((T - ref).norm() / ref.norm()) < 3e-3
+    assert "estimated smallest eigenvalue" in inf.info.note and inf.info.max_residual < 3e-3
+    ggn = infl.Influence(mlp.model, mlp.loss_fn, l2=mlp.l2, solver=LiSSA(), curvature="gauss-newton").fit((mlp.X, mlp.y))
+    assert ggn.solver.floor == mlp.l2 and not ggn.solver.estimated_
+
+
+def test_lissa_refuses_an_operator_with_a_negative_eigenvalue():
+    A = spd(10, 10) - 2 * torch.eye(10, dtype=torch.float64)  # eigenvalues -1 .. 8
+    with pytest.raises(CurvatureError, match=r"eigenvalue of about -1 <= 0.*damping > 1"):
+        LiSSA().fit(Dense(A))
+
+
 def test_lissa_same_seed_same_result(logreg):
     obj = make_objective(logreg.model, logreg.loss_fn, logreg.l2, logreg.X[:2])
     op = curvature_operator(obj, logreg.X, logreg.y, 16)
@@ -181,6 +208,34 @@ def test_arnoldi_is_exact_when_the_dropped_spectrum_is_flat():
     X, info = solver.solve(B)
     torch.testing.assert_close(X, B / lam, rtol=1e-8, atol=1e-10)
     assert abs(solver.lam_rest - 0.3) < 1e-8 and "treated as one eigenvalue" in info.note
+    assert info.converged and info.residual.shape == (3,) and info.max_residual < 1e-12  # measured, so it may say so
+
+
+def test_approximate_solvers_measure_their_residual_and_warn_when_it_is_large(mlp):
+    """Plain Arnoldi, EK-FAC and K-FAC are approximations: each solve measures the residual of `check`
+    right-hand sides (nan for the others), warns when the median exceeds 0.1 naming the refinement, and
+    reports converged only for a solved answer."""
+    B = rhs(12, 51)
+    A = Hessian(Objective(mlp.model, mlp.loss_fn, mlp.l2), mlp.X, mlp.y)
+    makers = [(lambda check: infl.Arnoldi(rank=5, check=check), r"Arnoldi\(refine=5\)"),
+              (lambda check: infl.EKFAC(check=check), r"EKFAC\(refine=4\)"),
+              (lambda check: infl.KFAC(check=check), r"KFAC\(refine=4\)")]
+    for make, fix in makers:
+        with pytest.warns(UserWarning, match=f"relative residual .* approximation.*{fix}"):
+            X, info = make(3).fit(A).solve(B)
+        torch.testing.assert_close(info.residual[:3], relative_residual(A.matmat(X[:3]), B[:3]))
+        assert info.residual[3:].isnan().all() and not info.converged and info.max_residual > 0.1
+        assert "relative residual against hessian on 3 of 12 right-hand sides" in info.note
+        unmeasured = make(0).fit(A).solve(B)[1]
+        assert unmeasured.residual is None and not unmeasured.converged
+
+
+def test_arnoldi_refuses_a_curvature_whose_dropped_directions_are_negative():
+    """The top eigenvalues are positive, the rest average below 0: z^T A z < 0 for the probes proves A indefinite."""
+    lam = torch.cat([torch.tensor([9.0, 7.0, 5.0], dtype=torch.float64), torch.linspace(-0.4, 0.1, 27, dtype=torch.float64)])
+    Q = torch.linalg.qr(torch.randn(30, 30, generator=torch.Generator().manual_seed(2), dtype=torch.float64)).Q
+    with pytest.raises(CurvatureError, match="not positive definite.*outside the top 3 is .* < 0.*damping"):
+        infl.Arnoldi(rank=3).fit(Dense((Q * lam) @ Q.T))
 
 
 def test_arnoldi_keeping_the_remainder_beats_dropping_it(logreg):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Iterator
 
 import torch
@@ -9,15 +10,46 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from .errors import InputError
 from .inputs import batches
 from .linear import LinearObjective
 from .objective import Objective
 
 
+@contextmanager
+def naming_the_row(obj: Objective, X: Tensor, y: Tensor, start: int) -> Iterator[None]:
+    """An error of the loss on the chunk (X, y), rows start.. of the data, becomes an InputError naming the first
+    example whose loss fails on its own, with that failure's message; other errors pass unchanged."""
+    try:
+        yield
+    except (IndexError, ValueError, RuntimeError) as exc:
+        if isinstance(exc, NotImplementedError):
+            raise
+        found = _first_failure(obj, X, y)
+        if found is None:
+            raise
+        row, alone = found
+        raise InputError(f"the loss fails on example {start + row} of the data given ({type(alone).__name__}: "
+                         f"{alone}); check that example's label and input (e.g. a class label outside 0..C-1)") from exc
+
+
+def _first_failure(obj: Objective, X: Tensor, y: Tensor) -> tuple[int, Exception] | None:
+    """The first i whose loss alone raises, with its exception; None if none does."""
+    with torch.no_grad():
+        for i in range(X.shape[0]):
+            try:
+                obj.losses(obj.theta, X[i:i + 1], y[i:i + 1])
+            except Exception as exc:  # noqa: BLE001 - any failure of the user's loss on this example names it
+                return i, exc
+    return None
+
+
 def iter_grads(obj: Objective, X: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[slice, Tensor]]:
     """Yield (rows, grad L(z_i) for i in rows), each (b, p); unregularised per-example gradients."""
     for rows in batches(X.shape[0], batch_size):
-        yield rows, obj.per_example_grads(X[rows], y[rows])
+        with naming_the_row(obj, X[rows], y[rows], rows.start):
+            g = obj.per_example_grads(X[rows], y[rows])
+        yield rows, g
 
 
 def stack_grads(obj: Objective, X: Tensor, y: Tensor, batch_size: int) -> Tensor:
@@ -32,7 +64,8 @@ def sum_grad(obj: Objective, X: Tensor, y: Tensor, batch_size: int) -> Tensor:
     """sum_i grad L(z_i, theta_hat) over (X, y), shape (p,); no 1/n, no l2."""
     total = torch.zeros(obj.p, dtype=obj.dtype, device=obj.device)
     for rows in batches(X.shape[0], batch_size):
-        total += torch.func.grad(obj.loss_sum)(obj.theta, X[rows], y[rows])
+        with naming_the_row(obj, X[rows], y[rows], rows.start):
+            total += torch.func.grad(obj.loss_sum)(obj.theta, X[rows], y[rows])
     return total
 
 
@@ -40,7 +73,9 @@ def iter_directional(obj: Objective, T: Tensor, X: Tensor, y: Tensor, batch_size
                      ) -> Iterator[tuple[slice, Tensor]]:
     """Yield (rows, T @ grad L(z_i)^T for i in rows), each (k, b), by forward-mode products (no gradients formed)."""
     for rows in batches(X.shape[0], batch_size):
-        yield rows, obj.directional_grads(T, X[rows], y[rows])
+        with naming_the_row(obj, X[rows], y[rows], rows.start):
+            block = obj.directional_grads(T, X[rows], y[rows])
+        yield rows, block
 
 
 def directional_pays(obj: Objective, X: Tensor, y: Tensor, k: int) -> bool:

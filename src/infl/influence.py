@@ -15,7 +15,7 @@ from . import dist
 from .errors import InputError, NotFittedError
 from .grads import directional_pays, iter_directional, iter_grads, stack_grads, sum_grad
 from .inputs import batches, to_tensors
-from .linear import check_curvature, curvature_operator, make_objective
+from .linear import LinearObjective, check_curvature, curvature_operator, make_objective
 from .objective import L2, LossFn, check_l2, describe_l2, nonnegative_number
 from .operators import Operator
 from .solvers import CG, EKFAC, KFAC, Arnoldi, Exact, LiSSA, SolveInfo
@@ -153,8 +153,9 @@ class Influence:
         self.prepare(train)
         op, obj = self.operator_, self.objective_
         try:
-            if isinstance(self.solver, LiSSA):
-                self.solver.fit(op, floor=obj.l2_min + self.damping)
+            if isinstance(self.solver, LiSSA):  # l2 + damping bounds H's spectrum when the data part is PSD
+                psd = self.curvature == "gauss-newton" or isinstance(obj, LinearObjective)
+                self.solver.fit(op, floor=obj.l2_min + self.damping if psd else None)
             else:
                 self.solver.fit(op)
         except NotImplementedError as exc:  # an operation without forward-mode AD (curvature products use it)
@@ -263,8 +264,10 @@ class Influence:
         moves theta by about -I_up,params / n.
         """
         index = self._train_index(indices)
-        G = self.objective_.per_example_grads(self.X_train_[index], self.y_train_[index])
-        return -self._solve(G)
+        obj = self.objective_
+        if not index.numel():
+            return torch.empty(0, obj.p, dtype=obj.dtype, device=obj.device)
+        return -self._solve(obj.per_example_grads(self.X_train_[index], self.y_train_[index]))
 
     def _train_index(self, indices: Sequence[int] | Tensor) -> Tensor:
         self._fitted()
@@ -297,8 +300,10 @@ class Influence:
             raise InputError(f"I_pert,loss moves training inputs continuously, but they are {self.X_train_.dtype} "
                              "(e.g. token ids); perturb a continuous input instead, such as an embedding output "
                              "fed to the rest of the model")
-        T = self.s_test(test)
         X, y = self.X_train_[index], self.y_train_[index]
+        if not index.numel():
+            return X.new_empty(self.test_tensors(test)[0].shape[0], *X.shape)
+        T = self.s_test(test)
         return torch.stack([-self.objective_.input_grads(X, y, t) for t in T])
 
     @property

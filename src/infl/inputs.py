@@ -42,6 +42,9 @@ def to_tensors(data: Any, dtype: torch.dtype, device: torch.device, name: str = 
         if len(data) != 2:
             raise InputError(f"{name} must be a pair (X, y), got a sequence of length {len(data)}")
         X, y = _as_tensor(data[0], f"{name} X"), _as_tensor(data[1], f"{name} y")
+    elif isinstance(data, dict):
+        raise InputError(f"{name} must be a pair (X, y) of tensors or arrays, or a Dataset yielding (x, y); got a dict "
+                         f"with keys {list(data)[:5]}: pass (data[<inputs key>], data[<labels key>])")
     elif hasattr(data, "__getitem__") and hasattr(data, "__len__"):
         X, y = _from_dataset(data, name)
     else:

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 from torch.func import hessian, jacrev, jvp, vjp, vmap
 
+from .errors import InputError
 from .inputs import batches
 from .objective import Objective
 
@@ -128,6 +129,10 @@ class GaussNewton(Hessian):
 
     name = "gauss-newton"
 
+    def __init__(self, obj: Objective, X: Tensor, y: Tensor, batch_size: int = 1024) -> None:
+        super().__init__(obj, X, y, batch_size)
+        check_tensor_outputs(obj, X, "curvature='gauss-newton'")
+
     def _data_product(self, V: Tensor, X: Tensor, y: Tensor) -> Tensor:
         obj = self.obj
         f = lambda theta: obj.outputs(theta, X)  # noqa: E731
@@ -159,6 +164,19 @@ class GaussNewton(Hessian):
         G /= self.n
         G.diagonal().add_(obj.l2)
         return (G + G.T) / 2
+
+
+def check_tensor_outputs(obj: Objective, X: Tensor, who: str) -> None:
+    """InputError unless the model returns one tensor for inputs X, which a factorisation through the outputs
+    (J^T Lambda J) needs; one forward pass on one example."""
+    if not X.shape[0]:
+        return
+    with torch.no_grad():
+        out = obj.outputs(obj.theta, X[:1])
+    if not isinstance(out, Tensor):
+        raise InputError(f"{who} needs a model that returns one tensor (the loss is factored through the outputs); "
+                         f"this model returns a {type(out).__name__}. Return one tensor (e.g. torch.cat of the heads, "
+                         "split again in loss_fn), or use curvature='hessian' with solver='exact', 'cg' or 'lissa'")
 
 
 def output_hessians(loss_fn, F: Tensor, y: Tensor) -> Tensor:

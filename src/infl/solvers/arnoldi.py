@@ -26,7 +26,7 @@ from torch import Tensor
 
 from ..errors import CurvatureError, InputError
 from ..operators import Operator
-from .base import SolveInfo, itemsize
+from .base import SolveInfo, check_count, itemsize, measured, solved
 from .krylov import refine
 from .lanczos import basis_size, default_block, top_eigenpairs
 
@@ -42,12 +42,14 @@ class Arnoldi:
     (0, the default: none), then a closing step (infl.solvers.krylov.refine); the
     note gives every right-hand side's residual after the block steps, and
     SolveInfo.residual those measured after the closing step (nan elsewhere).
+    check: without refine, right-hand sides per solve whose residual against the
+    operator is measured (one product each; 0 skips); a median above 0.1 warns.
     """
 
     name = "arnoldi"
 
     def __init__(self, rank: int = 100, probes: int = 32, tol: float = 1e-6, seed: int = 0, refine: int = 0,
-                 block: int | None = None) -> None:
+                 block: int | None = None, check: int = 8) -> None:
         if not (isinstance(rank, int) and rank >= 1) or not (isinstance(probes, int) and probes >= 1):
             raise InputError(f"Arnoldi needs integer rank >= 1 and probes >= 1, got rank={rank!r}, probes={probes!r}")
         if not (isinstance(refine, int) and refine >= 0):
@@ -56,6 +58,7 @@ class Arnoldi:
             raise InputError(f"block must be an integer >= 1 (vectors per product), got {block!r}")
         self.rank, self.probes, self.tol, self.seed, self.refine = rank, probes, tol, seed, refine
         self.block = block or default_block(rank)
+        self.check = check_count(check)
 
     def footprint(self, op: Operator) -> dict[str, int]:
         """Bytes held, by item: the kept eigenvectors, and the Lanczos basis and one block's product while fitting."""
@@ -79,6 +82,10 @@ class Arnoldi:
                                  f"{self.rank}; add damping or use curvature='gauss-newton'")
         self.lam, self.U = lam, U
         rest = self._mean_dropped_eigenvalue(op)
+        if rest < 0:  # z^T A z >= 0 for every probe z if A is positive semi-definite
+            raise CurvatureError(f"the curvature is not positive definite: the mean eigenvalue of the {op.p - self.rank} "
+                                 f"directions outside the top {self.rank} is {rest:.3g} < 0, so some are negative; "
+                                 "add damping or use curvature='gauss-newton'")
         rest_trace = rest * (op.p - self.rank)
         if not 0 < rest <= float(lam[-1]):
             warnings.warn(f"Arnoldi's estimate {rest:.3g} of the mean dropped eigenvalue lies outside (0, "
@@ -115,4 +122,7 @@ class Arnoldi:
                 f"treated as one eigenvalue {self.lam_rest:.3g}")
         if self.refine:
             return refine(self.op, B, self.refine, self.inverse, self.name, note)
-        return self.inverse(B), SolveInfo(self.name, 0, None, True, note)
+        X = self.inverse(B)
+        residual, checked = measured(self.op, X, B, self.check, self.name,
+                                     "Arnoldi(refine=5) (block CG steps on the true curvature) or solver='cg' solves it")
+        return X, SolveInfo(self.name, 0, residual, solved(residual), "; ".join(filter(None, [note, checked])))

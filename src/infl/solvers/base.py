@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from ..errors import InputError
 from ..operators import Operator
 
 
@@ -37,6 +39,46 @@ class SolveInfo:
         if self.residual is None or self.residual.isnan().all():
             return float("nan")
         return float(self.residual.nan_to_num(nan=-1.0).max())
+
+
+def check_count(check: object) -> int:
+    """The number of right-hand sides a solver verifies per solve, validated (an integer >= 0)."""
+    if not (isinstance(check, int) and check >= 0):
+        raise InputError(f"check must be an integer >= 0 (right-hand sides to verify), got {check!r}")
+    return check
+
+
+APPROXIMATE = 0.1  # a median measured residual above this is worth a warning
+
+
+def measured(op: Operator, X: Tensor, B: Tensor, check: int, name: str, fix: str) -> tuple[Tensor | None, str]:
+    """The relative residuals of the first `check` rows of X (k, p) as answers to A x = b (rows of B), nan for
+    the other rows ((k,), None when none is measured), and a note; one product with op on `check` rows.
+
+    Warns, naming `fix`, when the median measured residual exceeds APPROXIMATE: such an answer is an
+    approximation whose scores may rank training points unlike the solve's.
+    """
+    m = min(check, B.shape[0])
+    if not m:
+        return None, ""
+    res = relative_residual(op.matmat(X[:m]), B[:m])
+    median = float(res.median())
+    if not median <= APPROXIMATE:
+        warnings.warn(f"{name}: relative residual {median:.3g} (median over {m} right-hand sides) against "
+                      f"{op.name}: the answer is an approximation, and its scores may rank training points "
+                      f"differently from the exact solve's. {fix}", stacklevel=4)
+    residual = torch.full((B.shape[0],), float("nan"), dtype=res.dtype, device=res.device)
+    residual[:m] = res
+    return residual, (f"relative residual against {op.name} on {m} of {B.shape[0]} right-hand sides: "
+                      f"median {median:.3g}, max {float(res.max()):.3g}")
+
+
+SOLVED = 1e-8  # relative residual at which an approximate answer counts as the solve's
+
+
+def solved(residual: Tensor | None) -> bool:
+    """Whether residuals were measured and every measured one is at most SOLVED."""
+    return residual is not None and bool(residual.nan_to_num(nan=0.0).max() <= SOLVED)
 
 
 def itemsize(op: Operator) -> int:

@@ -27,8 +27,8 @@ from ..dist import AllReduced, all_sum
 from ..errors import CurvatureError, InputError
 from ..kronecker import find_layers, fit_factors
 from ..objective import nonnegative_number
-from ..operators import Operator, Shifted
-from .base import SolveInfo, itemsize, relative_residual
+from ..operators import Operator, Shifted, check_tensor_outputs
+from .base import SolveInfo, check_count, itemsize, measured, solved
 from .krylov import refine
 
 
@@ -85,8 +85,7 @@ class EKFAC:
                  ) -> None:
         if others not in ("diagonal", "error"):
             raise InputError(f"others must be 'diagonal' or 'error', got {others!r}")
-        if not (isinstance(check, int) and check >= 0):
-            raise InputError(f"check must be an integer >= 0 (right-hand sides to verify), got {check!r}")
+        check = check_count(check)
         if not (isinstance(refine, int) and refine >= 0):
             raise InputError(f"refine must be an integer >= 0 (conjugate-gradient steps), got {refine!r}")
         self.refine_damping = nonnegative_number(refine_damping)
@@ -112,6 +111,7 @@ class EKFAC:
         """Collect the Kronecker statistics of the data behind op."""
         base, shift, n_total = _data_backed(op)
         obj = base.obj
+        check_tensor_outputs(obj, base.X, self.name)
         factors = fit_factors(obj, base.X, base.y, getattr(base, "batch_size", 512), self.eigen,
                               n_total=n_total, reduce=all_sum)
         if factors.diag_names:
@@ -159,22 +159,20 @@ class EKFAC:
         """X (k, p) ~= A^{-1} b for each row b of B (k, p); the note says how close on a sample of rows."""
         if self.refine:
             precondition = lambda R: self.power(R, -1.0, 1.0 + self.refine_damping)  # noqa: E731
-            return refine(self.op, B, self.refine, precondition, self.name, self._note(B))
+            return refine(self.op, B, self.refine, precondition, self.name, self._note())
         X = self.inverse(B)
-        return X, SolveInfo(self.name, 0, None, True, self._note(B, X))
+        residual, checked = measured(self.op, X, B, self.check, self.name,
+                                     f"{type(self).__name__}(refine=4) (block CG steps on the true curvature) or "
+                                     "solver='cg' solves it")
+        return X, SolveInfo(self.name, 0, residual, solved(residual), "; ".join(filter(None, [self._note(), checked])))
 
-    def _note(self, B: Tensor, X: Tensor | None = None) -> str:
-        """What the factors cover; with X, also its residual on the first `check` rows of B."""
+    def _note(self) -> str:
+        """What the factors cover."""
         f = self.factors
         note = (f"{self.name} of the Gauss-Newton matrix over {len(f.layers)} layers"
                 + (f", exact diagonal on {f.diag_index.numel()} other parameters" if f.diag_index.numel() else ""))
         if not self.uniform_l2:
             note += "; l2 differs within a layer, its mean used there"
-        k = 0 if X is None else min(self.check, B.shape[0])
-        if k:
-            res = relative_residual(self.op.matmat(X[:k]), B[:k])
-            note += (f"; relative residual against {self.op.name} on {k} of {B.shape[0]} right-hand sides: "
-                     f"median {float(res.median()):.3g}, max {float(res.max()):.3g}")
         return note
 
 

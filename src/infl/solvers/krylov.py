@@ -11,7 +11,7 @@ from torch import Tensor
 from ..errors import CurvatureError, InputError
 from ..inputs import batches
 from ..operators import Operator
-from .base import SolveInfo
+from .base import SOLVED, SolveInfo
 
 MatMat = Callable[[Tensor], Tensor]
 
@@ -63,7 +63,6 @@ def cg(matmat: MatMat, B: Tensor, *, tol: float = 1e-6, max_iter: int = 1000,
     return X, SolveInfo("cg", it, res, bool(active.numel() == 0), "")
 
 
-REFINE_TOL = 1e-8  # a refinement counts as converged only once (nearly) exact
 REFINE_BLOCK = 128  # right-hand sides sharing one block Krylov space
 
 
@@ -96,11 +95,11 @@ def refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: st
     res = R.norm(dim=1) / bnorm
     note = (f"{note}; refined by {taken} preconditioned block CG steps on {op.name}: relative residual "
             f"median {float(res.median()):.3g}, max {float(res.max()):.3g}")
-    unsolved &= res > REFINE_TOL
+    unsolved &= res > SOLVED
     if unsolved.any():
         X, res, closing = _closing_step(op, approx_inverse, X, R, res, bnorm, unsolved)
         note += closing
-    return X, SolveInfo(f"{name}+cg", taken, res, bool(res.max() <= REFINE_TOL), note)
+    return X, SolveInfo(f"{name}+cg", taken, res, bool(res.max() <= SOLVED), note)
 
 
 CLOSING_PROBES = 8  # rows whose product measures the closing step's length

@@ -15,10 +15,10 @@ import warnings
 import torch
 from torch import Tensor
 
-from ..errors import DivergenceError, InputError
+from ..errors import CurvatureError, DivergenceError, InputError
 from ..operators import Operator
-from .base import SolveInfo, itemsize
-from .spectrum import top_eigenvalue
+from .base import SolveInfo, check_count, itemsize, measured
+from .spectrum import smallest_eigenvalue, top_eigenvalue
 
 
 class LiSSA:
@@ -27,16 +27,22 @@ class LiSSA:
     scale: default 1.2 x the largest eigenvalue seen on a few sampled batches.
     depth: default the number of steps that brings the truncation error
         (1 - floor / scale)^depth below `tol`, where floor = a lower bound on
-        A's eigenvalues (smallest l2 + damping for a PSD data curvature).
+        A's eigenvalues: the smallest l2 + damping where the data curvature is
+        positive semi-definite (Gauss-Newton, linear models), else A's
+        smallest eigenvalue estimated by Lanczos (a Ritz value, so from above).
     batch_size: examples per sampled curvature (the op must offer `subset`;
         otherwise the whole op is used every step).
-    Raises DivergenceError, naming the knob to change, when the iterates blow up.
+    check: right-hand sides per solve whose residual against A is measured (one
+        product each; 0 skips); a median above 0.1 warns.
+    Raises DivergenceError, naming the knob to change, when the iterates blow up,
+    and CurvatureError when the estimated smallest eigenvalue is not positive.
     """
 
     name = "lissa"
 
     def __init__(self, depth: int | None = None, repeats: int = 1, batch_size: int = 512,
-                 scale: float | None = None, tol: float = 1e-3, max_depth: int = 20_000, seed: int = 0) -> None:
+                 scale: float | None = None, tol: float = 1e-3, max_depth: int = 20_000, seed: int = 0,
+                 check: int = 8) -> None:
         for knob, value, low in (("repeats", repeats, 1), ("batch_size", batch_size, 1), ("max_depth", max_depth, 1)):
             if not (isinstance(value, int) and value >= low):
                 raise InputError(f"LiSSA {knob} must be an integer >= {low}, got {value!r}")
@@ -48,19 +54,32 @@ class LiSSA:
             raise InputError(f"LiSSA tol must lie in (0, 1), got {tol!r}")
         self.depth, self.repeats, self.batch_size = depth, repeats, batch_size
         self.scale, self.tol, self.max_depth, self.seed = scale, tol, max_depth, seed
+        self.check = check_count(check)
 
     def footprint(self, op: Operator) -> dict[str, int]:
         """Bytes held, by item: the recursion's vectors per right-hand side (nothing is kept between solves)."""
         return {f"per right-hand side (4 vectors of {op.p})": 4 * op.p * itemsize(op)}
 
-    def fit(self, op: Operator, floor: float = 0.0) -> LiSSA:
-        """Choose scale and depth for op; floor is a known lower bound on its eigenvalues."""
-        self.op, self.floor = op, floor
+    def fit(self, op: Operator, floor: float | None = None) -> LiSSA:
+        """Choose scale and depth for op; floor is a known lower bound on its eigenvalues (None: unknown, so
+        estimated when the depth is automatic)."""
+        self.op = op
         self.n = op.n if hasattr(op, "subset") else 0
         self.capped_ = False
         self.scale_ = self.scale if self.scale is not None else 1.2 * self._sampled_top()
+        self.estimated_ = floor is None and self.depth is None
+        self.floor = self._smallest_eigenvalue() if self.estimated_ else (floor or 0.0)
         self.depth_ = self.depth if self.depth is not None else self._auto_depth()
         return self
+
+    def _smallest_eigenvalue(self) -> float:
+        """A's smallest eigenvalue by Lanczos (from above); CurvatureError if it is not positive."""
+        lam = smallest_eigenvalue(self.op, self.scale_, seed=self.seed)
+        if lam <= 0:
+            raise CurvatureError(
+                f"LiSSA: the curvature has an eigenvalue of about {lam:.3g} <= 0 (Lanczos estimate), so the series "
+                f"cannot converge. Add damping > {-lam:.3g}, or use curvature='gauss-newton'")
+        return lam
 
     def _sample(self, gen: torch.Generator) -> Operator:
         if not self.n or self.batch_size >= self.n:
@@ -96,9 +115,12 @@ class LiSSA:
             total += self._one_run(B, gen)
         X = total / self.repeats
         bound = (1 - self.floor / self.scale_) ** self.depth_ if self.floor > 0 else float("nan")
-        note = f"scale {self.scale_:.4g}, depth {self.depth_}, repeats {self.repeats}, " \
-               f"batch {self.batch_size}; truncation bound {bound:.2g}"
-        return X, SolveInfo(self.name, self.depth_ * self.repeats, None, not self.capped_, note)
+        floor = f"floor {self.floor:.3g}" + (" (estimated smallest eigenvalue)" if self.estimated_ else "")
+        residual, checked = measured(self.op, X, B, self.check, self.name,
+                                     "Raise depth, repeats or batch_size, or use solver='cg'")
+        note = "; ".join(filter(None, [f"scale {self.scale_:.4g}, depth {self.depth_}, repeats {self.repeats}, "
+                                       f"batch {self.batch_size}, {floor}; truncation bound {bound:.2g}", checked]))
+        return X, SolveInfo(self.name, self.depth_ * self.repeats, residual, not self.capped_, note)
 
     def _one_run(self, B: Tensor, gen: torch.Generator) -> Tensor:
         H = B.clone()
