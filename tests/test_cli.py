@@ -110,13 +110,37 @@ def test_test_index_out_of_range_is_a_clean_error(tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--loo", "2"], "at least 3 points"),
-    (["--l2", "-1"], "-1.0 is not in the range x>=0"),
+    (["--l2", "-1"], "'--l2': must be a finite number >= 0, got -1"),
     (["--solver", "newton"], "'newton' is not one of 'exact', 'cg', 'lissa'"),
+    (["--seed", "-1"], "-1 is not in the range x>=0"),
+    (["--damping", "nan"], "'--damping': must be a finite number >= 0, got nan"),
+    (["--l2", "inf"], "'--l2': must be a finite number >= 0, got inf"),
+    (["--l2", "0"], "--l2: 0 with --damping 0 leaves the Hessian singular"),
 ])
 def test_bad_option_values_are_clean_errors(tmp_path, args, message):
     result = _invoke("--data", "digits", "--out", str(tmp_path / "o"), *args)
     assert result.exit_code == 2
     assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_missing_csv_value_is_named_and_a_failed_run_leaves_no_output_folder(tmp_path):
+    rows = "f1,f2,label\n" + "".join(f"{i},{'' if i == 3 else i % 5},{i % 2}\n" for i in range(12))
+    (tmp_path / "train.csv").write_text(rows)
+    (tmp_path / "test.csv").write_text(rows)
+    out = tmp_path / "fresh" / "out"
+    result = _invoke("--train", str(tmp_path / "train.csv"), "--test", str(tmp_path / "test.csv"), "--out", str(out))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "column 'f2' has 1 missing value(s) (first on line 5: ''); impute or drop those rows" in result.output
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_an_output_folder_that_cannot_be_made_is_a_clean_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    for command in ("explain", "mismatch"):
+        result = CliRunner().invoke(main, [command, "--data", "digits", "--out", str(tmp_path / "file" / "sub")])
+        assert result.exit_code == 1 and "cannot write the output" in result.output, result.output
+        assert "Traceback" not in result.output
 
 
 @pytest.mark.parametrize("extra, message", [

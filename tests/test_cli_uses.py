@@ -50,10 +50,11 @@ def test_attack_refuses_a_non_empty_folder(run):
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--radius", "-0.1"], "radius must be a finite number > 0"),
-    (["--radius", "nan"], "radius must be a finite number > 0"),
-    (["--step", "inf"], "step must be a finite number > 0"),
-    (["--steps", "0"], "steps must be an integer >= 1"),
+    (["--radius", "-0.1"], "'--radius': must be a finite number > 0"),
+    (["--radius", "nan"], "'--radius': must be a finite number > 0"),
+    (["--step", "inf"], "'--step': must be a finite number > 0"),
+    (["--steps", "0"], "'--steps': 0 is not in the range x>=1"),
+    (["--seed", "-1"], "'--seed': -1 is not in the range x>=0"),
     (["--test-index", "5000"], "out of range"),
     (["--digits", "3", "3"], "two different digit classes"),
 ])
@@ -62,6 +63,7 @@ def test_attack_bad_input(tmp_path, args, words):
     assert result.exit_code != 0
     assert words in result.output
     assert "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()  # a failed command leaves no empty output folder behind
 
 
 def test_behaviour_writes_its_plot_and_report(run):

@@ -131,6 +131,7 @@ def test_cli_triage_on_files_writes_report_figure_and_csv_and_leaves_inputs(tmp_
     assert result.exit_code == 0, result.output
     assert "fraction of flipped labels found" in result.stdout and "self-influence found more flips" in result.stdout
     assert "fits" in result.stdout and "of the flipped ones" in result.stdout
+    assert "seed 5: fixing the checked labels and retraining" in result.stderr  # progress within each seed
     assert {p.name for p in out.iterdir()} == {"report.html", "triage.png", "found.csv", "accuracy.csv"}
     rows = (out / "found.csv").read_text().splitlines()
     assert rows[0] == "seed,method,fraction_checked,fraction_found" and len(rows) == 1 + 2 * 3 * 101

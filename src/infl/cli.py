@@ -33,6 +33,28 @@ REPORT_NAME, LOO_FIGURE = "report.html", "loo.png"
 TRAIN_TOL = 1e-9  # max |grad R| at which training stops
 
 
+class FiniteFloat(click.ParamType):
+    """A finite number >= low (> low when open): NaN and inf are refused with the option's name."""
+
+    name = "float"
+
+    def __init__(self, low: float = 0.0, open_: bool = False) -> None:
+        self.low, self.open_ = low, open_
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or number < self.low or (self.open_ and number == self.low):
+            self.fail(f"must be a finite number {'>' if self.open_ else '>='} {self.low:g}, got {value}", param, ctx)
+        return number
+
+
+NONNEGATIVE, POSITIVE = FiniteFloat(0.0), FiniteFloat(0.0, open_=True)
+SEED = click.IntRange(min=0)  # numpy's generators refuse negative seeds
+
+
 class Clock:
     """Elapsed time since the command started; announces stages on stderr and records their durations."""
 
@@ -65,8 +87,21 @@ def prepare_out(out: Path, force: bool, inputs: Sequence[Path], names: Sequence[
     clash = [str(p) for p in inputs if p.resolve() in targets]
     if clash:
         raise click.ClickException(f"the output would overwrite the input file {clash[0]}; choose another --out.")
+    missing = [folder for folder in (out, *out.parents) if not folder.exists()]  # deepest first
     out.mkdir(parents=True, exist_ok=True)
+    _created.extend(missing)
     return out
+
+
+_created: list[Path] = []  # output folders this command made, deepest first
+
+
+def _remove_empty_created() -> None:
+    """Remove the output folders this command made that are still empty (it failed before writing)."""
+    for folder in _created:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+    _created.clear()
 
 
 def _load_file(path: Path, label_column: str | None, labels: Path | None, flag: str,
@@ -274,11 +309,11 @@ def main() -> None:
               help="Harmful and helpful training points shown per test point.")
 @click.option("--loo", type=click.IntRange(min=0), default=30, show_default=True,
               help="Training points removed and retrained on for the first test point (0 skips).")
-@click.option("--l2", type=click.FloatRange(min=0), default=0.01, show_default=True, help="Weight decay of training.")
-@click.option("--damping", type=click.FloatRange(min=0), default=0.0, show_default=True, help="Added to the Hessian only (not to training).")
+@click.option("--l2", type=NONNEGATIVE, default=0.01, show_default=True, help="Weight decay of training.")
+@click.option("--damping", type=NONNEGATIVE, default=0.0, show_default=True, help="Added to the Hessian only (not to training).")
 @click.option("--solver", type=click.Choice(list(SOLVERS)), default="exact", show_default=True,
               help="Inverse-Hessian-vector product method.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random leave-one-out points.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the random leave-one-out points.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("infl-out"), show_default=True,
               help="Output folder for report.html and loo.png.")
 @click.option("--force", is_flag=True, help="Write into a non-empty output folder.")
@@ -292,19 +327,28 @@ def explain(**opts: object) -> None:
 
 
 def run_command(body, opts: dict) -> None:
-    """body(opts), with infl's errors and failed writes turned into one-line click errors."""
+    """body(opts), with infl's errors and failed writes turned into one-line click errors; output folders it
+    made are removed again if it fails before writing into them."""
     try:
-        body(opts)
-    except InflError as error:
-        raise click.ClickException(str(error)) from error
-    except OSError as error:
-        raise click.ClickException(f"cannot write the output: {error}") from error
+        try:
+            body(opts)
+        except InflError as error:
+            raise click.ClickException(str(error)) from error
+        except OSError as error:
+            raise click.ClickException(f"cannot write the output: {error}") from error
+    except Exception:
+        _remove_empty_created()
+        raise
 
 
 def _explain(opts: dict) -> None:
     clock = Clock()
     if opts["loo"] in (1, 2):
         raise click.BadParameter("use 0 to skip, or at least 3 points for a correlation.", param_hint="--loo")
+    if opts["l2"] == 0 and opts["damping"] == 0:
+        raise click.BadParameter("0 with --damping 0 leaves the Hessian singular (softmax outputs do not change when "
+                                 "the same vector is added to every class's weights); pass --damping 0.001, or --l2 > 0.",
+                                 param_hint="--l2")
     inputs = [Path(p) for p in (opts["train"], opts["test"], *opts["labels"]) if p is not None]
     out = prepare_out(opts["out"], opts["force"], inputs)
     with clock.stage("loading data"):

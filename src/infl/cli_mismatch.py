@@ -7,8 +7,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .cli import REPORT_NAME, Clock, data_options, load_data, predict, prepare_out, train_model
-from .errors import InflError
+from .cli import POSITIVE, REPORT_NAME, Clock, run_command, data_options, load_data, predict, prepare_out, train_model
 from .influence import SOLVERS, Influence
 from .losses import cross_entropy
 from .mismatch import find_drivers, over_represented
@@ -18,11 +17,11 @@ from .mismatch_report import write_mismatch_report
 @click.command(short_help="Find the training points that drive the wrong test predictions.")
 @data_options
 @click.option("--top", type=click.IntRange(min=1), default=20, show_default=True, help="Drivers listed.")
-@click.option("--threshold", type=float, default=10.0, show_default=True,
+@click.option("--threshold", type=POSITIVE, default=10.0, show_default=True,
               help="Flag drivers at or above this multiple of the mean |influence| (> 0).")
 @click.option("--max-wrong", type=click.IntRange(min=1), default=50, show_default=True,
               help="Wrong test predictions analysed (the first ones).")
-@click.option("--l2", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
+@click.option("--l2", type=POSITIVE, default=0.01, show_default=True,
               help="Weight decay of the logistic regression.")
 @click.option("--solver", type=click.Choice(list(SOLVERS)), default="exact", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=Path("infl-mismatch"), show_default=True,
@@ -33,35 +32,34 @@ def mismatch_command(**opts: object) -> None:
     points that drive them: weight = |I_up,loss| / mean |I_up,loss| over the training set, averaged over
     the wrong points; flags those above --threshold and, for non-image data, the feature values
     over-represented among the drivers."""
-    try:
-        clock = Clock()
-        if not (np.isfinite(opts["threshold"]) and opts["threshold"] > 0):
-            raise click.BadParameter(f"must be a finite number > 0, got {opts['threshold']}", param_hint="--threshold")
-        inputs = [Path(p) for p in (opts["train"], opts["test"], *opts["labels"]) if p is not None]
-        out = prepare_out(opts["out"], opts["force"], inputs, (REPORT_NAME,))
-        split = load_data(opts["data"], opts["train"], opts["test"], opts["label_column"], opts["labels"])
-        if opts["top"] > len(split.y_train):
-            raise click.BadParameter(f"{opts['top']} is more than the {len(split.y_train)} training points.",
-                                     param_hint="--top")
-        with clock.stage("training and fitting influence"):
-            model = train_model(split, opts["l2"])
-            inf = Influence(model, cross_entropy, l2=opts["l2"], solver=opts["solver"])
-            inf.fit((split.X_train, split.y_train))
-        wrong = np.flatnonzero(predict(model, split.X_test) != split.y_test)[: opts["max_wrong"]]
-        with clock.stage(f"scoring the training points for {len(wrong)} wrong test predictions"):
-            drivers = find_drivers(inf, (split.X_test, split.y_test), wrong, opts["top"], opts["threshold"])
-        values = [] if split.image_shape else over_represented(split.X_train, drivers.top, split.feature_names)
-        click.echo(f"{len(wrong)} wrong test predictions; {len(drivers.outsized)} training point(s) at or above "
-                   f"{opts['threshold']:g}x the mean |influence|; the top {opts['top']} carry {drivers.share:.0%}")
-        for rank, i in enumerate(drivers.top, 1):
-            click.echo(f"  {rank:>4}  train #{i:<6} label {split.y_train[i]:<3} weight {drivers.weight[i]:.3g}x")
-        for o in values:
-            click.echo(f"  over-represented: {o.feature} = {o.value}: {o.share_top:.0%} of drivers vs "
-                       f"{o.share_train:.1%} of training (lift {o.lift:.1f})")
-        summary = {"data": split.name, "model": f"logistic regression, l2 = {opts['l2']:g}",
-                   "time": f"{clock.elapsed():.1f} s"}
-        path = write_mismatch_report(out / REPORT_NAME, drivers, values, split.X_train, split.y_train,
-                                     split.image_shape, summary, f"infl mismatch: {split.name}")
-    except InflError as error:
-        raise click.ClickException(str(error)) from error
+    run_command(_mismatch, opts)
+
+
+def _mismatch(opts: dict) -> None:
+    clock = Clock()
+    inputs = [Path(p) for p in (opts["train"], opts["test"], *opts["labels"]) if p is not None]
+    out = prepare_out(opts["out"], opts["force"], inputs, (REPORT_NAME,))
+    split = load_data(opts["data"], opts["train"], opts["test"], opts["label_column"], opts["labels"])
+    if opts["top"] > len(split.y_train):
+        raise click.BadParameter(f"{opts['top']} is more than the {len(split.y_train)} training points.",
+                                 param_hint="--top")
+    with clock.stage("training and fitting influence"):
+        model = train_model(split, opts["l2"])
+        inf = Influence(model, cross_entropy, l2=opts["l2"], solver=opts["solver"])
+        inf.fit((split.X_train, split.y_train))
+    wrong = np.flatnonzero(predict(model, split.X_test) != split.y_test)[: opts["max_wrong"]]
+    with clock.stage(f"scoring the training points for {len(wrong)} wrong test predictions"):
+        drivers = find_drivers(inf, (split.X_test, split.y_test), wrong, opts["top"], opts["threshold"])
+    values = [] if split.image_shape else over_represented(split.X_train, drivers.top, split.feature_names)
+    click.echo(f"{len(wrong)} wrong test predictions; {len(drivers.outsized)} training point(s) at or above "
+               f"{opts['threshold']:g}x the mean |influence|; the top {opts['top']} carry {drivers.share:.0%}")
+    for rank, i in enumerate(drivers.top, 1):
+        click.echo(f"  {rank:>4}  train #{i:<6} label {split.y_train[i]:<3} weight {drivers.weight[i]:.3g}x")
+    for o in values:
+        click.echo(f"  over-represented: {o.feature} = {o.value}: {o.share_top:.0%} of drivers vs "
+                   f"{o.share_train:.1%} of training (lift {o.lift:.1f})")
+    summary = {"data": split.name, "model": f"logistic regression, l2 = {opts['l2']:g}",
+               "time": f"{clock.elapsed():.1f} s"}
+    path = write_mismatch_report(out / REPORT_NAME, drivers, values, split.X_train, split.y_train,
+                                 split.image_shape, summary, f"infl mismatch: {split.name}")
     click.echo(f"report: {path}")

@@ -9,9 +9,9 @@ from typing import Iterable, Iterator, Sequence
 import click
 import numpy as np
 
-from .cli import REPORT_NAME, TRAIN_TOL, Clock, data_options, load_data, prepare_out, train_model
+from .cli import POSITIVE, REPORT_NAME, SEED, TRAIN_TOL, Clock, data_options, load_data, prepare_out, run_command, \
+    train_model
 from .data import Split
-from .errors import InflError
 from .influence import SOLVERS, Influence
 from .losses import cross_entropy
 from .report import figure_png
@@ -55,8 +55,10 @@ def echo_table(title: str, rows: list[list[str]]) -> None:
 def run_flipped(split: Split, opts: dict, out: Path, clock: Clock) -> Path:
     """Flip, rank, fix and retrain for every seed; print and write the figures."""
     seeds = list(dict.fromkeys(opts["seed"] or (0, 1, 2)))
-    with clock.stage(f"{len(seeds)} seed(s): flip {opts['flip']:.0%} of labels, train, rank, fix and retrain"):
-        runs = triage(split, flip=opts["flip"], seeds=seeds, l2=opts["l2"], solver=opts["solver"], tol=TRAIN_TOL)
+    click.echo(f"[{clock.elapsed():7.1f}s] {len(seeds)} seed(s): flip {opts['flip']:.0%} of labels, train, rank, "
+               "fix and retrain", err=True)
+    runs = triage(split, flip=opts["flip"], seeds=seeds, l2=opts["l2"], solver=opts["solver"], tol=TRAIN_TOL,
+                  progress=lambda stage: click.echo(f"[{clock.elapsed():7.1f}s] {stage} ...", err=True))
     claim = check_claim(runs)
     echo_table("fraction of flipped labels found: mean ± std (min-max)", found_rows(runs, [0.05, 0.1, 0.2, 0.3]))
     echo_table("test accuracy after fixing the checked points: mean ± std", accuracy_rows(runs))
@@ -103,8 +105,8 @@ def run_as_is(split: Split, opts: dict, out: Path, clock: Clock) -> Path:
 @click.option("--flip", type=float, default=0.1, show_default=True,
               help="Fraction of training labels flipped to another class, in (0, 1).")
 @click.option("--as-is", "as_is", is_flag=True, help="Flip nothing: rank the labels as given (no ground truth).")
-@click.option("--seed", type=int, multiple=True, help="Seed of the flips (repeatable) [default: 0 1 2].")
-@click.option("--l2", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
+@click.option("--seed", type=SEED, multiple=True, help="Seed of the flips (repeatable) [default: 0 1 2].")
+@click.option("--l2", type=POSITIVE, default=0.01, show_default=True,
               help="Weight decay of the logistic regression. Self-influence beats training loss only when l2 is "
                    "small enough for the model to fit (memorise) the flipped labels; see README.")
 @click.option("--solver", type=click.Choice(list(SOLVERS)), default="exact", show_default=True,
@@ -121,17 +123,16 @@ def triage_command(**opts: object) -> None:
     paper's multinomial logistic regression on the noisy labels, and plots the fraction of flips found
     against the fraction of data checked, and the test accuracy after fixing the checked points and
     retraining. With --as-is, ranks the labels as given and lists the points to check first."""
-    try:
-        clock = Clock()
-        if not opts["as_is"]:
-            check_fraction(opts["flip"], "--flip")
-        inputs = [Path(p) for p in (opts["train"], opts["test"], *opts["labels"]) if p is not None]
-        out = prepare_out(opts["out"], opts["force"], inputs, OUTPUTS)
-        with clock.stage("loading data"):
-            split = load_data(opts["data"], opts["train"], opts["test"], opts["label_column"], opts["labels"])
-        path = (run_as_is if opts["as_is"] else run_flipped)(split, opts, out, clock)
-    except InflError as error:
-        raise click.ClickException(str(error)) from error
-    except OSError as error:
-        raise click.ClickException(f"cannot write the output: {error}") from error
+    run_command(_triage, opts)
+
+
+def _triage(opts: dict) -> None:
+    clock = Clock()
+    if not opts["as_is"]:
+        check_fraction(opts["flip"], "--flip")
+    inputs = [Path(p) for p in (opts["train"], opts["test"], *opts["labels"]) if p is not None]
+    out = prepare_out(opts["out"], opts["force"], inputs, OUTPUTS)
+    with clock.stage("loading data"):
+        split = load_data(opts["data"], opts["train"], opts["test"], opts["label_column"], opts["labels"])
+    path = (run_as_is if opts["as_is"] else run_flipped)(split, opts, out, clock)
     click.echo(f"\nreport: {path}")

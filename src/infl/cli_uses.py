@@ -19,20 +19,9 @@ from tqdm import tqdm
 from .attack import EIGHT_BIT, Budget, HeadAttack, flip_fractions
 from .attack_report import flip_fraction, write_attack_report
 from .behaviour import CNN, SVM, compare_behaviour, write_behaviour_report
-from .cli import run_command
+from .cli import POSITIVE, REPORT_NAME, SEED, prepare_out, run_command
 from .data import BUILTINS, load_builtin
 from .frozen import binary_task, default_cache, load_extractor, predict
-
-
-def prepare_folder(out: Path, force: bool) -> Path:
-    """Create the output folder; refuse a non-empty one unless --force."""
-    if out.exists() and not out.is_dir():
-        raise click.ClickException(f"--out {out} is a file, not a folder; choose a folder name.")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise click.ClickException(f"output folder {out} is not empty; choose another --out, or pass --force to "
-                                   "write into it anyway (files of the same names are replaced).")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
 
 
 def say(start: float, what: str) -> None:
@@ -46,12 +35,12 @@ def data_options(command):
                      help="Built-in digit images."),
         click.option("--digits", type=(int, int), default=(4, 9), show_default=True,
                      help="The two digit classes of the binary task (the others train the feature extractor)."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of the extractor's training."),
+        click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the extractor's training."),
         click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True,
                      help="Training passes of the feature extractor."),
         click.option("--cache", type=click.Path(path_type=Path), default=None,
                      help=f"Folder caching the trained extractor [default: {default_cache()}]."),
-        click.option("--l2", type=click.FloatRange(min=0, min_open=True), default=0.01, show_default=True,
+        click.option("--l2", type=POSITIVE, default=0.01, show_default=True,
                      help="Weight decay of the top layer."),
         click.option("--force", is_flag=True, help="Write into a non-empty output folder."),
     ]
@@ -76,10 +65,10 @@ def check_test_index(requested: tuple[int, ...], m: int) -> list[int]:
               help="Number of correctly classified test points attacked, drawn with --seed.")
 @click.option("--perturb", type=click.IntRange(min=1), multiple=True,
               help="Number of training images perturbed per attack (repeatable) [default: 1, 2 and 10].")
-@click.option("--radius", type=float, default=None,
+@click.option("--radius", type=POSITIVE, default=None,
               help="L-infinity budget per pixel, pixels in [0, 1] [default: 8-bit image unchanged, 0.5/255].")
-@click.option("--step", type=float, default=None, help="Signed step size [default: radius / 4].")
-@click.option("--steps", type=int, default=10, show_default=True, help="Attack iterations (each retrains).")
+@click.option("--step", type=POSITIVE, default=None, help="Signed step size [default: radius / 4].")
+@click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Attack iterations (each retrains).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("infl-attack"), show_default=True,
               help="Output folder for report.html and the PNG figures.")
 def attack(**opts) -> None:
@@ -96,7 +85,7 @@ def _attack(opts: dict) -> None:
     start = time.perf_counter()
     radius = EIGHT_BIT if opts["radius"] is None else opts["radius"]
     budget = Budget(radius=radius, step=opts["step"], steps=opts["steps"])  # bad values raise InputError
-    out = prepare_folder(opts["out"], opts["force"])
+    out = prepare_out(opts["out"], opts["force"], (), (REPORT_NAME, "the PNG figures"))
     split = load_builtin(opts["data"])
     task = binary_task(split, opts["digits"])
     tests = check_test_index(opts["test_index"], len(task.y_test))
@@ -140,9 +129,9 @@ def _attack(opts: dict) -> None:
 @click.option("--test-index", type=int, default=0, show_default=True, help="Test point of the binary task.")
 @click.option("--top", type=click.IntRange(min=1), default=8, show_default=True,
               help="Most helpful training images shown per model.")
-@click.option("--svm-l2", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
+@click.option("--svm-l2", type=POSITIVE, default=1e-3, show_default=True,
               help="Weight decay of the RBF SVM.")
-@click.option("--gamma", type=click.FloatRange(min=0, min_open=True), default=None,
+@click.option("--gamma", type=POSITIVE, default=None,
               help="RBF kernel width [default: 1 / (d * Var(X)), scikit-learn's 'scale'].")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("infl-behaviour"), show_default=True,
               help="Output folder for report.html and influence_vs_distance.png.")
@@ -157,7 +146,7 @@ def behaviour(**opts) -> None:
 
 def _behaviour(opts: dict) -> None:
     start = time.perf_counter()
-    out = prepare_folder(opts["out"], opts["force"])
+    out = prepare_out(opts["out"], opts["force"], (), (REPORT_NAME, "the PNG figures"))
     split = load_builtin(opts["data"])
     task = binary_task(split, opts["digits"])
     test = check_test_index((opts["test_index"],), len(task.y_test))[0]

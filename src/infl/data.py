@@ -259,12 +259,19 @@ def _header(rows: list[list[str]], label_column: str, path: str | Path) -> list[
     return header
 
 
+MISSING = ("", "na", "n/a", "null", "none", "?", "-")  # cells that mark a missing value in CSV files
+
+
 def _numeric(column: tuple[str, ...], name: str, lines: tuple[int, ...], path: Path) -> np.ndarray:
     """Parse one CSV column as float64 (n,), or raise naming the first bad cell and its line."""
     try:
         return np.asarray(column, dtype=np.float64)
     except ValueError:
         line, cell = next((i, c) for i, c in zip(lines, column) if not _is_float(c))
+        missing = [i for i, c in zip(lines, column) if c.strip().lower() in MISSING]
+        if missing:
+            raise DataError(f"{path}: column {name!r} has {len(missing)} missing value(s) (first on line "
+                            f"{missing[0]}: {column[lines.index(missing[0])]!r}); impute or drop those rows.") from None
         raise DataError(
             f"{path}: non-numeric column {name!r} (line {line}: {cell!r}); features must be numbers "
             "(encode or drop the column) and labels integers 0..K-1 (map class names to integers)."

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -198,16 +198,25 @@ def fit_noisy(split: Split, labels: np.ndarray, l2: float, solver: str | Solver,
     return model, Influence(model, cross_entropy, l2=l2, solver=solver).fit((split.X_train, labels))
 
 
+def quiet(stage: str) -> None:
+    """The default progress report: nothing."""
+
+
 def triage_seed(split: Split, *, flip: float = 0.1, seed: int = 0, l2: float = 0.01, solver: str | Solver = "exact",
-                fixed: Sequence[float] = FIX_GRID, tol: float = 1e-9) -> TriageRun:
+                fixed: Sequence[float] = FIX_GRID, tol: float = 1e-9, progress: Callable[[str], None] = quiet
+                ) -> TriageRun:
     """One run of the paper's experiment on `split` with the paper's model (multinomial logistic
-    regression, l2) and labels flipped with `seed`: rank, count flips found, fix, retrain."""
+    regression, l2) and labels flipped with `seed`: rank, count flips found, fix, retrain.
+    progress(stage) is called as each stage begins."""
     noisy, flipped = flip_labels(split.y_train, flip, split.classes, seed)
     split = without_empty_features(split)
+    progress(f"seed {seed}: training on the noisy labels")
     model, inf = fit_noisy(split, noisy, l2, solver, tol)
+    progress(f"seed {seed}: ranking by self-influence, training loss and at random")
     ranking = rank_for_checking(inf, seed)
     checked = np.array(CHECK_GRID)
     found = {m: found_fraction(ranking.orders[m], flipped, checked) for m in METHODS}
+    progress(f"seed {seed}: fixing the checked labels and retraining ({len(fixed)} fractions x {len(METHODS)} orders)")
     acc, clean = fixed_accuracies(split, noisy, {m: ranking.orders[m] for m in METHODS}, fixed, model, l2, tol,
                                   getattr(inf.solver, "factor", None))
     return TriageRun(seed, noisy, flipped, checked, found, np.asarray(fixed, float), acc, clean,
@@ -216,13 +225,14 @@ def triage_seed(split: Split, *, flip: float = 0.1, seed: int = 0, l2: float = 0
 
 
 def triage(split: Split, *, flip: float = 0.1, seeds: Sequence[int] = (0, 1, 2), l2: float = 0.01,
-           solver: str | Solver = "exact", fixed: Sequence[float] = FIX_GRID, tol: float = 1e-9) -> list[TriageRun]:
-    """triage_seed for each seed (each flips a different random set of labels)."""
+           solver: str | Solver = "exact", fixed: Sequence[float] = FIX_GRID, tol: float = 1e-9,
+           progress: Callable[[str], None] = quiet) -> list[TriageRun]:
+    """triage_seed for each seed (each flips a different random set of labels); progress(stage) as stages begin."""
     check_fraction(flip)
     bad = [f for f in fixed if not 0 < f <= 1]
     if bad:
         raise InputError(f"fractions to fix must lie in (0, 1], got {bad[0]!r}")
-    return [triage_seed(split, flip=flip, seed=s, l2=l2, solver=solver, fixed=fixed, tol=tol)
+    return [triage_seed(split, flip=flip, seed=s, l2=l2, solver=solver, fixed=fixed, tol=tol, progress=progress)
             for s in check_seeds(seeds)]
 
 
