@@ -269,6 +269,21 @@ def test_arnoldi_refined_by_cg_approaches_the_dense_solve():
         infl.Arnoldi(refine=-2)
 
 
+def test_arnoldi_as_a_preconditioner_fits_its_eigenpairs_loosely():
+    """With refine the eigenpairs only precondition: the default tol is 0.1, which costs fewer products than
+    1e-6 and refines as well."""
+    A, B = spd(300, 1e2, seed=5), rhs(4, 300)
+    exact = torch.linalg.solve(A, B.T).T
+    counted = [Counted(A), Counted(A)]
+    loose = infl.Arnoldi(rank=10, refine=30).fit(counted[0])
+    tight = infl.Arnoldi(rank=10, refine=30, tol=1e-6).fit(counted[1])
+    assert loose.tol == 0.1 and infl.Arnoldi(rank=10).tol == 1e-6 and counted[0].products < counted[1].products / 2
+    error = [float((solver.solve(B)[0] - exact).norm() / exact.norm()) for solver in (loose, tight)]
+    assert error[1] < 1e-3 and error[0] < 1.1 * error[1]
+    with pytest.raises(InputError, match="tol must lie in"):
+        infl.Arnoldi(tol=2.0)
+
+
 def test_refinement_groups_right_hand_sides_and_stops_when_the_space_is_full(monkeypatch):
     """Block CG in groups of REFINE_BLOCK right-hand sides: each group's space is its own, and a group whose
     space stops growing (here: all of R^p) is exact in fewer steps than asked."""

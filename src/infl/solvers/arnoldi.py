@@ -31,12 +31,18 @@ from .krylov import refine
 from .lanczos import basis_size, default_block, top_eigenpairs
 
 
+PRECONDITIONER_TOL = 0.1  # eigenpairs that only shape refine's preconditioner need no more
+
+
 class Arnoldi:
     """Top-`rank` eigen-approximation of A, fitted once, applied to every right-hand side.
 
     rank: eigenpairs kept (must be < p); probes: Hutchinson vectors for the
     trace of the remainder; tol: relative residual ||A u - lam u|| / lam each
-    kept eigenpair must reach; block: vectors per product in the Lanczos
+    kept eigenpair must reach (default 1e-6; 0.1 with refine > 0, where the
+    pairs only shape the preconditioner and the block CG steps do the solving:
+    far fewer Lanczos products for the same refined answer; see the README's
+    deep-network benchmark); block: vectors per product in the Lanczos
     iteration (default min(rank, 16));
     refine: steps of block CG on the operator preconditioned by the low-rank inverse
     (0, the default: none), then a closing step (infl.solvers.krylov.refine); the
@@ -48,7 +54,7 @@ class Arnoldi:
 
     name = "arnoldi"
 
-    def __init__(self, rank: int = 100, probes: int = 32, tol: float = 1e-6, seed: int = 0, refine: int = 0,
+    def __init__(self, rank: int = 100, probes: int = 32, tol: float | None = None, seed: int = 0, refine: int = 0,
                  block: int | None = None, check: int = 8) -> None:
         if not (isinstance(rank, int) and rank >= 1) or not (isinstance(probes, int) and probes >= 1):
             raise InputError(f"Arnoldi needs integer rank >= 1 and probes >= 1, got rank={rank!r}, probes={probes!r}")
@@ -56,7 +62,10 @@ class Arnoldi:
             raise InputError(f"refine must be an integer >= 0 (conjugate-gradient steps), got {refine!r}")
         if block is not None and not (isinstance(block, int) and block >= 1):
             raise InputError(f"block must be an integer >= 1 (vectors per product), got {block!r}")
-        self.rank, self.probes, self.tol, self.seed, self.refine = rank, probes, tol, seed, refine
+        if tol is not None and not 0 < tol < 1:
+            raise InputError(f"Arnoldi tol must lie in (0, 1) or be None (automatic), got {tol!r}")
+        self.rank, self.probes, self.seed, self.refine = rank, probes, seed, refine
+        self.tol = tol if tol is not None else (PRECONDITIONER_TOL if refine else 1e-6)
         self.block = block or default_block(rank)
         self.check = check_count(check)
 
