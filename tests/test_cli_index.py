@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import re
+import shutil
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -12,12 +16,21 @@ from infl import Influence
 from infl.cli import cross_entropy, load_data, main
 from infl.cli_index import _linear
 
+BUILD = ["index", "--data", "digits", "--max-memory", "2GB"]
 
-def test_index_then_query_matches_exact_scores(tmp_path) -> None:
-    out = tmp_path / "idx"
-    run = CliRunner().invoke(main, ["index", "--data", "digits", "--out", str(out), "--max-memory", "2GB"])
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A full digits index built once by `infl index`, and what the command printed."""
+    out = tmp_path_factory.mktemp("built") / "idx"
+    run = CliRunner().invoke(main, BUILD + ["--out", str(out)])
     assert run.exit_code == 0, run.output
-    assert "plan (budget 1,907 MiB" in run.output and "index of 1438 training points" in run.output
+    return out, run.output
+
+
+def test_index_then_query_matches_exact_scores(built) -> None:
+    out, output = built
+    assert "plan (budget 1,907 MiB" in output and "index of 1438 training points" in output
     run = CliRunner().invoke(main, ["query", str(out), "--data", "digits", "--test-index", "5", "--top", "3"])
     assert run.exit_code == 0, run.output
     shown = [int(i) for i in re.findall(r"train\s+(\d+)", run.output)]
@@ -39,3 +52,61 @@ def test_index_refuses_a_foreign_folder_and_query_another_setting(tmp_path) -> N
     run = CliRunner().invoke(main, ["query", str(out), "--data", "digits", "--test-index", "0", "--l2", "0.1"])
     assert run.exit_code != 0 and "l2: index 0.01, now 0.1" in run.output
     assert "infl index --force" in run.output and "force=True" not in run.output  # the CLI's spelling of the fix
+
+
+@pytest.mark.parametrize("args", [
+    ["index", "--data", "digits", "--out", "{tmp}/idx", "--seed", "-1"],
+    ["index", "--data", "digits", "--out", "{tmp}/idx", "--l2", "nan"],
+    ["index", "--data", "digits", "--out", "{tmp}/idx", "--damping", "inf"],
+    ["query", "{tmp}", "--data", "digits", "--test-index", "0", "--l2", "inf"],
+    ["query", "{tmp}", "--data", "digits", "--test-index", "0", "--damping", "nan"],
+], ids=["index-seed", "index-l2", "index-damping", "query-l2", "query-damping"])
+def test_bad_numbers_are_refused_before_any_work(tmp_path, args) -> None:
+    run = CliRunner().invoke(main, [a.format(tmp=tmp_path) for a in args])
+    assert run.exit_code == 2 and f"Invalid value for '{args[-2]}'" in run.output, run.output
+    assert not (tmp_path / "idx").exists()
+
+
+def test_an_unwritable_out_is_a_one_line_error(tmp_path, monkeypatch) -> None:
+    (tmp_path / "some_file.csv").write_text("x\n")
+    run = CliRunner().invoke(main, ["index", "--data", "digits", "--out", str(tmp_path / "some_file.csv" / "sub")])
+    assert run.exit_code == 1 and isinstance(run.exception, SystemExit), run.output
+    assert "cannot write the output" in run.output and "some_file.csv is a file" in run.output
+    assert "choose another --out" in run.output
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr("infl.cli_index.Index.build", full)
+    run = CliRunner().invoke(main, ["index", "--data", "digits", "--out", str(tmp_path / "idx")])
+    assert run.exit_code == 1 and isinstance(run.exception, SystemExit), run.output
+    assert "Error: cannot write the output: [Errno 28] No space left on device" in run.output
+
+
+def test_a_budget_too_small_lists_what_it_must_hold(tmp_path) -> None:
+    run = CliRunner().invoke(main, ["index", "--data", "digits", "--out", str(tmp_path / "idx"),
+                                    "--max-memory", "1MB"])
+    assert run.exit_code == 1, run.output
+    message = run.output.splitlines()[-1]
+    assert message.startswith("Error: --max-memory 1 MiB is too small: process so far"), message
+    assert "training data" in message and "curvature 650 x 650" in message and "listed in the plan" not in message
+    assert re.search(r"raise --max-memory to at least \d+MiB or pass --project K", message), message
+    assert "max_memory" not in message and "project=" not in message
+
+
+def test_query_of_a_killed_build_reports_it_and_the_rerun_resumes(built, tmp_path) -> None:
+    out = tmp_path / "killed"
+    shutil.copytree(built[0], out)  # then undo what a build does after its first chunk: a killed build's folder
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["n_chunks"] == 2
+    (out / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    for name in ("model.npz", "curvature.npy", "curvature.json", "grads/000001.npy", "grads/000001.json"):
+        (out / name).unlink()
+    first = (out / "grads" / "000000.npy").stat()
+    run = CliRunner().invoke(main, ["query", str(out), "--data", "digits", "--test-index", "0"])
+    assert run.exit_code == 1, run.output
+    assert f"the index in {out} is incomplete: 1 of 2 gradient chunks were written" in run.output
+    assert "Run the same infl index command again" in run.output and "model.npz" not in run.output
+    assert "Index.build" not in run.output
+    run = CliRunner().invoke(main, BUILD + ["--out", str(out)])
+    assert run.exit_code == 0 and "resuming" in run.output, run.output
+    assert (out / "grads" / "000000.npy").stat().st_mtime_ns == first.st_mtime_ns  # kept, not recomputed
+    assert CliRunner().invoke(main, ["query", str(out), "--data", "digits", "--test-index", "0"]).exit_code == 0

@@ -44,3 +44,35 @@ def test_exact_refuses_above_its_limit_and_names_the_size(mlp):
     inf = infl.Influence(mlp.model, mlp.loss_fn, l2=mlp.l2, solver=infl.Exact(max_params=10))
     with pytest.raises(infl.InputError, match=r"GiB.*max_params=10"):
         inf.fit(mlp.train)
+
+
+# --- the index's plan (infl.budget): sizes computed, nothing built ---------------------------------------------------
+
+MNIST = dict(n=55000, p=7850, itemsize=8, data_bytes=55000 * 785 * 8, baseline=0)
+
+
+@pytest.mark.parametrize("budget", [None, 4 * 10**9])
+def test_index_chunks_are_at_most_16_MiB_whatever_the_gradient_batch(budget):
+    from infl.budget import index_plan
+    plan = index_plan(budget, k=7850, projected=False, grad_rows=512, **MNIST)  # 512 rows would be 30.7 MiB
+    assert plan.chunk_rows * 7850 * 8 <= 16 * 2**20 and plan.chunk_rows == 16 * 2**20 // (7850 * 8)
+    assert plan.grad_rows <= plan.chunk_rows  # computed chunk by chunk: the plan counts no more rows
+    assert f"gradient chunks of <= {plan.chunk_rows} rows x 7850" in plan.describe()
+    wide = index_plan(None, n=100, p=5 * 10**6, k=5 * 10**6, itemsize=4, data_bytes=0, projected=False, baseline=0)
+    assert wide.chunk_rows == 1  # a row above 16 MiB: one row per chunk
+
+
+def test_index_budget_refusal_lists_what_cannot_be_chunked():
+    from infl.budget import index_plan
+    with pytest.raises(infl.InputError) as refused:
+        index_plan(600 * 2**20, **{**MNIST, "baseline": 100 * 2**20, "data_bytes": 480 * 2**20}, k=256,
+                   projected=True)
+    message = str(refused.value)
+    assert message.startswith("max_memory=600 MiB is too small: process so far (torch, model) 100 MiB, "
+                              "training data 480 MiB, curvature 256 x 256 and its Cholesky factor (x3) 2 MiB, "
+                              "projection P (256 x 7850) 15 MiB already need 597 MiB"), message
+    assert message.endswith("raise max_memory to at least 607MiB or lower project")
+    assert "listed in the plan" not in message
+    fits = index_plan(607 * 2**20, **{**MNIST, "baseline": 100 * 2**20, "data_bytes": 480 * 2**20}, k=256,
+                      projected=True)
+    assert fits.grad_rows >= 1 and fits.product_rows >= 1

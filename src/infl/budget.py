@@ -12,6 +12,8 @@ UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
 GRAD_COPIES = 4  # per-example gradients: vmap's output, its intermediates and the projected copy
 PRODUCT_COPIES = 6  # a curvature product: the rows, their tangents, gradients and output
+CHUNK_BYTES = 2**24  # a stored gradient chunk is at most 16 MiB (or a quarter of the budget's room), >= 1 row
+MIN_ROWS = 16  # the budget must leave room for this many gradient and curvature-product rows
 
 
 def parse_bytes(size: str | int) -> int:
@@ -56,7 +58,7 @@ class Plan:
 
     def describe(self) -> str:
         """The plan as the lines printed before a run."""
-        budget = f"budget {_mb(self.budget)}" if self.budget else "no max_memory"
+        budget = f"budget {_mb(self.budget)}" if self.budget else "no memory budget"
         lines = [f"plan ({budget}, estimated peak {_mb(self.peak)}):", "  holds at once:"]
         lines += [f"    {what:<52} {_mb(b):>12}" for what, b in self.holds.items()]
         lines += ["  writes:"] + [f"    {what:<52} {_mb(b):>12}" for what, b in self.writes.items()]
@@ -78,16 +80,13 @@ def index_plan(budget: int | None, *, n: int, p: int, k: int, itemsize: int, dat
         fixed[f"projection P ({k} x {p})"] = k * p * itemsize
     room = (budget or 2**62) - sum(fixed.values())
     per_grad, per_product = GRAD_COPIES * p * itemsize, PRODUCT_COPIES * p * itemsize
-    if room < 16 * (per_grad + per_product):
-        raise InputError(
-            f"max_memory={_mb(budget or 0)} is too small: the data, the projection and the {k} x {k} curvature "
-            f"already need {_mb(sum(fixed.values()))} (listed in the plan); raise max_memory"
-            + (" or lower project" if projected else " or pass project=k to store projected gradients"))
+    if room < MIN_ROWS * (per_grad + per_product):
+        raise InputError(_too_small(budget or 0, fixed, MIN_ROWS * (per_grad + per_product), projected))
     grad_rows = max(1, min(grad_rows, room // 4 // per_grad))
     product_rows = max(1, min(256, room // 4 // per_product))
-    if chunk_rows is None:  # <= 16 MiB files, and at least two chunks per process so that all of them work
-        per_process = -(-n // (2 * world))
-        chunk_rows = max(1, min(per_process, max(grad_rows, min(room // 4, 2**24) // (k * itemsize))))
+    if chunk_rows is None:  # at least two chunks per process, so that all of them work
+        chunk_rows = max(1, min(-(-n // (2 * world)), min(room // 4, CHUNK_BYTES) // (k * itemsize)))
+    grad_rows = min(grad_rows, chunk_rows)  # gradients are computed chunk by chunk: never more rows
     holds = {**fixed,
              f"per-example gradients, {grad_rows} rows x {p} (x{GRAD_COPIES})": grad_rows * per_grad,
              f"one chunk of stored gradients, {chunk_rows} rows x {k}": chunk_rows * k * itemsize,
@@ -97,3 +96,13 @@ def index_plan(budget: int | None, *, n: int, p: int, k: int, itemsize: int, dat
               f"Cholesky factor of the curvature, {k} x {k}": k * k * itemsize}
     notes = [f"the full training gradients would need {_mb(n * p * itemsize)}"]
     return Plan(budget or 0, holds, writes, chunk_rows, grad_rows, product_rows, notes)
+
+
+def _too_small(budget: int, fixed: dict[str, int], rows: int, projected: bool) -> str:
+    """The refusal of a budget below the parts that cannot be chunked, each listed, and the fix."""
+    parts = ", ".join(f"{what} {_mb(b)}" for what, b in fixed.items())
+    need = -(-(sum(fixed.values()) + rows) // 2**20)
+    fix = " or lower project" if projected else " or pass project=k to store projected gradients"
+    return (f"max_memory={_mb(budget)} is too small: {parts} already need {_mb(sum(fixed.values()))}, and "
+            f"{MIN_ROWS} rows of per-example gradients and curvature products another {_mb(rows)}; raise "
+            f"max_memory to at least {need}MiB{fix}")

@@ -6,8 +6,10 @@ training data is sharded across ranks and rank 0 prints.
 
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
+from typing import Iterator
 
 import click
 import numpy as np
@@ -15,9 +17,10 @@ import torch
 from torch import nn
 
 from . import dist, store
+from .cli import NONNEGATIVE, SEED, cross_entropy, load_data, train_model
 from .data import BUILTINS, Split
 from .errors import InflError
-from .index import Index
+from .index import Index, require_complete
 from .influence import Influence
 
 MODEL = "model.npz"  # the trained nn.Linear's weight and bias, beside the index files
@@ -49,27 +52,20 @@ def _linear(split: Split, folder: Path) -> nn.Linear:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Index folder.")
 @click.option("--project", type=click.IntRange(min=1), help="Store gradients projected to this many numbers "
               "[default: full gradients, exact scores].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the projection.")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the projection.")
 @click.option("--max-memory", help="Memory budget that sets chunk sizes, e.g. 4GB [default: none].")
-@click.option("--l2", type=click.FloatRange(min=0), default=0.01, show_default=True, help="Weight decay of training.")
-@click.option("--damping", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Added to the Hessian only.")
+@click.option("--l2", type=NONNEGATIVE, default=0.01, show_default=True, help="Weight decay of training.")
+@click.option("--damping", type=NONNEGATIVE, default=0.0, show_default=True, help="Added to the Hessian only.")
 @click.option("--force", is_flag=True, help="Rebuild an index made with other settings in --out.")
 def index(**opts: object) -> None:
     """Train the paper's logistic regression and write its influence index into --out.
 
     The folder holds the training gradients (numpy .npy chunks, checksummed), the Cholesky
     factor of the curvature, a manifest (JSON) and the model; a killed run resumes when started again."""
-    from .cli import cross_entropy, load_data, train_model  # cli.py registers this command: import on use
-    try:
+    with _errors("index"):
         dist.init()
+        _check_out(opts["out"], opts["force"])
         split = load_data(opts["data"], None, None, None, ())
-        if opts["out"].exists() and not opts["out"].is_dir():
-            raise click.ClickException(f"--out {opts['out']} is a file; give a folder for the index.")
-        if opts["out"].exists() and any(opts["out"].iterdir()) and not (opts["out"] / "manifest.json").exists() \
-                and not opts["force"]:
-            raise click.ClickException(f"--out {opts['out']} is not empty and holds no index; choose another "
-                                       "folder, or pass --force.")
         model = train_model(split, opts["l2"])
         for p in model.parameters():  # every rank indexes rank 0's model
             dist.broadcast_(p.data)
@@ -80,16 +76,43 @@ def index(**opts: object) -> None:
         if dist.world()[0] == 0:
             store.write_atomic(opts["out"] / MODEL, _npz(model))
         _echo(f"index of {idx.n} training points, {idx.k} numbers each, written to {opts['out']}")
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """Refuse, before the (long) training, a file, a folder under a file or a foreign folder as --out."""
+    if out.exists() and not out.is_dir():
+        raise click.ClickException(f"--out {out} is a file; give a folder for the index.")
+    above = next(part for part in (out, *out.absolute().parents) if part.exists())
+    if not above.is_dir():
+        raise click.ClickException(f"cannot write the output: {above} is a file, so --out {out} cannot be created; "
+                                   "choose another --out.")
+    if out.exists() and any(out.iterdir()) and not (out / "manifest.json").exists() and not force:
+        raise click.ClickException(f"--out {out} is not empty and holds no index; choose another folder, or pass "
+                                   "--force.")
+
+
+@contextlib.contextmanager
+def _errors(command: str) -> Iterator[None]:
+    """infl's errors, spelled as `command`'s options, and failed file access as one-line click errors."""
+    try:
+        yield
     except InflError as error:
-        raise click.ClickException(_as_options(str(error), "index")) from error
+        raise click.ClickException(_as_options(str(error), command)) from error
+    except OSError as error:
+        what = "write the output" if command == "index" else "read the index"
+        raise click.ClickException(f"cannot {what}: {error}") from error
 
 
-_SPELLINGS = {  # the library's advice, as the command line spells it
+_SPELLINGS = {  # the library's advice, as the command line spells it (first match first)
     "index": (("Index.build with force=True", "infl index --force"), ("force=True", "--force"),
               ("pass project=k", "pass --project K"), ("lower project", "lower --project"),
+              ("raise max_memory", "raise --max-memory"), ("max_memory=", "--max-memory "),
+              ("max_memory must", "--max-memory must"),
               ("Run Index.build", "Run infl index"), ("run Index.build", "run infl index")),
     "query": (("another folder, or force=True to rebuild it", "another folder, or rebuild it with infl index "
                "--force"), ("Index.build with force=True", "infl index --force"), ("force=True", "infl index --force"),
+              ("Run Index.build with the same model, data and settings to resume it", "Run the same infl index "
+               "command again (same --out, --data and options) to resume it"),
               ("Run Index.build", "Run infl index"), ("run Index.build", "run infl index"),
               ("build one with Index.build", "build one with infl index")),
 }
@@ -114,14 +137,14 @@ def _npz(model: nn.Linear) -> bytes:
               help="The built-in data set the index was built on (for the test points).")
 @click.option("--test-index", type=int, multiple=True, required=True, help="Test point (repeatable).")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Points shown per side.")
-@click.option("--l2", type=click.FloatRange(min=0), default=0.01, show_default=True, help="As for `infl index`.")
-@click.option("--damping", type=click.FloatRange(min=0), default=0.0, show_default=True, help="As for `infl index`.")
+@click.option("--l2", type=NONNEGATIVE, default=0.01, show_default=True, help="As for `infl index`.")
+@click.option("--damping", type=NONNEGATIVE, default=0.0, show_default=True, help="As for `infl index`.")
 def query(folder: Path, data: str, test_index: tuple[int, ...], top: int, l2: float, damping: float) -> None:
     """Print the top training points by I_up,loss (positive = harmful) for each --test-index.
 
     Reads only the index (streamed chunk by chunk), never the training gradients again."""
-    from .cli import cross_entropy, load_data
-    try:
+    with _errors("query"):
+        require_complete(folder)  # an unfinished or missing index says so before the model is looked for
         split = load_data(data, None, None, None, ())
         bad = [t for t in test_index if not 0 <= t < len(split.y_test)]
         if bad:
@@ -135,5 +158,3 @@ def query(folder: Path, data: str, test_index: tuple[int, ...], top: int, l2: fl
                 _echo(f"test point {t} (label {split.y_test[t]}), {title}:")
                 for rank, (v, i) in enumerate(zip(vals, rws), 1):
                     _echo(f"  {rank:>3}  train {i:>6}  label {split.y_train[i]}  score {v:+.4g}")
-    except InflError as error:
-        raise click.ClickException(_as_options(str(error), "query")) from error

@@ -197,11 +197,7 @@ class Index:
         obj = make_objective(inf.model, inf.loss_fn, inf.l2)
         config = _config(inf, manifest["config"]["project"], manifest["config"]["seed"])
         _compare(folder, manifest, config, model_fingerprint(obj), None)
-        if not manifest["complete"]:
-            done = len(list((folder / GRADS).glob(f"{CHUNK_GLOB}.json")))
-            raise IncompleteIndexError(f"the index in {folder} is incomplete: {done} of {manifest['n_chunks']} "
-                                       "gradient chunks were written. Run Index.build with the same model, data and "
-                                       "settings to resume it")
+        _check_complete(folder, manifest)
         index = cls(folder, manifest, obj, torch.empty(0))
         index.factor = index._read_factor()
         return index
@@ -297,6 +293,24 @@ def _read_manifest(folder: Path) -> dict:
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise IndexMismatchError(f"{path} is not an {FORMAT} version {VERSION} manifest")
     return manifest
+
+
+def require_complete(folder: str | Path) -> dict:
+    """The manifest of the finished index in `folder`, checked before any model is at hand.
+
+    Raises InputError where `folder` holds no index, IncompleteIndexError where its build has not finished.
+    """
+    manifest = _read_manifest(Path(folder))
+    _check_complete(Path(folder), manifest)
+    return manifest
+
+
+def _check_complete(folder: Path, manifest: dict) -> None:
+    if not manifest["complete"]:
+        done = len(list((folder / GRADS).glob(f"{CHUNK_GLOB}.json")))
+        raise IncompleteIndexError(f"the index in {folder} is incomplete: {done} of {manifest['n_chunks']} "
+                                   "gradient chunks were written. Run Index.build with the same model, data and "
+                                   "settings to resume it")
 
 
 def _compare(folder: Path, manifest: dict, config: dict, model: str, data: str | None) -> None:
