@@ -150,3 +150,29 @@ def test_a_label_the_loss_cannot_take_is_named_by_its_row(logreg):
 def test_a_dict_of_arrays_is_refused_with_the_fix(logreg):
     with pytest.raises(InputError, match=r"got a dict with keys \['x', 'y'\]: pass \(data"):
         influence(logreg).fit({"x": logreg.X, "y": logreg.y})
+
+
+def test_rows_are_named_by_their_place_in_the_users_data(logreg):
+    """A shard's rows (distributed fit) are numbered from the shard's first row in the whole data set."""
+    from infl.grads import iter_grads, sum_grad
+    from infl.linear import make_objective
+
+    obj = make_objective(logreg.model, logreg.loss_fn, logreg.l2, logreg.X[:2])
+    y = logreg.y.clone()
+    y[13] = 9
+    for run in (lambda: list(iter_grads(obj, logreg.X, y, 5, first=40)), lambda: sum_grad(obj, logreg.X, y, 5, first=40)):
+        with pytest.raises(InputError, match="loss fails on example 53 "):
+            run()
+
+
+def test_self_influence_samples_residuals_once_not_per_batch(logreg):
+    """Batched solves of an approximate solver measure (and warn about) one sample of residuals, not one per batch."""
+    import warnings
+
+    inf = influence(logreg, solver=infl.Arnoldi(rank=3, check=4), batch_size=10).fit(logreg.train)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        inf.self_influence()
+    assert sum("relative residual" in str(w.message) for w in caught) <= 1
+    residual = inf.info.residual
+    assert residual.shape == (inf.n_train,) and int((~residual.isnan()).sum()) == 4 and inf.solver.check == 4

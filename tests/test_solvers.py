@@ -1,5 +1,7 @@
 """Every solver against a dense float64 reference; CG against SciPy's iterates; LiSSA's convergence and failures."""
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse.linalg as spla
@@ -162,6 +164,18 @@ def test_lissa_estimates_its_floor_where_l2_does_not_bound_the_hessian(mlp):
     assert ggn.solver.floor == mlp.l2 and not ggn.solver.estimated_
 
 
+def test_lissa_says_when_its_estimated_floor_has_not_settled():
+    """A log-spread spectrum (1e-3..10, p = 500): Lanczos overestimates the smallest eigenvalue and its Ritz
+    residual says so; LiSSA warns, notes it, and does not report convergence."""
+    lam = torch.logspace(-3, 1, 500, dtype=torch.float64)
+    Q = torch.linalg.qr(torch.randn(500, 500, generator=torch.Generator().manual_seed(0), dtype=torch.float64)).Q
+    with pytest.warns(UserWarning, match="smallest eigenvalue has not settled"):
+        solver = LiSSA(max_depth=50).fit(Dense((Q * lam) @ Q.T))
+    assert solver.floor > 1e-3 and not solver.settled_
+    info = solver.solve(rhs(1, 500))[1]
+    assert "not settled" in info.note and not info.converged
+
+
 def test_lissa_refuses_an_operator_with_a_negative_eigenvalue():
     A = spd(10, 10) - 2 * torch.eye(10, dtype=torch.float64)  # eigenvalues -1 .. 8
     with pytest.raises(CurvatureError, match=r"eigenvalue of about -1 <= 0.*damping > 1"):
@@ -228,6 +242,15 @@ def test_approximate_solvers_measure_their_residual_and_warn_when_it_is_large(ml
         assert "relative residual against hessian on 3 of 12 right-hand sides" in info.note
         unmeasured = make(0).fit(A).solve(B)[1]
         assert unmeasured.residual is None and not unmeasured.converged
+
+
+def test_arnoldi_accepts_a_singular_psd_curvature_in_float32():
+    """A = J^T J of rank 6 (p = 60): the dropped directions' mean is 0 up to rounding, not a sign of indefiniteness."""
+    J = torch.randn(6, 60, generator=torch.Generator().manual_seed(1))
+    for seed in range(5):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a clamped remainder may warn; it must not raise
+            assert infl.Arnoldi(rank=6, seed=seed).fit(Dense(J.T @ J)).lam_rest > 0
 
 
 def test_arnoldi_refuses_a_curvature_whose_dropped_directions_are_negative():

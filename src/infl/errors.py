@@ -1,5 +1,9 @@
-"""Exceptions raised by `infl`. Each message says what was expected, what was
+"""Exceptions raised by `infl`, and its warnings. Each message says what was expected, what was
 received and how to fix it."""
+
+import sys
+import warnings
+from pathlib import Path
 
 
 class InflError(Exception):
@@ -20,3 +24,14 @@ class CurvatureError(InflError, ArithmeticError):
 
 class DivergenceError(InflError, ArithmeticError):
     """An iterative solver diverged instead of converging."""
+
+
+_PACKAGE = str(Path(__file__).resolve().parent)
+
+
+def warn(message: str) -> None:
+    """warnings.warn (UserWarning) pointed at the caller's own code: the first frame outside this package."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, stacklevel=level + 1)

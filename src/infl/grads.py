@@ -44,36 +44,39 @@ def _first_failure(obj: Objective, X: Tensor, y: Tensor) -> tuple[int, Exception
     return None
 
 
-def iter_grads(obj: Objective, X: Tensor, y: Tensor, batch_size: int) -> Iterator[tuple[slice, Tensor]]:
-    """Yield (rows, grad L(z_i) for i in rows), each (b, p); unregularised per-example gradients."""
+def iter_grads(obj: Objective, X: Tensor, y: Tensor, batch_size: int, first: int = 0
+               ) -> Iterator[tuple[slice, Tensor]]:
+    """Yield (rows, grad L(z_i) for i in rows), each (b, p); unregularised per-example gradients. first: the
+    number of X's first row in the user's data (errors name rows by it)."""
     for rows in batches(X.shape[0], batch_size):
-        with naming_the_row(obj, X[rows], y[rows], rows.start):
+        with naming_the_row(obj, X[rows], y[rows], first + rows.start):
             g = obj.per_example_grads(X[rows], y[rows])
         yield rows, g
 
 
-def stack_grads(obj: Objective, X: Tensor, y: Tensor, batch_size: int) -> Tensor:
+def stack_grads(obj: Objective, X: Tensor, y: Tensor, batch_size: int, first: int = 0) -> Tensor:
     """All per-example gradients, (n, p). Holds n * p numbers: use iter_grads to stream."""
     out = torch.empty(X.shape[0], obj.p, dtype=obj.dtype, device=obj.device)
-    for rows, g in iter_grads(obj, X, y, batch_size):
+    for rows, g in iter_grads(obj, X, y, batch_size, first):
         out[rows] = g
     return out
 
 
-def sum_grad(obj: Objective, X: Tensor, y: Tensor, batch_size: int) -> Tensor:
-    """sum_i grad L(z_i, theta_hat) over (X, y), shape (p,); no 1/n, no l2."""
+def sum_grad(obj: Objective, X: Tensor, y: Tensor, batch_size: int, first: int = 0) -> Tensor:
+    """sum_i grad L(z_i, theta_hat) over (X, y), shape (p,); no 1/n, no l2. first: as for iter_grads."""
     total = torch.zeros(obj.p, dtype=obj.dtype, device=obj.device)
     for rows in batches(X.shape[0], batch_size):
-        with naming_the_row(obj, X[rows], y[rows], rows.start):
+        with naming_the_row(obj, X[rows], y[rows], first + rows.start):
             total += torch.func.grad(obj.loss_sum)(obj.theta, X[rows], y[rows])
     return total
 
 
-def iter_directional(obj: Objective, T: Tensor, X: Tensor, y: Tensor, batch_size: int
+def iter_directional(obj: Objective, T: Tensor, X: Tensor, y: Tensor, batch_size: int, first: int = 0
                      ) -> Iterator[tuple[slice, Tensor]]:
-    """Yield (rows, T @ grad L(z_i)^T for i in rows), each (k, b), by forward-mode products (no gradients formed)."""
+    """Yield (rows, T @ grad L(z_i)^T for i in rows), each (k, b), by forward-mode products (no gradients formed);
+    first: as for iter_grads."""
     for rows in batches(X.shape[0], batch_size):
-        with naming_the_row(obj, X[rows], y[rows], rows.start):
+        with naming_the_row(obj, X[rows], y[rows], first + rows.start):
             block = obj.directional_grads(T, X[rows], y[rows])
         yield rows, block
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import numbers
 import warnings
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -36,12 +37,28 @@ def make_solver(solver: str | Solver) -> Solver:
     return copy.deepcopy(solver)  # fitted state belongs to this Influence, not to the caller's object
 
 
-def merge_infos(infos: list[SolveInfo]) -> SolveInfo:
-    """One SolveInfo for solves made in chunks: worst case of each field."""
-    res = [i.residual for i in infos]
-    residual = None if any(r is None for r in res) else torch.cat(res)
+def merge_infos(infos: list[SolveInfo], sizes: list[int]) -> SolveInfo:
+    """One SolveInfo for solves made in chunks of sizes[j] right-hand sides: worst case of each field; residuals
+    of chunks not measured are nan (None if none was measured)."""
+    measured = [i.residual for i in infos if i.residual is not None]
+    residual = None if not measured else torch.cat(
+        [i.residual if i.residual is not None else measured[0].new_full((k,), float("nan"))
+         for i, k in zip(infos, sizes)])
     return SolveInfo(infos[0].method, max(i.iterations for i in infos), residual,
                      all(i.converged for i in infos), infos[-1].note)
+
+
+@contextlib.contextmanager
+def _unchecked(solver: Any, skip: bool) -> Iterator[None]:
+    """While skip: the solver measures no residuals (its `check` is 0), so batched solves measure one sample."""
+    check = getattr(solver, "check", None)
+    if skip and check:
+        solver.check = 0
+    try:
+        yield
+    finally:
+        if check is not None:
+            solver.check = check
 
 
 def _check_number(name: str, value: float) -> float:
@@ -138,7 +155,7 @@ class Influence:
         """
         self._read(train)
         obj, X, y, sh = self.objective_, self.X_train_, self.y_train_, self.shard_
-        total = dist.all_sum(sum_grad(obj, X[sh], y[sh], self.batch_size))
+        total = dist.all_sum(sum_grad(obj, X[sh], y[sh], self.batch_size, sh.start))
         self.grad_norm_ = float((total / X.shape[0] + obj.l2 * obj.theta).norm())
         if self.grad_norm_ > self.stationarity_tol:
             warnings.warn(
@@ -164,7 +181,7 @@ class Influence:
                              "layer (requires_grad=False)") from exc
         self.curvature_: Operator = op
         sh = self.shard_
-        self.train_grads_ = (stack_grads(self.objective_, self.X_train_[sh], self.y_train_[sh], self.batch_size)
+        self.train_grads_ = (stack_grads(self.objective_, self.X_train_[sh], self.y_train_[sh], self.batch_size, sh.start)
                              if self.keep_train_grads else None)
         return self
 
@@ -183,7 +200,7 @@ class Influence:
         sh = self.shard_
         if self.train_grads_ is not None:
             return ((r, self.train_grads_[r]) for r in batches(sh.stop - sh.start, self.batch_size))
-        return iter_grads(self.objective_, self.X_train_[sh], self.y_train_[sh], self.batch_size)
+        return iter_grads(self.objective_, self.X_train_[sh], self.y_train_[sh], self.batch_size, sh.start)
 
     def test_tensors(self, test: Any) -> tuple[Tensor, Tensor]:
         """Test data as validated (X, y) tensors on the model's dtype and device."""
@@ -236,7 +253,7 @@ class Influence:
         sh = self.shard_
         X, y = self.X_train_[sh], self.y_train_[sh]
         if self.train_grads_ is None and directional_pays(self.objective_, X, y, T.shape[0]):
-            return iter_directional(self.objective_, T, X, y, self.batch_size)
+            return iter_directional(self.objective_, T, X, y, self.batch_size, sh.start)
         return ((rows, T @ G.T) for rows, G in self._train_grads())
 
     def self_influence(self) -> Tensor:
@@ -250,11 +267,13 @@ class Influence:
         # solves of a shared curvature are collective: under torch.distributed every rank solves every batch
         grads = self._train_grads() if dist.world()[1] == 1 else \
             iter_grads(self.objective_, self.X_train_, self.y_train_, self.batch_size)
-        infos = []
+        infos, sizes = [], []
         for rows, G in grads:
-            out[rows] = -self._quad(G)
+            with _unchecked(self.solver, bool(infos)):  # residuals sampled on the first batch, not on every one
+                out[rows] = -self._quad(G)
             infos.append(self.info_)
-        self.info_ = merge_infos(infos)
+            sizes.append(G.shape[0])
+        self.info_ = merge_infos(infos, sizes)
         return out
 
     def up_params(self, indices: Sequence[int] | Tensor) -> Tensor:

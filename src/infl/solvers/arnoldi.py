@@ -91,7 +91,7 @@ class Arnoldi:
                                  f"{self.rank}; add damping or use curvature='gauss-newton'")
         self.lam, self.U = lam, U
         rest = self._mean_dropped_eigenvalue(op)
-        if rest < 0:  # z^T A z >= 0 for every probe z if A is positive semi-definite
+        if rest < -torch.finfo(lam.dtype).eps ** 0.5 * float(lam[0]):  # z^T A z >= 0 for PSD A, up to rounding
             raise CurvatureError(f"the curvature is not positive definite: the mean eigenvalue of the {op.p - self.rank} "
                                  f"directions outside the top {self.rank} is {rest:.3g} < 0, so some are negative; "
                                  "add damping or use curvature='gauss-newton'")

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..errors import InputError
+from ..errors import InputError, warn
 from ..operators import Operator
 
 
@@ -64,9 +63,9 @@ def measured(op: Operator, X: Tensor, B: Tensor, check: int, name: str, fix: str
     res = relative_residual(op.matmat(X[:m]), B[:m])
     median = float(res.median())
     if not median <= APPROXIMATE:
-        warnings.warn(f"{name}: relative residual {median:.3g} (median over {m} right-hand sides) against "
-                      f"{op.name}: the answer is an approximation, and its scores may rank training points "
-                      f"differently from the exact solve's. {fix}", stacklevel=4)
+        warn(f"{name}: relative residual {median:.3g} (median over {m} right-hand sides) against {op.name}: the "
+             f"answer is an approximation, and its scores may rank training points differently from the exact "
+             f"solve's. {fix}")
     residual = torch.full((B.shape[0],), float("nan"), dtype=res.dtype, device=res.device)
     residual[:m] = res
     return residual, (f"relative residual against {op.name} on {m} of {B.shape[0]} right-hand sides: "

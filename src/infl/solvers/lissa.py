@@ -15,10 +15,13 @@ import warnings
 import torch
 from torch import Tensor
 
-from ..errors import CurvatureError, DivergenceError, InputError
+from ..errors import CurvatureError, DivergenceError, InputError, warn
 from ..operators import Operator
 from .base import SolveInfo, check_count, itemsize, measured
 from .spectrum import smallest_eigenvalue, top_eigenvalue
+
+
+SETTLED = 0.1  # an estimated floor counts as settled when its Ritz residual is within this fraction of it
 
 
 class LiSSA:
@@ -68,17 +71,25 @@ class LiSSA:
         self.capped_ = False
         self.scale_ = self.scale if self.scale is not None else 1.2 * self._sampled_top()
         self.estimated_ = floor is None and self.depth is None
+        self.settled_ = True
         self.floor = self._smallest_eigenvalue() if self.estimated_ else (floor or 0.0)
         self.depth_ = self.depth if self.depth is not None else self._auto_depth()
         return self
 
     def _smallest_eigenvalue(self) -> float:
-        """A's smallest eigenvalue by Lanczos (from above); CurvatureError if it is not positive."""
-        lam = smallest_eigenvalue(self.op, self.scale_, seed=self.seed)
+        """A's smallest eigenvalue by Lanczos (from above); CurvatureError if it is not positive, a warning (and
+        converged=False later) if it has not settled to within SETTLED of itself."""
+        lam, residual = smallest_eigenvalue(self.op, self.scale_, seed=self.seed)
         if lam <= 0:
             raise CurvatureError(
                 f"LiSSA: the curvature has an eigenvalue of about {lam:.3g} <= 0 (Lanczos estimate), so the series "
                 f"cannot converge. Add damping > {-lam:.3g}, or use curvature='gauss-newton'")
+        self.settled_ = residual <= SETTLED * lam
+        if not self.settled_:
+            warn(f"LiSSA: the estimate {lam:.3g} of the curvature's smallest eigenvalue has not settled (Ritz "
+                 f"residual {residual:.3g}), so the true one may be smaller and the automatic depth too short. Pass "
+                 "depth explicitly, use curvature='gauss-newton' (where l2 + damping bounds the spectrum), or "
+                 "solver='cg'")
         return lam
 
     def _sample(self, gen: torch.Generator) -> Operator:
@@ -115,12 +126,13 @@ class LiSSA:
             total += self._one_run(B, gen)
         X = total / self.repeats
         bound = (1 - self.floor / self.scale_) ** self.depth_ if self.floor > 0 else float("nan")
-        floor = f"floor {self.floor:.3g}" + (" (estimated smallest eigenvalue)" if self.estimated_ else "")
+        floor = f"floor {self.floor:.3g}" + (" (estimated smallest eigenvalue" + ("" if self.settled_ else ", not settled")
+                                             + ")" if self.estimated_ else "")
         residual, checked = measured(self.op, X, B, self.check, self.name,
                                      "Raise depth, repeats or batch_size, or use solver='cg'")
         note = "; ".join(filter(None, [f"scale {self.scale_:.4g}, depth {self.depth_}, repeats {self.repeats}, "
                                        f"batch {self.batch_size}, {floor}; truncation bound {bound:.2g}", checked]))
-        return X, SolveInfo(self.name, self.depth_ * self.repeats, residual, not self.capped_, note)
+        return X, SolveInfo(self.name, self.depth_ * self.repeats, residual, not self.capped_ and self.settled_, note)
 
     def _one_run(self, B: Tensor, gen: torch.Generator) -> Tensor:
         H = B.clone()
