@@ -329,6 +329,7 @@ def explain(**opts: object) -> None:
 def run_command(body, opts: dict) -> None:
     """body(opts), with infl's errors and failed writes turned into one-line click errors; output folders it
     made are removed again if it fails before writing into them."""
+    _created.clear()  # folders made by an earlier command in this process are not this one's
     try:
         try:
             body(opts)
