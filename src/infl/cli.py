@@ -64,9 +64,13 @@ class Clock:
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
+    def announce(self, name: str) -> None:
+        """`name ...` on stderr with the elapsed time: a stage begins."""
+        click.echo(f"[{self.elapsed():7.1f}s] {name} ...", err=True)
+
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
-        click.echo(f"[{self.elapsed():7.1f}s] {name} ...", err=True)
+        self.announce(name)
         began = time.perf_counter()
         yield
         self.timings[name] = time.perf_counter() - began

@@ -55,10 +55,9 @@ def echo_table(title: str, rows: list[list[str]]) -> None:
 def run_flipped(split: Split, opts: dict, out: Path, clock: Clock) -> Path:
     """Flip, rank, fix and retrain for every seed; print and write the figures."""
     seeds = list(dict.fromkeys(opts["seed"] or (0, 1, 2)))
-    click.echo(f"[{clock.elapsed():7.1f}s] {len(seeds)} seed(s): flip {opts['flip']:.0%} of labels, train, rank, "
-               "fix and retrain", err=True)
+    clock.announce(f"{len(seeds)} seed(s): flip {opts['flip']:.0%} of labels, train, rank, fix and retrain")
     runs = triage(split, flip=opts["flip"], seeds=seeds, l2=opts["l2"], solver=opts["solver"], tol=TRAIN_TOL,
-                  progress=lambda stage: click.echo(f"[{clock.elapsed():7.1f}s] {stage} ...", err=True))
+                  progress=clock.announce)
     claim = check_claim(runs)
     echo_table("fraction of flipped labels found: mean ± std (min-max)", found_rows(runs, [0.05, 0.1, 0.2, 0.3]))
     echo_table("test accuracy after fixing the checked points: mean ± std", accuracy_rows(runs))

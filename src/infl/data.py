@@ -267,11 +267,11 @@ def _numeric(column: tuple[str, ...], name: str, lines: tuple[int, ...], path: P
     try:
         return np.asarray(column, dtype=np.float64)
     except ValueError:
-        line, cell = next((i, c) for i, c in zip(lines, column) if not _is_float(c))
-        missing = [i for i, c in zip(lines, column) if c.strip().lower() in MISSING]
+        missing = [(i, c) for i, c in zip(lines, column) if c.strip().lower() in MISSING]
         if missing:
             raise DataError(f"{path}: column {name!r} has {len(missing)} missing value(s) (first on line "
-                            f"{missing[0]}: {column[lines.index(missing[0])]!r}); impute or drop those rows.") from None
+                            f"{missing[0][0]}: {missing[0][1]!r}); impute or drop those rows.") from None
+        line, cell = next((i, c) for i, c in zip(lines, column) if not _is_float(c))
         raise DataError(
             f"{path}: non-numeric column {name!r} (line {line}: {cell!r}); features must be numbers "
             "(encode or drop the column) and labels integers 0..K-1 (map class names to integers)."

@@ -132,6 +132,7 @@ class Arnoldi:
         if self.refine:
             return refine(self.op, B, self.refine, self.inverse, self.name, note)
         X = self.inverse(B)
-        residual, checked = measured(self.op, X, B, self.check, self.name,
-                                     "Arnoldi(refine=5) (block CG steps on the true curvature) or solver='cg' solves it")
-        return X, SolveInfo(self.name, 0, residual, solved(residual), "; ".join(filter(None, [note, checked])))
+        residual, note = measured(self.op, X, B, self.check, self.name,
+                                  "Arnoldi(refine=5) (block CG steps on the true curvature) or solver='cg' solves it",
+                                  note)
+        return X, SolveInfo(self.name, 0, residual, solved(residual), note)

@@ -50,16 +50,18 @@ def check_count(check: object) -> int:
 APPROXIMATE = 0.1  # a median measured residual above this is worth a warning
 
 
-def measured(op: Operator, X: Tensor, B: Tensor, check: int, name: str, fix: str) -> tuple[Tensor | None, str]:
+def measured(op: Operator, X: Tensor, B: Tensor, check: int, name: str, fix: str, note: str
+             ) -> tuple[Tensor | None, str]:
     """The relative residuals of the first `check` rows of X (k, p) as answers to A x = b (rows of B), nan for
-    the other rows ((k,), None when none is measured), and a note; one product with op on `check` rows.
+    the other rows ((k,), None when none is measured), and `note` with them appended; one product with op on
+    `check` rows.
 
     Warns, naming `fix`, when the median measured residual exceeds APPROXIMATE: such an answer is an
     approximation whose scores may rank training points unlike the solve's.
     """
     m = min(check, B.shape[0])
     if not m:
-        return None, ""
+        return None, note
     res = relative_residual(op.matmat(X[:m]), B[:m])
     median = float(res.median())
     if not median <= APPROXIMATE:
@@ -68,7 +70,7 @@ def measured(op: Operator, X: Tensor, B: Tensor, check: int, name: str, fix: str
              f"solve's. {fix}")
     residual = torch.full((B.shape[0],), float("nan"), dtype=res.dtype, device=res.device)
     residual[:m] = res
-    return residual, (f"relative residual against {op.name} on {m} of {B.shape[0]} right-hand sides: "
+    return residual, (f"{note}; relative residual against {op.name} on {m} of {B.shape[0]} right-hand sides: "
                       f"median {median:.3g}, max {float(res.max()):.3g}")
 
 

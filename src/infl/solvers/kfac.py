@@ -161,10 +161,10 @@ class EKFAC:
             precondition = lambda R: self.power(R, -1.0, 1.0 + self.refine_damping)  # noqa: E731
             return refine(self.op, B, self.refine, precondition, self.name, self._note())
         X = self.inverse(B)
-        residual, checked = measured(self.op, X, B, self.check, self.name,
-                                     f"{type(self).__name__}(refine=4) (block CG steps on the true curvature) or "
-                                     "solver='cg' solves it")
-        return X, SolveInfo(self.name, 0, residual, solved(residual), "; ".join(filter(None, [self._note(), checked])))
+        residual, note = measured(self.op, X, B, self.check, self.name,
+                                  f"{type(self).__name__}(refine=4) (block CG steps on the true curvature) or "
+                                  "solver='cg' solves it", self._note())
+        return X, SolveInfo(self.name, 0, residual, solved(residual), note)
 
     def _note(self) -> str:
         """What the factors cover."""

@@ -71,26 +71,25 @@ class LiSSA:
         self.capped_ = False
         self.scale_ = self.scale if self.scale is not None else 1.2 * self._sampled_top()
         self.estimated_ = floor is None and self.depth is None
-        self.settled_ = True
-        self.floor = self._smallest_eigenvalue() if self.estimated_ else (floor or 0.0)
+        self.floor, self.settled_ = self._estimated_floor() if self.estimated_ else (floor or 0.0, True)
         self.depth_ = self.depth if self.depth is not None else self._auto_depth()
         return self
 
-    def _smallest_eigenvalue(self) -> float:
-        """A's smallest eigenvalue by Lanczos (from above); CurvatureError if it is not positive, a warning (and
-        converged=False later) if it has not settled to within SETTLED of itself."""
+    def _estimated_floor(self) -> tuple[float, bool]:
+        """A's smallest eigenvalue by Lanczos (from above) and whether it has settled to within SETTLED of itself;
+        CurvatureError if it is not positive, a warning (and converged=False later) if it has not settled."""
         lam, residual = smallest_eigenvalue(self.op, self.scale_, seed=self.seed)
         if lam <= 0:
             raise CurvatureError(
                 f"LiSSA: the curvature has an eigenvalue of about {lam:.3g} <= 0 (Lanczos estimate), so the series "
                 f"cannot converge. Add damping > {-lam:.3g}, or use curvature='gauss-newton'")
-        self.settled_ = residual <= SETTLED * lam
-        if not self.settled_:
+        settled = residual <= SETTLED * lam
+        if not settled:
             warn(f"LiSSA: the estimate {lam:.3g} of the curvature's smallest eigenvalue has not settled (Ritz "
                  f"residual {residual:.3g}), so the true one may be smaller and the automatic depth too short. Pass "
                  "depth explicitly, use curvature='gauss-newton' (where l2 + damping bounds the spectrum), or "
                  "solver='cg'")
-        return lam
+        return lam, settled
 
     def _sample(self, gen: torch.Generator) -> Operator:
         if not self.n or self.batch_size >= self.n:
@@ -126,12 +125,11 @@ class LiSSA:
             total += self._one_run(B, gen)
         X = total / self.repeats
         bound = (1 - self.floor / self.scale_) ** self.depth_ if self.floor > 0 else float("nan")
-        floor = f"floor {self.floor:.3g}" + (" (estimated smallest eigenvalue" + ("" if self.settled_ else ", not settled")
-                                             + ")" if self.estimated_ else "")
-        residual, checked = measured(self.op, X, B, self.check, self.name,
-                                     "Raise depth, repeats or batch_size, or use solver='cg'")
-        note = "; ".join(filter(None, [f"scale {self.scale_:.4g}, depth {self.depth_}, repeats {self.repeats}, "
-                                       f"batch {self.batch_size}, {floor}; truncation bound {bound:.2g}", checked]))
+        source = " (estimated smallest eigenvalue)" if self.settled_ else " (estimated smallest eigenvalue, not settled)"
+        note = (f"scale {self.scale_:.4g}, depth {self.depth_}, repeats {self.repeats}, batch {self.batch_size}, "
+                f"floor {self.floor:.3g}{source if self.estimated_ else ''}; truncation bound {bound:.2g}")
+        residual, note = measured(self.op, X, B, self.check, self.name,
+                                  "Raise depth, repeats or batch_size, or use solver='cg'", note)
         return X, SolveInfo(self.name, self.depth_ * self.repeats, residual, not self.capped_ and self.settled_, note)
 
     def _one_run(self, B: Tensor, gen: torch.Generator) -> Tensor:
