@@ -10,7 +10,7 @@ import numpy as np
 from .cli import POSITIVE, REPORT_NAME, Clock, run_command, data_options, load_data, predict, prepare_out, train_model
 from .influence import SOLVERS, Influence
 from .losses import cross_entropy
-from .mismatch import find_drivers, over_represented
+from .mismatch import find_drivers, over_represented, rows_where
 from .mismatch_report import write_mismatch_report
 
 
@@ -21,6 +21,9 @@ from .mismatch_report import write_mismatch_report
               help="Flag drivers at or above this multiple of the mean |influence| (> 0).")
 @click.option("--max-wrong", type=click.IntRange(min=1), default=50, show_default=True,
               help="Wrong test predictions analysed (the first ones).")
+@click.option("--where", multiple=True, metavar="COLUMN=VALUE",
+              help="Analyse only the wrong predictions on test rows meeting this condition (=, !=, <, <=, >, >=; "
+                   "repeat to require several), e.g. --where 'age=17.5'.")
 @click.option("--l2", type=POSITIVE, default=0.01, show_default=True,
               help="Weight decay of the logistic regression.")
 @click.option("--solver", type=click.Choice(list(SOLVERS)), default="exact", show_default=True)
@@ -28,10 +31,10 @@ from .mismatch_report import write_mismatch_report
               help="Output folder for report.html.")
 @click.option("--force", is_flag=True, help="Write into a non-empty output folder.")
 def mismatch_command(**opts: object) -> None:
-    """Train the paper's logistic regression, take the test points it gets wrong, and list the training
-    points that drive them: weight = |I_up,loss| / mean |I_up,loss| over the training set, averaged over
-    the wrong points; flags those above --threshold and, for non-image data, the feature values
-    over-represented among the drivers."""
+    """Train the paper's logistic regression, take the test points it gets wrong (with --where, those on the
+    rows named), and list the training points that drive them: weight = |I_up,loss| / mean |I_up,loss| over
+    the training set, averaged over the wrong points; flags those above --threshold and, for non-image data,
+    the feature values over-represented among the drivers."""
     run_command(_mismatch, opts)
 
 
@@ -43,11 +46,17 @@ def _mismatch(opts: dict) -> None:
     if opts["top"] > len(split.y_train):
         raise click.BadParameter(f"{opts['top']} is more than the {len(split.y_train)} training points.",
                                  param_hint="--top")
+    chosen = rows_where(split.X_test, opts["where"], split.feature_names)
+    if not chosen.any():
+        raise click.BadParameter(f"no test row meets {' and '.join(opts['where'])}", param_hint="--where")
     with clock.stage("training and fitting influence"):
         model = train_model(split, opts["l2"])
         inf = Influence(model, cross_entropy, l2=opts["l2"], solver=opts["solver"])
         inf.fit((split.X_train, split.y_train))
-    wrong = np.flatnonzero(predict(model, split.X_test) != split.y_test)[: opts["max_wrong"]]
+    wrong = np.flatnonzero((predict(model, split.X_test) != split.y_test) & chosen)[: opts["max_wrong"]]
+    if opts["where"] and not len(wrong):
+        raise click.BadParameter(f"the model gets all {int(chosen.sum())} test rows meeting it right; nothing to "
+                                 "explain there", param_hint="--where")
     with clock.stage(f"scoring the training points for {len(wrong)} wrong test predictions"):
         drivers = find_drivers(inf, (split.X_test, split.y_test), wrong, opts["top"], opts["threshold"])
     values = [] if split.image_shape else over_represented(split.X_train, drivers.top, split.feature_names)
@@ -60,6 +69,8 @@ def _mismatch(opts: dict) -> None:
                    f"{o.share_train:.1%} of training (lift {o.lift:.1f})")
     summary = {"data": split.name, "model": f"logistic regression, l2 = {opts['l2']:g}",
                "time": f"{clock.elapsed():.1f} s"}
+    if opts["where"]:
+        summary["wrong predictions analysed"] = f"on test rows where {' and '.join(opts['where'])}"
     path = write_mismatch_report(out / REPORT_NAME, drivers, values, split.X_train, split.y_train,
                                  split.image_shape, summary, f"infl mismatch: {split.name}")
     click.echo(f"report: {path}")

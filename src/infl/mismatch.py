@@ -12,6 +12,8 @@ whose share among the drivers most exceeds their share in the training set.
 
 from __future__ import annotations
 
+import operator
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -100,3 +102,29 @@ def over_represented(X: np.ndarray, top: Sequence[int], names: Sequence[str] | N
         found += [Overrepresented(name, labels[c], int(in_top[c]), in_top[c] / len(top), float(in_train[c]))
                   for c in np.flatnonzero(in_top >= min_count)]
     return sorted(found, key=lambda o: -o.lift)[:most]
+
+
+COMPARISONS = {"<=": operator.le, ">=": operator.ge, "!=": operator.ne, "=": operator.eq, "<": operator.lt,
+               ">": operator.gt}
+CONDITION = re.compile(r"^\s*(.+?)\s*(<=|>=|!=|=|<|>)\s*([^<>=!]+?)\s*$")
+
+
+def rows_where(X: np.ndarray, conditions: Sequence[str], names: Sequence[str] | None = None) -> np.ndarray:
+    """Mask (n,) of the rows of X (n, d) meeting every condition, each "column OP number" with OP one of
+    = != < <= > >= and column a name (or "feature j" when names is None), e.g. "age = 17.5"."""
+    names = list(names) if names is not None else [f"feature {j}" for j in range(X.shape[1])]
+    mask = np.ones(len(X), dtype=bool)
+    for condition in conditions:
+        match = CONDITION.match(condition)
+        if match is None:
+            raise InputError(f"cannot read the condition {condition!r}; write it as COLUMN=VALUE (or with !=, <, <=, "
+                             ">, >=), e.g. 'age=17.5'")
+        column, op, value = match.groups()
+        if column not in names:
+            raise InputError(f"no column {column!r} in the test data; its columns are: {', '.join(names)}")
+        try:
+            number = float(value)
+        except ValueError:
+            raise InputError(f"the value in {condition!r} is not a number; columns hold numbers") from None
+        mask &= COMPARISONS[op](X[:, names.index(column)], number)
+    return mask
