@@ -68,6 +68,10 @@ class Clock:
         """`name ...` on stderr with the elapsed time: a stage begins."""
         click.echo(f"[{self.elapsed():7.1f}s] {name} ...", err=True)
 
+    def done(self) -> None:
+        """`done` on stderr with the elapsed time: the command's last line."""
+        click.echo(f"[{self.elapsed():7.1f}s] done", err=True)
+
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
         self.announce(name)
@@ -389,7 +393,7 @@ def _explain(opts: dict) -> None:
                                     image_shape=split.image_shape, top=opts["top"], loo=loo,
                                     loo_test_index=tests[0], summary=summary, title=f"infl explain: {split.name}")
     click.echo(f"\nreport: {path}")
-    click.echo(f"[{clock.elapsed():7.1f}s] done", err=True)
+    clock.done()
 
 
 if __name__ == "__main__":  # python -m infl.cli, e.g. under torchrun

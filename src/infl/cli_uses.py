@@ -9,7 +9,6 @@ stdout, progress to stderr, files only into --out.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -19,13 +18,9 @@ from tqdm import tqdm
 from .attack import EIGHT_BIT, Budget, HeadAttack, flip_fractions
 from .attack_report import flip_fraction, write_attack_report
 from .behaviour import CNN, SVM, compare_behaviour, write_behaviour_report
-from .cli import POSITIVE, REPORT_NAME, SEED, prepare_out, run_command
+from .cli import POSITIVE, REPORT_NAME, SEED, Clock, prepare_out, run_command
 from .data import BUILTINS, load_builtin
 from .frozen import binary_task, default_cache, load_extractor, predict
-
-
-def say(start: float, what: str) -> None:
-    click.echo(f"[{time.perf_counter() - start:7.1f}s] {what}", err=True)
 
 
 def data_options(command):
@@ -82,7 +77,7 @@ def attack(**opts) -> None:
 
 
 def _attack(opts: dict) -> None:
-    start = time.perf_counter()
+    clock = Clock()
     radius = EIGHT_BIT if opts["radius"] is None else opts["radius"]
     budget = Budget(radius=radius, step=opts["step"], steps=opts["steps"])  # bad values raise InputError
     out = prepare_out(opts["out"], opts["force"], (), (REPORT_NAME, "the PNG figures"))
@@ -93,9 +88,9 @@ def _attack(opts: dict) -> None:
     if max(counts) > len(task.y_train):
         raise click.BadParameter(f"{max(counts)} is more than the {len(task.y_train)} training points.",
                                  param_hint="--perturb")
-    say(start, f"feature extractor (trained on {split.name} without digits {task.digits}, cached) ...")
+    clock.announce(f"feature extractor (trained on {split.name} without digits {task.digits}, cached)")
     net, cached = load_extractor(split, task.digits, cache=opts["cache"], seed=opts["seed"], epochs=opts["epochs"])
-    say(start, f"training the top layer on {len(task.y_train)} images of {task.name} ...")
+    clock.announce(f"training the top layer on {len(task.y_train)} images of {task.name}")
     attacker = HeadAttack(net, task.X_train, task.y_train, opts["l2"])
     predicted = predict(attacker.model(), task.X_test)
     correct = np.flatnonzero(predicted == task.y_test)
@@ -118,10 +113,10 @@ def _attack(opts: dict) -> None:
     summary = {"data": f"{task.name}: {len(task.y_train)} train, {len(task.y_test)} test, accuracy {accuracy:.4f}",
                "model": f"frozen CNN ({cached.name}) + nn.Linear(64, 2), l2 = {opts['l2']:g}, cross-entropy",
                "budget": budget.describe(), "attacked test points": str(tests),
-               "time": f"{time.perf_counter() - start:.1f} s"}
+               "time": f"{clock.elapsed():.1f} s"}
     path = write_attack_report(out, results, task.X_test, task.image_shape, summary, f"infl attack: {task.name}")
     click.echo(f"\nreport: {path}")
-    say(start, "done")
+    clock.done()
 
 
 @click.command(short_help="Compare what an RBF SVM and a CNN rely on for a test image (paper section 5.1).")
@@ -145,14 +140,14 @@ def behaviour(**opts) -> None:
 
 
 def _behaviour(opts: dict) -> None:
-    start = time.perf_counter()
+    clock = Clock()
     out = prepare_out(opts["out"], opts["force"], (), (REPORT_NAME, "the PNG figures"))
     split = load_builtin(opts["data"])
     task = binary_task(split, opts["digits"])
     test = check_test_index((opts["test_index"],), len(task.y_test))[0]
-    say(start, f"feature extractor (trained on {split.name} without digits {task.digits}, cached) ...")
+    clock.announce(f"feature extractor (trained on {split.name} without digits {task.digits}, cached)")
     net, cached = load_extractor(split, task.digits, cache=opts["cache"], seed=opts["seed"], epochs=opts["epochs"])
-    say(start, f"training both models on {len(task.y_train)} images of {task.name} and scoring ...")
+    clock.announce(f"training both models on {len(task.y_train)} images of {task.name} and scoring")
     result = compare_behaviour(task, net, test, l2=opts["l2"], svm_l2=opts["svm_l2"], gamma=opts["gamma"])
     click.echo(f"test point {test}: digit {task.digits[result.label]}")
     for name, row in result.summary(10).items():
@@ -161,7 +156,7 @@ def _behaviour(opts: dict) -> None:
                SVM: f"RBF kernel features (whitened, all training points as landmarks), smooth hinge t = 0.1, "
                     f"l2 = {opts['svm_l2']:g}, gamma = {opts['gamma'] or 'scale'}",
                CNN: f"frozen CNN ({cached.name}) + nn.Linear(64, 2), cross-entropy, l2 = {opts['l2']:g}",
-               "time": f"{time.perf_counter() - start:.1f} s"}
+               "time": f"{clock.elapsed():.1f} s"}
     path = write_behaviour_report(out, result, task, opts["top"], summary, f"infl behaviour: {task.name}")
     click.echo(f"\nreport: {path}")
-    say(start, "done")
+    clock.done()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import Split
-from .errors import InputError
+from .errors import InputError, warn
 
 FEATURES = 64
 HEAD_TOL = 1e-9  # max |grad R| of the trained head
@@ -205,8 +204,8 @@ def fit_head(A: Tensor, y: Tensor, l2: float, theta0: Tensor | None = None, max_
             break
         T = T - t * step
     if g.abs().max() > 1e-6:
-        warnings.warn(f"the head's Newton iterations stopped with gradient max {float(g.abs().max()):.2e} > 1e-6 "
-                      "(the features may be badly scaled); influence assumes the optimum", stacklevel=2)
+        warn(f"the head's Newton iterations stopped with gradient max {float(g.abs().max()):.2e} > 1e-6 "
+                      "(the features may be badly scaled); influence assumes the optimum")
     return torch.cat([T[:, :d].reshape(-1), T[:, d]])
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import numbers
-import warnings
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -13,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from . import dist
-from .errors import InputError, NotFittedError
+from .errors import InputError, NotFittedError, warn
 from .grads import directional_pays, iter_directional, iter_grads, stack_grads, sum_grad
 from .inputs import batches, to_tensors
 from .linear import LinearObjective, check_curvature, curvature_operator, make_objective
@@ -158,10 +157,10 @@ class Influence:
         total = dist.all_sum(sum_grad(obj, X[sh], y[sh], self.batch_size, sh.start))
         self.grad_norm_ = float((total / X.shape[0] + obj.l2 * obj.theta).norm())
         if self.grad_norm_ > self.stationarity_tol:
-            warnings.warn(
+            warn(
                 f"the model is not at a stationary point of the training objective: ||grad R|| = "
                 f"{self.grad_norm_:.3g} (l2={describe_l2(self.l2)}). Influence assumes theta_hat minimises R; train "
-                "longer, check that l2 matches the training weight decay, or add damping", stacklevel=3)
+                "longer, check that l2 matches the training weight decay, or add damping")
         self.operator_: Operator = self._operator()
         return self
 

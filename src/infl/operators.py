@@ -129,9 +129,14 @@ class GaussNewton(Hessian):
 
     name = "gauss-newton"
 
-    def __init__(self, obj: Objective, X: Tensor, y: Tensor, batch_size: int = 1024) -> None:
+    def __init__(self, obj: Objective, X: Tensor, y: Tensor, batch_size: int = 1024, *, check: bool = True) -> None:
         super().__init__(obj, X, y, batch_size)
-        check_tensor_outputs(obj, X, "curvature='gauss-newton'")
+        if check:  # a subset's model was checked with the whole operator
+            check_tensor_outputs(obj, X, "curvature='gauss-newton'")
+
+    def subset(self, index: Tensor) -> GaussNewton:
+        """The same curvature over the examples `index` only (mean over them, same l2)."""
+        return type(self)(self.obj, self.X[index], self.y[index], self.batch_size, check=False)
 
     def _data_product(self, V: Tensor, X: Tensor, y: Tensor) -> Tensor:
         obj = self.obj

@@ -3,12 +3,11 @@ models and to retrain for leave-one-out checks."""
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .errors import warn
 from .inputs import batches
 from .losses import cross_entropy
 from .objective import Objective
@@ -66,8 +65,8 @@ def minimize(obj: Objective, X: Tensor, y: Tensor, *, weights: Tensor | None = N
         if gmax <= tol:
             break
     if gmax > 10 * tol:
-        warnings.warn(f"L-BFGS stopped after {max_iter} iterations with gradient max {gmax:.2e} > tol {tol:.0e}; "
-                      "the optimum is not tight: raise max_iter", stacklevel=2)
+        warn(f"L-BFGS stopped after {max_iter} iterations with gradient max {gmax:.2e} > tol {tol:.0e}; "
+                      "the optimum is not tight: raise max_iter")
     return theta.detach()
 
 

@@ -19,12 +19,10 @@ exact solve.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import Tensor
 
-from ..errors import CurvatureError, InputError
+from ..errors import CurvatureError, InputError, warn
 from ..operators import Operator
 from .base import SolveInfo, check_count, itemsize, measured, solved
 from .krylov import refine
@@ -97,8 +95,8 @@ class Arnoldi:
                                  "add damping or use curvature='gauss-newton'")
         rest_trace = rest * (op.p - self.rank)
         if not 0 < rest <= float(lam[-1]):
-            warnings.warn(f"Arnoldi's estimate {rest:.3g} of the mean dropped eigenvalue lies outside (0, "
-                          f"{float(lam[-1]):.3g}]; clamped. Raise probes, or use solver='cg'", stacklevel=2)
+            warn(f"Arnoldi's estimate {rest:.3g} of the mean dropped eigenvalue lies outside (0, "
+                          f"{float(lam[-1]):.3g}]; clamped. Raise probes, or use solver='cg'")
             rest = min(max(rest, 1e-3 * float(lam[-1])), float(lam[-1]))
         self.lam_rest = rest
         self.captured_ = float(lam.sum()) / (float(lam.sum()) + max(rest_trace, 0.0))
@@ -107,9 +105,9 @@ class Arnoldi:
     def _top_eigenpairs(self, op: Operator) -> tuple[Tensor, Tensor]:
         lam, U, converged = top_eigenpairs(op, self.rank, tol=self.tol, block=self.block, seed=self.seed)
         if not converged:
-            warnings.warn(f"Arnoldi: block Lanczos stopped before its top {self.rank} eigenpairs reached relative "
+            warn(f"Arnoldi: block Lanczos stopped before its top {self.rank} eigenpairs reached relative "
                           f"residual tol={self.tol:g}; the low-rank part is approximate. Raise tol, lower rank, or "
-                          "pass refine > 0 (CG steps correct it)", stacklevel=3)
+                          "pass refine > 0 (CG steps correct it)")
         return lam, U
 
     def _mean_dropped_eigenvalue(self, op: Operator) -> float:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import warnings
-
 from torch import Tensor
 
-from ..errors import InputError
+from ..errors import InputError, warn
 from ..operators import Operator
 from .base import SolveInfo, itemsize
 from .kfac import EKFAC, KFAC
@@ -70,7 +68,7 @@ class CG:
         """X (k, p) with A x = b for each row of B (k, p)."""
         X, info = cg(self.op.matmat, B, tol=self.tol, max_iter=self.max_iter, precond=self.precond)
         if not info.converged:
-            warnings.warn(
+            warn(
                 f"CG stopped at max_iter={self.max_iter} with relative residual {info.max_residual:.2e} > "
-                f"tol={self.tol:.0e}; raise max_iter or the preconditioner rank, or add damping", stacklevel=2)
+                f"tol={self.tol:.0e}; raise max_iter or the preconditioner rank, or add damping")
         return X, SolveInfo("cg", info.iterations, info.residual, info.converged, self.precond_note)

@@ -18,13 +18,11 @@ right-hand side, and the residual falls with k towards the exact solve.
 
 from __future__ import annotations
 
-import warnings
-
 import torch
 from torch import Tensor
 
 from ..dist import AllReduced, all_sum
-from ..errors import CurvatureError, InputError
+from ..errors import CurvatureError, InputError, warn
 from ..kronecker import find_layers, fit_factors
 from ..objective import nonnegative_number
 from ..operators import Operator, Shifted, check_tensor_outputs
@@ -120,8 +118,8 @@ class EKFAC:
                 raise InputError(f"{self.name} factors only nn.Linear and nn.Conv2d layers (groups=1, numeric "
                                  f"padding, one call per forward); these trained parameters are elsewhere: {what}. "
                                  "Freeze them (requires_grad=False), pass others='diagonal', or use solver='cg'")
-            warnings.warn(f"{self.name}: {len(factors.diag_names)} trained parameter tensors are not in a factorable "
-                          f"layer and get the exact Gauss-Newton diagonal instead: {what}", stacklevel=3)
+            warn(f"{self.name}: {len(factors.diag_names)} trained parameter tensors are not in a factorable "
+                          f"layer and get the exact Gauss-Newton diagonal instead: {what}")
         self.op, self.factors = op, factors
         self.shifts, uniform = [], True
         for layer in factors.layers:

@@ -10,7 +10,6 @@ of A_j / scale lie in (0, 2); the error of the truncated series shrinks like
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 from torch import Tensor
@@ -109,10 +108,10 @@ class LiSSA:
         rate = 1 - self.floor / self.scale_
         depth = math.ceil(math.log(self.tol) / math.log(rate)) if rate > 0 else 1
         if depth > self.max_depth:
-            warnings.warn(
+            warn(
                 f"LiSSA needs depth {depth} for truncation error {self.tol:g} (scale {self.scale_:.3g}, "
                 f"floor {self.floor:.3g}) but max_depth={self.max_depth}; the result keeps a truncation error of "
-                f"about {rate ** self.max_depth:.2g}. Raise max_depth or damping, or use solver='cg'", stacklevel=3)
+                f"about {rate ** self.max_depth:.2g}. Raise max_depth or damping, or use solver='cg'")
             depth = self.max_depth
         self.capped_ = self.depth is None and depth == self.max_depth
         return depth
