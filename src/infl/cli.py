@@ -334,17 +334,22 @@ def explain(**opts: object) -> None:
     run_command(_explain, opts)
 
 
-def run_command(body, opts: dict) -> None:
-    """body(opts), with infl's errors and failed writes turned into one-line click errors; output folders it
-    made are removed again if it fails before writing into them."""
+def run_command(body, opts: dict, *, spellings: Sequence[tuple[str, str]] = (),
+                failed_io: str = "write the output") -> None:
+    """body(opts), with infl's errors and failed file access (`cannot {failed_io}: ...`) turned into one-line
+    click errors; `spellings` (python, option) pairs rewrite the library's advice as the command spells it
+    (first match first). Output folders it made are removed again if it fails before writing into them."""
     _created.clear()  # folders made by an earlier command in this process are not this one's
     try:
         try:
             body(opts)
         except InflError as error:
-            raise click.ClickException(str(error)) from error
+            message = str(error)
+            for python, option in spellings:
+                message = message.replace(python, option)
+            raise click.ClickException(message) from error
         except OSError as error:
-            raise click.ClickException(f"cannot write the output: {error}") from error
+            raise click.ClickException(f"cannot {failed_io}: {error}") from error
     except Exception:
         _remove_empty_created()
         raise

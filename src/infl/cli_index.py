@@ -6,10 +6,8 @@ training data is sharded across ranks and rank 0 prints.
 
 from __future__ import annotations
 
-import contextlib
 import io
 from pathlib import Path
-from typing import Iterator
 
 import click
 import numpy as np
@@ -17,9 +15,8 @@ import torch
 from torch import nn
 
 from . import dist, store
-from .cli import NONNEGATIVE, SEED, cross_entropy, load_data, train_model
+from .cli import NONNEGATIVE, SEED, cross_entropy, load_data, run_command, train_model
 from .data import BUILTINS, Split
-from .errors import InflError
 from .index import Index, require_complete
 from .influence import Influence
 
@@ -62,20 +59,23 @@ def index(**opts: object) -> None:
 
     The folder holds the training gradients (numpy .npy chunks, checksummed), the Cholesky
     factor of the curvature, a manifest (JSON) and the model; a killed run resumes when started again."""
-    with _errors("index"):
-        dist.init()
-        _check_out(opts["out"], opts["force"])
-        split = load_data(opts["data"], None, None, None, ())
-        model = train_model(split, opts["l2"])
-        for p in model.parameters():  # every rank indexes rank 0's model
-            dist.broadcast_(p.data)
-        inf = Influence(model, cross_entropy, l2=opts["l2"], damping=opts["damping"])
-        train = (torch.as_tensor(split.X_train), torch.as_tensor(split.y_train))
-        idx = Index.build(inf, opts["out"], train, project=opts["project"], seed=opts["seed"],
-                          max_memory=opts["max_memory"], force=opts["force"])
-        if dist.world()[0] == 0:
-            store.write_atomic(opts["out"] / MODEL, _npz(model))
-        _echo(f"index of {idx.n} training points, {idx.k} numbers each, written to {opts['out']}")
+    run_command(_index, opts, spellings=_SPELLINGS["index"])
+
+
+def _index(opts: dict) -> None:
+    dist.init()
+    _check_out(opts["out"], opts["force"])
+    split = load_data(opts["data"], None, None, None, ())
+    model = train_model(split, opts["l2"])
+    for p in model.parameters():  # every rank indexes rank 0's model
+        dist.broadcast_(p.data)
+    inf = Influence(model, cross_entropy, l2=opts["l2"], damping=opts["damping"])
+    train = (torch.as_tensor(split.X_train), torch.as_tensor(split.y_train))
+    idx = Index.build(inf, opts["out"], train, project=opts["project"], seed=opts["seed"],
+                      max_memory=opts["max_memory"], force=opts["force"])
+    if dist.world()[0] == 0:
+        store.write_atomic(opts["out"] / MODEL, _npz(model))
+    _echo(f"index of {idx.n} training points, {idx.k} numbers each, written to {opts['out']}")
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -89,18 +89,6 @@ def _check_out(out: Path, force: bool) -> None:
     if out.exists() and any(out.iterdir()) and not (out / "manifest.json").exists() and not force:
         raise click.ClickException(f"--out {out} is not empty and holds no index; choose another folder, or pass "
                                    "--force.")
-
-
-@contextlib.contextmanager
-def _errors(command: str) -> Iterator[None]:
-    """infl's errors, spelled as `command`'s options, and failed file access as one-line click errors."""
-    try:
-        yield
-    except InflError as error:
-        raise click.ClickException(_as_options(str(error), command)) from error
-    except OSError as error:
-        what = "write the output" if command == "index" else "read the index"
-        raise click.ClickException(f"cannot {what}: {error}") from error
 
 
 _SPELLINGS = {  # the library's advice, as the command line spells it (first match first)
@@ -118,13 +106,6 @@ _SPELLINGS = {  # the library's advice, as the command line spells it (first mat
 }
 
 
-def _as_options(message: str, command: str) -> str:
-    """A library error message with its Python spellings of fixes replaced by this command's options."""
-    for python, cli in _SPELLINGS[command]:
-        message = message.replace(python, cli)
-    return message
-
-
 def _npz(model: nn.Linear) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, weight=model.weight.detach().numpy(), bias=model.bias.detach().numpy())
@@ -139,22 +120,26 @@ def _npz(model: nn.Linear) -> bytes:
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Points shown per side.")
 @click.option("--l2", type=NONNEGATIVE, default=0.01, show_default=True, help="As for `infl index`.")
 @click.option("--damping", type=NONNEGATIVE, default=0.0, show_default=True, help="As for `infl index`.")
-def query(folder: Path, data: str, test_index: tuple[int, ...], top: int, l2: float, damping: float) -> None:
+def query(**opts: object) -> None:
     """Print the top training points by I_up,loss (positive = harmful) for each --test-index.
 
     Reads only the index (streamed chunk by chunk), never the training gradients again."""
-    with _errors("query"):
-        require_complete(folder)  # an unfinished or missing index says so before the model is looked for
-        split = load_data(data, None, None, None, ())
-        bad = [t for t in test_index if not 0 <= t < len(split.y_test)]
-        if bad:
-            raise click.ClickException(f"--test-index {bad[0]} is out of range: the test set has "
-                                       f"{len(split.y_test)} points.")
-        idx = Index.open(folder, Influence(_linear(split, folder), cross_entropy, l2=l2, damping=damping))
-        test = (torch.as_tensor(split.X_test[list(test_index)]), torch.as_tensor(split.y_test[list(test_index)]))
-        for largest, title in ((True, "most harmful"), (False, "most helpful")):
-            values, rows = idx.top_k(test, min(top, idx.n), largest=largest)
-            for t, vals, rws in zip(test_index, values.tolist(), rows.tolist()):
-                _echo(f"test point {t} (label {split.y_test[t]}), {title}:")
-                for rank, (v, i) in enumerate(zip(vals, rws), 1):
-                    _echo(f"  {rank:>3}  train {i:>6}  label {split.y_train[i]}  score {v:+.4g}")
+    run_command(_query, opts, spellings=_SPELLINGS["query"], failed_io="read the index")
+
+
+def _query(opts: dict) -> None:
+    folder, test_index = opts["folder"], opts["test_index"]
+    require_complete(folder)  # an unfinished or missing index says so before the model is looked for
+    split = load_data(opts["data"], None, None, None, ())
+    bad = [t for t in test_index if not 0 <= t < len(split.y_test)]
+    if bad:
+        raise click.ClickException(f"--test-index {bad[0]} is out of range: the test set has "
+                                   f"{len(split.y_test)} points.")
+    idx = Index.open(folder, Influence(_linear(split, folder), cross_entropy, l2=opts["l2"], damping=opts["damping"]))
+    test = (torch.as_tensor(split.X_test[list(test_index)]), torch.as_tensor(split.y_test[list(test_index)]))
+    for largest, title in ((True, "most harmful"), (False, "most helpful")):
+        values, rows = idx.top_k(test, min(opts["top"], idx.n), largest=largest)
+        for t, vals, rws in zip(test_index, values.tolist(), rows.tolist()):
+            _echo(f"test point {t} (label {split.y_test[t]}), {title}:")
+            for rank, (v, i) in enumerate(zip(vals, rws), 1):
+                _echo(f"  {rank:>3}  train {i:>6}  label {split.y_train[i]}  score {v:+.4g}")
