@@ -108,3 +108,24 @@ def test_lds_of_a_small_tanh_network_retrained_from_one_initialisation():
     shuffled = lds(scores[:, torch.randperm(60, generator=gen)], retrain, subsets=12, seed=0)
     assert len(cache) == 12
     assert res.mean > 0.4 and shuffled.mean < res.mean - 0.3, (res.mean, shuffled.mean)
+
+
+def test_lds_says_when_a_test_point_has_no_score():
+    """A retrain that returns NaN for one test point leaves that point's LDS undefined: it is nan, the mean
+    is over the others, and a warning says so (the mean used to drop it silently). Non-finite scores and a
+    NumPy integer count of subsets are handled before any retraining."""
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(4, 30))
+
+    def retrain(index):
+        out = 1.0 + scores[:, index].sum(1) / 30
+        out[3] = np.nan
+        return out
+
+    with pytest.warns(UserWarning, match="LDS of 1 of 4 test points is undefined.*averages the other 3"):
+        res = lds(scores, retrain, subsets=np.int64(6))
+    assert np.isnan(res.spearman[3]) and res.mean == pytest.approx(1.0)
+    bad = scores.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(InputError, match="the scores hold 1 NaN or inf"):
+        lds(bad, lambda index: pytest.fail("retrained despite NaN scores"), subsets=3)

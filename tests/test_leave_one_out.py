@@ -1,6 +1,7 @@
 """Influence against actual leave-one-out retraining: the sign and the 1/n scale."""
 
 import numpy as np
+import pytest
 import torch
 
 import infl
@@ -114,3 +115,27 @@ def test_removal_weights_zero_one_point_per_row_after_an_optional_full_row():
     expected[1, 3] = expected[2, 0] = 0
     assert torch.equal(W, expected)
     assert torch.equal(removal_weights(5, [3, 0]), expected[1:])
+
+
+def test_leave_one_out_reads_indices_as_up_params_does(logreg):
+    """A boolean mask means the points it selects (it used to be read as indices 0 and 1, retrained over and
+    over, with a perfect correlation); fractional, out-of-range, repeated or too few indices are refused before
+    any retraining."""
+    inf = infl.Influence(logreg.model, logreg.loss_fn, l2=logreg.l2).fit(logreg.train)
+    mask = np.zeros(inf.n_train, dtype=bool)
+    mask[[7, 21, 40, 55]] = True
+    calls = []
+
+    def counting(inf, indices):
+        calls.append(list(indices))
+        from infl.validate import retrain_all
+        return retrain_all(inf, indices)
+
+    res = leave_one_out(inf, logreg.test, mask, retrain=counting)
+    assert res.indices.tolist() == [7, 21, 40, 55] and calls == [[7, 21, 40, 55]]
+    assert leave_one_out(inf, logreg.test, [-1, 3, 4]).indices.tolist() == [inf.n_train - 1, 3, 4]
+    for bad, message in [([1.7, 2.9, 3.0], "must be integers"), ([1, 2, 90], r"\[90\] are out of range"),
+                         ([1, 2, 2], "at least 3 different"), ([1, 2], "at least 3 different")]:
+        with pytest.raises(infl.InputError, match=message):
+            leave_one_out(inf, logreg.test, bad, retrain=counting)
+    assert len(calls) == 1

@@ -19,6 +19,15 @@ def test_exact_plan_is_the_dense_factor(logreg):
     assert plan[f"Cholesky factor ({p} x {p})"] == nbytes(inf.solver.factor)
 
 
+def test_plan_leaves_a_fitted_influence_as_it_was(logreg):
+    """plan reads data only to size things: it used to reset a fitted Influence (the next query said fit)."""
+    inf = infl.Influence(logreg.model, logreg.loss_fn, l2=logreg.l2).fit(logreg.train)
+    before = inf.scores(logreg.test)
+    X, y = logreg.train
+    assert inf.plan((X[:10], y[:10]))["gradient chunk (10 x 18)"] == 10 * 18 * 8
+    assert inf.n_train == len(y) and inf.scores(logreg.test).equal(before)
+
+
 def test_cg_and_arnoldi_plans_match_their_bases(mlp):
     for solver, held in ((infl.CG(rank=10), lambda s: s.precond.U), (infl.Arnoldi(rank=5), lambda s: s.U)):
         inf = infl.Influence(mlp.model, mlp.loss_fn, l2=mlp.l2, solver=solver)

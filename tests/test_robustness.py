@@ -62,6 +62,14 @@ def test_numbers_may_be_numpy_or_tensor_scalars_but_not_bools(logreg):
         infl.Influence(logreg.model, logreg.loss_fn, damping=True)
 
 
+def test_arrays_with_negative_strides_are_read(logreg):
+    """X[::-1] and friends are valid arrays (torch.as_tensor refuses negative strides; they were refused)."""
+    inf = infl.Influence(logreg.model, logreg.loss_fn, l2=logreg.l2).fit(logreg.train)
+    Xt, yt = logreg.Xt.numpy(), logreg.yt.numpy()
+    flipped = inf.scores((Xt[::-1], yt[::-1]))
+    assert flipped.flip(0).allclose(inf.scores((Xt, yt)), rtol=1e-12, atol=0)
+
+
 def test_narrow_integer_labels_give_the_same_scores(logreg):
     ref = influence(logreg).scores(logreg.test)
     for dtype in (torch.int32, torch.int16, torch.uint8):

@@ -187,3 +187,52 @@ def test_labels_the_estimator_never_saw_are_refused():
     inf = from_sklearn(LogisticRegression(tol=1e-10).fit(X, y), X, y)
     with pytest.raises(infl.InputError, match=r"labels \[7\] are not among the estimator's classes_"):
         inf.scores((Xt, np.full(len(Xt), 7)))
+
+
+def test_data_frames_are_matched_to_the_estimator_by_column_name():
+    """A test frame with the fitted columns in another order scores as the fitted order does (scikit-learn
+    refuses such a frame; scoring it by position gave other numbers); other columns are refused by name."""
+    pd = pytest.importorskip("pandas")
+    X, y, Xt, yt = breast_cancer(120)
+    names = [f"f{j}" for j in range(5)]
+    train, test = pd.DataFrame(X[:, :5], columns=names), pd.DataFrame(Xt[:4, :5], columns=names)
+    inf = from_sklearn(LogisticRegression(tol=1e-12).fit(train, y), train, y)
+    S = inf.scores((test, yt[:4]))
+    shuffled = test[names[::-1]]
+    np.testing.assert_array_equal(inf.scores((shuffled, yt[:4])), S)
+    assert list(shuffled.columns) == names[::-1]  # the user's frame is not reordered in place
+    with pytest.raises(infl.InputError, match=r"test X's columns .* missing \['f0'\], unexpected \['age'\]"):
+        inf.scores((test.rename(columns={"f0": "age"}), yt[:4]))
+    with pytest.raises(infl.InputError, match=r"test X has columns that are not numbers: \['f1'\].*get_dummies"):
+        inf.scores((test.assign(f1=["a", "b", "c", "d"]), yt[:4]))
+    missing = test.astype("Float64")
+    missing.loc[0, "f2"] = pd.NA  # a nullable column's missing cell
+    with pytest.raises(infl.InputError, match="test X contains NaN"):
+        inf.scores((missing, yt[:4]))
+
+
+def test_logistic_regression_cv_is_its_refit_at_the_chosen_C():
+    from sklearn.linear_model import LogisticRegressionCV
+
+    X, y, Xt, yt = digits(200)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cv = LogisticRegressionCV(Cs=3, tol=1e-10, max_iter=5000).fit(X, y)
+    same = LogisticRegression(C=float(cv.C_[0]), tol=1e-10)
+    same.coef_, same.intercept_, same.classes_, same.n_features_in_ = cv.coef_, cv.intercept_, cv.classes_, X.shape[1]
+    same.n_iter_ = np.array([1])
+    torch.testing.assert_close(from_sklearn(cv, X, y).scores((Xt[:3], yt[:3])),
+                               from_sklearn(same, X, y).scores((Xt[:3], yt[:3])), rtol=1e-12, atol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folds = LogisticRegressionCV(Cs=2, refit=False, max_iter=2000).fit(X, y)
+    with pytest.raises(infl.InputError, match="refit=False"):
+        from_sklearn(folds, X, y)
+
+
+def test_plan_reads_labels_as_fit_does_and_leaves_the_fit_alone():
+    X, y, Xt, yt = breast_cancer(100)
+    inf = from_sklearn(LogisticRegression(tol=1e-10).fit(X, y), X, y)
+    before = inf.scores((Xt[:2], yt[:2]))
+    assert sum(inf.plan((X, y)).values()) > 0
+    torch.testing.assert_close(inf.scores((Xt[:2], yt[:2])), before, rtol=0, atol=0)

@@ -16,7 +16,7 @@ from .errors import InputError, NotFittedError, warn
 from .grads import directional_pays, iter_directional, iter_grads, stack_grads, sum_grad
 from .inputs import batches, to_tensors
 from .linear import LinearObjective, check_curvature, curvature_operator, make_objective
-from .objective import L2, LossFn, check_l2, describe_l2, nonnegative_number
+from .objective import L2, LossFn, Objective, check_l2, describe_l2, nonnegative_number
 from .operators import Operator
 from .solvers import CG, EKFAC, KFAC, Arnoldi, Exact, LiSSA, SolveInfo
 
@@ -113,33 +113,39 @@ class Influence:
         self.stationarity_tol = stationarity_tol
 
     # ----------------------------------------------------------------- fit
-    def _read(self, train: Any) -> None:
-        """Validate the model and training data; set objective_, X_train_, y_train_ and this rank's shard_."""
-        self.__dict__.pop("curvature_", None)  # a failed re-fit must not leave the old solver usable
+    def _validated(self, train: Any) -> tuple[Objective, Tensor, Tensor]:
+        """The objective and the training tensors (X, y), validated; nothing is stored."""
         trainable = [p for p in self.model.parameters() if p.requires_grad] if isinstance(self.model, nn.Module) else []
         if not trainable:
             raise InputError("the model has no parameters with requires_grad=True; nothing to differentiate")
         X, y = to_tensors(train, trainable[0].dtype, trainable[0].device, "train")
         obj = make_objective(self.model, self.loss_fn, self.l2, probe=X[:2])
         obj.check_loss(X[:2], y[:2])
-        self.objective_, self.X_train_, self.y_train_ = obj, X, y
-        self.shard_ = dist.shard(X.shape[0])
+        return obj, X, y
+
+    def _read(self, train: Any) -> None:
+        """Validate the model and training data; set objective_, X_train_, y_train_ and this rank's shard_."""
+        self.__dict__.pop("curvature_", None)  # a failed re-fit must not leave the old solver usable
+        self.objective_, self.X_train_, self.y_train_ = self._validated(train)
+        self.shard_ = dist.shard(self.X_train_.shape[0])
 
     def _operator(self) -> Operator:
         """The damped curvature over all ranks' data (products all-reduced under torch.distributed)."""
-        sh, n = self.shard_, self.X_train_.shape[0]
-        op = curvature_operator(self.objective_, self.X_train_[sh], self.y_train_[sh], self.batch_size, self.curvature)
-        return dist.all_reduced(op, n, sh.start) + self.damping
+        return self._operator_on(self.objective_, self.X_train_, self.y_train_, self.shard_)
+
+    def _operator_on(self, obj: Objective, X: Tensor, y: Tensor, sh: slice) -> Operator:
+        op = curvature_operator(obj, X[sh], y[sh], self.batch_size, self.curvature)
+        return dist.all_reduced(op, X.shape[0], sh.start) + self.damping
 
     def plan(self, train: Any) -> dict[str, int]:
         """Bytes that fit and the queries will hold, by item, known before any pass over the data.
 
         The solver's own items (solver.footprint), the gradient chunk of
-        batch_size rows, and the n x p training gradients if kept.
+        batch_size rows, and the n x p training gradients if kept. A fitted Influence stays as it was.
         """
-        self._read(train)
-        op = self._operator()
-        s, n = torch.finfo(op.dtype).bits // 8, self.X_train_.shape[0]
+        obj, X, y = self._validated(train)
+        op = self._operator_on(obj, X, y, dist.shard(X.shape[0]))
+        s, n = torch.finfo(op.dtype).bits // 8, X.shape[0]
         out = dict(self.solver.footprint(op))
         out[f"gradient chunk ({min(self.batch_size, n)} x {op.p})"] = min(self.batch_size, n) * op.p * s
         if self.keep_train_grads:

@@ -15,7 +15,8 @@ def _as_tensor(a: Any, what: str) -> Tensor:
     if isinstance(a, Tensor):
         return a.detach()
     try:
-        return torch.as_tensor(np.asarray(a))
+        arr = np.asarray(a)
+        return torch.as_tensor(arr.copy() if any(step < 0 for step in arr.strides) else arr)  # e.g. X[::-1]
     except (TypeError, ValueError) as exc:
         raise InputError(f"{what} must be a tensor or an array of numbers, got {type(a).__name__}: {exc}") from exc
 

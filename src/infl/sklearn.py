@@ -51,7 +51,7 @@ GAUGE_L2 = 0.25
 """l2 on the last intercept of a multinomial model: any value > 0 gives the same scores; 1/4 bounds
 the softmax curvature p(1 - p), so H keeps its scale."""
 LOGISTIC_SOLVERS_FREE_INTERCEPT = ("lbfgs", "newton-cg", "newton-cholesky", "sag", "saga")
-SUPPORTED = "LogisticRegression, LinearSVC, SGDClassifier(loss='hinge') and Ridge"
+SUPPORTED = "LogisticRegression (and LogisticRegressionCV), LinearSVC, SGDClassifier(loss='hinge') and Ridge"
 
 
 @dataclass(frozen=True)
@@ -149,9 +149,10 @@ def _logistic_penalty(est: Any) -> str | None:
     penalty = getattr(est, "penalty", "l2")
     if penalty != "deprecated":
         return None if penalty == "none" else penalty  # "none": the spelling before scikit-learn 1.2
-    if np.isinf(est.C):
+    if np.isinf(_chosen_C(est)):
         return None
-    ratio = est.l1_ratio
+    ratios = set(np.atleast_1d(est.l1_ratio_).tolist()) if hasattr(est, "l1_ratio_") else {est.l1_ratio}  # CV: chosen
+    ratio = ratios.pop() if len(ratios) == 1 else "several"
     return "l2" if ratio in (0, None) else ("l1" if ratio == 1 else "elasticnet")
 
 
@@ -194,7 +195,7 @@ def _logistic(est: Any, n: int) -> Recipe:
     if penalty not in ("l2", None):
         raise _refuse(est, f"penalty {penalty!r} (L1 or elastic net: the objective is not twice differentiable)")
     coef, intercept = _arrays(est)
-    C = np.inf if penalty is None else float(est.C)
+    C = np.inf if penalty is None else _chosen_C(est)
     lam = 0.0 if np.isinf(C) else 1 / (C * n)
     K, classes = coef.shape[0], est.classes_
     if est.solver == "liblinear":
@@ -209,6 +210,19 @@ def _logistic(est: Any, n: int) -> Recipe:
         raise _refuse(est, "one-vs-rest multi-class fits (refit with the multinomial default, e.g. solver='lbfgs')")
     coef, intercept, l2 = _fix_softmax_gauge(coef, intercept, l2)
     return Recipe(coef, intercept, multinomial, l2, lambda y: _class_index(classes, y), False)
+
+
+def _chosen_C(est: Any) -> float:
+    """C of a LogisticRegression, or the C a LogisticRegressionCV chose and refitted on all the data with."""
+    if not hasattr(est, "C_"):
+        return float(est.C)
+    if not est.refit:
+        raise _refuse(est, "refit=False (its coefficients average the folds' fits and minimise no objective; "
+                           "refit with refit=True)")
+    chosen = np.unique(np.asarray(est.C_, dtype=np.float64))
+    if chosen.size != 1:
+        raise _refuse(est, f"one C per class ({chosen.tolist()}); refit a LogisticRegression with one C")
+    return float(chosen[0])
 
 
 def _fix_softmax_gauge(coef: np.ndarray, intercept: np.ndarray | None,
@@ -301,23 +315,27 @@ class EstimatorInfluence(Influence):
     Labels are encoded for the loss (class indices, +-1 or float targets) by `encode`.
     """
 
-    def __init__(self, model: nn.Module, recipe: Recipe, estimator_name: str, **options: Any) -> None:
+    def __init__(self, model: nn.Module, recipe: Recipe, estimator_name: str, *,
+                 feature_names: np.ndarray | None = None, **options: Any) -> None:
         super().__init__(model, recipe.loss_fn, l2=recipe.l2, **options)
-        self.recipe, self.estimator_name = recipe, estimator_name
+        self.recipe, self.estimator_name, self.feature_names = recipe, estimator_name, feature_names
 
-    def encode(self, data: Any) -> tuple[Tensor, Tensor]:
-        """(X, y) in the estimator's terms -> float64 tensors the loss takes."""
+    def encode(self, data: Any, name: str = "data") -> tuple[Tensor, Tensor]:
+        """(X, y) in the estimator's terms -> float64 tensors the loss takes; `name` (train, test) for messages."""
         if not (isinstance(data, (tuple, list)) and len(data) == 2):
-            raise InputError(f"give data as a pair (X, y), as for {self.estimator_name}.fit; got {type(data).__name__}")
-        X = _features(data[0], self.recipe.coef.shape[1])
+            raise InputError(f"give {name} as a pair (X, y), as for {self.estimator_name}.fit; got {type(data).__name__}")
+        X = _features(data[0], self.recipe.coef.shape[1], self.feature_names, f"{name} X")
         y = self.recipe.encode(np.asarray(data[1]))
-        return to_tensors((X, y), torch.float64, torch.device("cpu"))
+        return to_tensors((X, y), torch.float64, torch.device("cpu"), name)
 
     def fit(self, train: Any) -> EstimatorInfluence:
-        return super().fit(self.encode(train))
+        return super().fit(self.encode(train, "train"))
+
+    def plan(self, train: Any) -> dict[str, int]:
+        return super().plan(self.encode(train, "train"))
 
     def test_tensors(self, test: Any) -> tuple[Tensor, Tensor]:
-        return super().test_tensors(self.encode(test))
+        return super().test_tensors(self.encode(test, "test"))
 
     def losses_of(self, estimator: Any, data: Any) -> np.ndarray:
         """Per-example loss L (this Influence's loss) of any fitted estimator of the same kind on (X, y), (m,).
@@ -330,15 +348,42 @@ class EstimatorInfluence(Influence):
         return self.recipe.loss_fn(outputs, y).numpy()
 
 
-def _features(X: Any, d: int) -> np.ndarray:
+def _features(X: Any, d: int, names: np.ndarray | None = None, what: str = "X") -> np.ndarray:
+    """X as a float64 (n, d) array. A data frame's columns are matched by name to `names` (the estimator's
+    feature_names_in_) when it was fitted on one, so a frame with its columns in another order scores right."""
     from scipy import sparse
 
     if sparse.issparse(X):
-        raise InputError("X is a sparse matrix; pass X.toarray() (influence forms dense gradients anyway)")
-    X = np.asarray(X, dtype=np.float64)
+        raise InputError(f"{what} is a sparse matrix; pass {what}.toarray() (influence forms dense gradients anyway)")
+    if hasattr(X, "columns") and hasattr(X, "dtypes"):  # a pandas data frame
+        X = _frame_values(X, names, what)
+    try:
+        X = np.array(X, dtype=np.float64)  # a copy: negative strides and read-only views are fine
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{what} must hold numbers only (encode categories as numbers first, as for the "
+                         f"estimator); {exc}") from None
     if X.ndim != 2 or X.shape[1] != d:
-        raise InputError(f"X must be 2-D with {d} features (as the estimator was fitted), got shape {X.shape}")
+        raise InputError(f"{what} must be 2-D with {d} features (as the estimator was fitted), got shape {X.shape}")
     return X
+
+
+def _frame_values(frame: Any, names: np.ndarray | None, what: str) -> np.ndarray:
+    """A data frame's values as float64 (missing cells as NaN), its columns put in the order of `names`."""
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    if names is not None:
+        columns = [str(c) for c in frame.columns]
+        missing = [n for n in names if n not in columns]
+        extra = [c for c in columns if c not in set(names)]
+        if missing or extra:
+            raise InputError(f"{what}'s columns are not the ones the estimator was fitted on: missing {missing[:5]}, "
+                             f"unexpected {extra[:5]}; pass a frame with the columns of estimator.feature_names_in_")
+        frame = frame.set_axis(columns, axis=1)[list(names)]  # a new frame: the user's is not touched
+    text = [str(c) for c, t in frame.dtypes.items() if not (is_numeric_dtype(t) or is_bool_dtype(t))]
+    if text:
+        raise InputError(f"{what} has columns that are not numbers: {text[:5]}; encode them as numbers (e.g. "
+                         "pandas.get_dummies) as for the estimator")
+    return frame.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
 def from_sklearn(estimator: Any, X: Any, y: Any, *, hinge_t: float = DEFAULT_HINGE_T,
@@ -357,11 +402,12 @@ def from_sklearn(estimator: Any, X: Any, y: Any, *, hinge_t: float = DEFAULT_HIN
     """
     if "l2" in influence_options:
         raise InputError("from_sklearn sets l2 from the estimator (C, alpha, intercept handling); do not pass l2")
-    X_arr = _features(X, getattr(estimator, "n_features_in_", np.shape(X)[-1]))
+    names = getattr(estimator, "feature_names_in_", None)
+    X_arr = _features(X, getattr(estimator, "n_features_in_", np.shape(X)[-1]), names, "train X")
     recipe = recipe_for(estimator, X_arr.shape[0], hinge_t)
     warn_if_not_converged(estimator)
     if recipe.smoothed:  # the surrogate is not minimised at the estimator's parameters: that is expected
         influence_options.setdefault("stationarity_tol", float("inf"))
     model = to_linear(recipe.coef, recipe.intercept)
-    inf = EstimatorInfluence(model, recipe, type(estimator).__name__, **influence_options)
+    inf = EstimatorInfluence(model, recipe, type(estimator).__name__, feature_names=names, **influence_options)
     return inf.fit((X_arr, y))

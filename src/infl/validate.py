@@ -8,6 +8,7 @@ epsilon = -1/n perturbation, so
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -17,7 +18,7 @@ from scipy import stats
 from torch import Tensor
 from torch.func import grad, vmap
 
-from .errors import InflError, InputError
+from .errors import InflError, InputError, warn
 from .influence import Influence, Solver
 from .solvers import Exact
 from .train import minimize, weighted_risk
@@ -128,7 +129,10 @@ def leave_one_out(inf: Influence, test: Any, train_indices: Sequence[int],
     to add progress, or to retrain a non-convex model your own way.
     """
     X, y = inf.test_tensors(test)
-    index = [int(j) for j in train_indices]
+    index = (inf._train_index(train_indices) % inf.n_train).tolist()  # checked as up_params checks them
+    if len(index) < 3 or len(set(index)) < len(index):
+        raise InputError(f"leave_one_out needs at least 3 different training indices to correlate, got {len(index)} "
+                         f"({len(set(index))} different); each costs one retrain")
     predicted = -inf.scores(test)[:, index].cpu().numpy() / inf.n_train
     obj = inf.objective_
     base = obj.losses(obj.theta, X, y).detach()
@@ -148,7 +152,8 @@ class DatamodelingScore:
     subsets (s, n) bool: the training points each retrain kept; predicted, actual (m, s):
     predicted = (1/n) sum_{i in subset} I_up,loss(z_i, z_test), the first-order change of the
     test loss up to a constant shared by all subsets; actual = the retrained test loss.
-    spearman (m,): rank correlation over the subsets, per test point; mean: its mean.
+    spearman (m,): rank correlation over the subsets, per test point (nan where undefined: a non-finite
+    retrained loss, or no variation); mean: the mean of the defined ones (a warning says how many are not).
     """
 
     subsets: np.ndarray
@@ -160,7 +165,7 @@ class DatamodelingScore:
 
 def random_subsets(n: int, subsets: int, fraction: float, seed: int) -> np.ndarray:
     """(subsets, n) bool masks, each keeping round(fraction * n) training points drawn without replacement."""
-    if not (isinstance(subsets, int) and subsets >= 3):
+    if not (isinstance(subsets, numbers.Integral) and not isinstance(subsets, bool) and subsets >= 3):
         raise InputError(f"subsets must be an integer >= 3 (a rank correlation needs several), got {subsets!r}")
     if not 0 < fraction < 1:
         raise InputError(f"fraction must lie strictly between 0 and 1 (the share of training points kept), got {fraction!r}")
@@ -168,7 +173,7 @@ def random_subsets(n: int, subsets: int, fraction: float, seed: int) -> np.ndarr
     if not 0 < size < n:
         raise InputError(f"fraction={fraction} keeps {size} of {n} training points; choose a fraction that keeps some but not all")
     rng = np.random.default_rng(seed)
-    masks = np.zeros((subsets, n), dtype=bool)
+    masks = np.zeros((int(subsets), n), dtype=bool)
     for row in masks:
         row[rng.choice(n, size, replace=False)] = True
     return masks
@@ -192,6 +197,7 @@ def lds(scores: Tensor | np.ndarray, retrain_fn: Callable[[np.ndarray], Any], *,
     S = _as_numpy(scores)
     if S.ndim != 2:
         raise InputError(f"scores must be (m test points, n training points), got shape {S.shape}")
+    _check_finite(S, "scores")
     masks = random_subsets(S.shape[1], subsets, fraction, seed)
     return lds_of_predictions(S @ masks.T.astype(S.dtype) / S.shape[1], masks, retrain_fn, done=done)
 
@@ -208,6 +214,7 @@ def lds_of_predictions(predicted: Tensor | np.ndarray, masks: np.ndarray, retrai
     P = _as_numpy(predicted)
     if P.ndim != 2 or P.shape[1] != masks.shape[0]:
         raise InputError(f"predicted must be (m test points, {masks.shape[0]} subsets), got shape {P.shape}")
+    _check_finite(P, "predictions")
     m = P.shape[0]
     actual = np.empty_like(P)
     for k, mask in enumerate(masks):
@@ -216,8 +223,20 @@ def lds_of_predictions(predicted: Tensor | np.ndarray, masks: np.ndarray, retrai
             raise InputError(f"retrain_fn must return the {m} test losses as shape ({m},), got shape {out.shape}")
         actual[:, k] = out
         done(1)
-    rho = np.array([stats.spearmanr(p, a)[0] for p, a in zip(P, actual)])
-    return DatamodelingScore(masks, P, actual, rho, float(np.nanmean(rho)))
+    rho = np.array([stats.spearmanr(p, a)[0] if np.isfinite(a).all() else np.nan for p, a in zip(P, actual)])
+    if np.isnan(rho).any():
+        bad = int(np.isnan(rho).sum())
+        warn(f"the LDS of {bad} of {m} test points is undefined (retrain_fn returned NaN or inf for "
+             f"{int((~np.isfinite(actual).all(1)).sum())} of them, or a test point's predictions or losses do not "
+             f"vary over the subsets); `mean` averages the other {m - bad}, `spearman` holds nan for those")
+    return DatamodelingScore(masks, P, actual, rho, float(np.nanmean(rho)) if np.isfinite(rho).any() else float("nan"))
+
+
+def _check_finite(values: np.ndarray, what: str) -> None:
+    """InputError, before any retraining, if `values` hold NaN or inf."""
+    if not np.isfinite(values).all():
+        raise InputError(f"the {what} hold {int((~np.isfinite(values)).sum())} NaN or inf values; check the solve "
+                         "(inf.info) before retraining")
 
 
 def _as_numpy(values: Tensor | np.ndarray) -> np.ndarray:
