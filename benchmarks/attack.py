@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--step-fraction", type=float, default=0.25,
                         help="each signed step as a fraction of the radius (the authors' code: 0.04, 100 steps)")
     args = parser.parse_args()
+    if not 0 < args.step_fraction <= 1:
+        parser.error("--step-fraction must lie in (0, 1]: a step is that fraction of the radius")
     split = load_builtin("mnist")
     task = binary_task(split, (4, 9))
     net, _ = load_extractor(split, task.digits, cache=OUT / "cache", seed=0, epochs=3)

@@ -176,3 +176,41 @@ def test_self_influence_samples_residuals_once_not_per_batch(logreg):
     assert sum("relative residual" in str(w.message) for w in caught) <= 1
     residual = inf.info.residual
     assert residual.shape == (inf.n_train,) and int((~residual.isnan()).sum()) == 4 and inf.solver.check == 4
+
+
+def test_warnings_point_at_the_callers_line_also_through_a_symlinked_install(tmp_path):
+    """infl.errors.warn walks out of the package by file name; a symlinked path (macOS /tmp, a linked
+    checkout) used to end the walk at once and point the warning inside the package."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(infl.__file__).resolve().parents[1]
+    os.symlink(src, tmp_path / "linked")
+    script = tmp_path / "user.py"
+    script.write_text("import warnings, torch\nfrom infl.objective import Objective\nfrom infl.train import minimize\n"
+                      "X, y = torch.randn(20, 3, dtype=torch.float64), torch.arange(20) % 2\n"
+                      "obj = Objective(torch.nn.Linear(3, 2).double(), lambda o, t: torch.nn.functional.cross_entropy("
+                      "o, t, reduction='none'), 0.1)\n"
+                      "with warnings.catch_warnings(record=True) as w:\n    warnings.simplefilter('always')\n"
+                      "    minimize(obj, X, y, max_iter=1)\n"
+                      "print([(x.filename.rsplit('/', 1)[-1], x.lineno) for x in w])\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "linked")}
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "[('user.py', 8)]"
+
+
+def test_the_command_line_shows_warnings_as_one_line_without_source(tmp_path):
+    import click
+    from click.testing import CliRunner
+
+    from infl.cli import run_command
+    from infl.errors import warn
+
+    @click.command()
+    def noisy() -> None:
+        run_command(lambda opts: warn("LiSSA needs depth 9000"), {})
+
+    result = CliRunner().invoke(noisy, [])
+    assert result.exit_code == 0 and result.stderr == "warning: LiSSA needs depth 9000\n"

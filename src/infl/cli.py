@@ -12,6 +12,7 @@ import importlib
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -334,6 +335,11 @@ def explain(**opts: object) -> None:
     run_command(_explain, opts)
 
 
+def _show_warning(message: Warning | str, category: type, filename: str, lineno: int, file=None, line=None) -> None:
+    """A warning as the command line shows it: `warning: message` on stderr, without a source line."""
+    click.echo(f"warning: {message}", err=True)
+
+
 def run_command(body, opts: dict, *, spellings: Sequence[tuple[str, str]] = (),
                 failed_io: str = "write the output") -> None:
     """body(opts), with infl's errors and failed file access (`cannot {failed_io}: ...`) turned into one-line
@@ -342,7 +348,9 @@ def run_command(body, opts: dict, *, spellings: Sequence[tuple[str, str]] = (),
     _created.clear()  # folders made by an earlier command in this process are not this one's
     try:
         try:
-            body(opts)
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                body(opts)
         except InflError as error:
             message = str(error)
             for python, option in spellings:

@@ -8,6 +8,7 @@ import click
 import numpy as np
 
 from .cli import POSITIVE, REPORT_NAME, Clock, run_command, data_options, load_data, predict, prepare_out, train_model
+from .errors import InputError
 from .influence import SOLVERS, Influence
 from .losses import cross_entropy
 from .mismatch import find_drivers, over_represented, rows_where
@@ -23,7 +24,8 @@ from .mismatch_report import write_mismatch_report
               help="Wrong test predictions analysed (the first ones).")
 @click.option("--where", multiple=True, metavar="COLUMN=VALUE",
               help="Analyse only the wrong predictions on test rows meeting this condition (=, !=, <, <=, >, >=; "
-                   "repeat to require several), e.g. --where 'age=17.5'.")
+                   "repeat to require several), e.g. --where 'age=17.5'; columns without names are 'feature 0', "
+                   "'feature 1', ...")
 @click.option("--l2", type=POSITIVE, default=0.01, show_default=True,
               help="Weight decay of the logistic regression.")
 @click.option("--solver", type=click.Choice(list(SOLVERS)), default="exact", show_default=True)
@@ -46,17 +48,21 @@ def _mismatch(opts: dict) -> None:
     if opts["top"] > len(split.y_train):
         raise click.BadParameter(f"{opts['top']} is more than the {len(split.y_train)} training points.",
                                  param_hint="--top")
-    chosen = rows_where(split.X_test, opts["where"], split.feature_names)
+    where = " and ".join(opts["where"])
+    try:
+        chosen = rows_where(split.X_test, opts["where"], split.feature_names)
+    except InputError as error:
+        raise click.BadParameter(str(error), param_hint="--where") from error
     if not chosen.any():
-        raise click.BadParameter(f"no test row meets {' and '.join(opts['where'])}", param_hint="--where")
+        raise click.BadParameter(f"no test row meets {where}", param_hint="--where")
     with clock.stage("training and fitting influence"):
         model = train_model(split, opts["l2"])
         inf = Influence(model, cross_entropy, l2=opts["l2"], solver=opts["solver"])
         inf.fit((split.X_train, split.y_train))
     wrong = np.flatnonzero((predict(model, split.X_test) != split.y_test) & chosen)[: opts["max_wrong"]]
     if opts["where"] and not len(wrong):
-        raise click.BadParameter(f"the model gets all {int(chosen.sum())} test rows meeting it right; nothing to "
-                                 "explain there", param_hint="--where")
+        raise click.BadParameter(f"the model predicts all {int(chosen.sum())} test row(s) where {where} correctly; "
+                                 "nothing to explain there", param_hint="--where")
     with clock.stage(f"scoring the training points for {len(wrong)} wrong test predictions"):
         drivers = find_drivers(inf, (split.X_test, split.y_test), wrong, opts["top"], opts["threshold"])
     values = [] if split.image_shape else over_represented(split.X_train, drivers.top, split.feature_names)
@@ -70,7 +76,7 @@ def _mismatch(opts: dict) -> None:
     summary = {"data": split.name, "model": f"logistic regression, l2 = {opts['l2']:g}",
                "time": f"{clock.elapsed():.1f} s"}
     if opts["where"]:
-        summary["wrong predictions analysed"] = f"on test rows where {' and '.join(opts['where'])}"
+        summary["wrong predictions analysed"] = f"on test rows where {where}"
     path = write_mismatch_report(out / REPORT_NAME, drivers, values, split.X_train, split.y_train,
                                  split.image_shape, summary, f"infl mismatch: {split.name}")
     click.echo(f"report: {path}")

@@ -1,6 +1,7 @@
 """Exceptions raised by `infl`, and its warnings. Each message says what was expected, what was
 received and how to fix it."""
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -26,12 +27,17 @@ class DivergenceError(InflError, ArithmeticError):
     """An iterative solver diverged instead of converging."""
 
 
-_PACKAGE = str(Path(__file__).resolve().parent)
+_PACKAGE = os.path.realpath(Path(__file__).parent) + os.sep
 
 
-def warn(message: str) -> None:
-    """warnings.warn (UserWarning) pointed at the caller's own code: the first frame outside this package."""
+def _inside(filename: str) -> bool:
+    """Whether a frame's file lies in this package (through symlinks too)."""
+    return os.path.realpath(filename).startswith(_PACKAGE)
+
+
+def warn(message: str, category: type[Warning] = UserWarning) -> None:
+    """warnings.warn pointed at the caller's own code: the first frame outside this package."""
     frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+    while frame is not None and _inside(frame.f_code.co_filename):
         frame, level = frame.f_back, level + 1
-    warnings.warn(message, stacklevel=level + 1)
+    warnings.warn(message, category, stacklevel=level + 1)

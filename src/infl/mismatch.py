@@ -12,8 +12,7 @@ whose share among the drivers most exceeds their share in the training set.
 
 from __future__ import annotations
 
-import operator
-import re
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -104,27 +103,49 @@ def over_represented(X: np.ndarray, top: Sequence[int], names: Sequence[str] | N
     return sorted(found, key=lambda o: -o.lift)[:most]
 
 
-COMPARISONS = {"<=": operator.le, ">=": operator.ge, "!=": operator.ne, "=": operator.eq, "<": operator.lt,
-               ">": operator.gt}
-CONDITION = re.compile(r"^\s*(.+?)\s*(<=|>=|!=|=|<|>)\s*([^<>=!]+?)\s*$")
+OPERATORS = ("<=", ">=", "!=", "=", "<", ">")
+SAME = 1e-6  # relative tolerance of = (and of the bounds of <, <=, >, >=): a float32 file's 0.1 is 0.1
+
+
+def _compare(column: np.ndarray, op: str, number: float) -> np.ndarray:
+    """column OP number, with values within SAME of the number counted as equal to it."""
+    close = np.isclose(column, number, rtol=SAME, atol=0.0)
+    return {"=": close, "!=": ~close, "<=": (column < number) | close, ">=": (column > number) | close,
+            "<": (column < number) & ~close, ">": (column > number) & ~close}[op]
+
+
+def _parse(condition: str, names: list[str]) -> tuple[str, str, float]:
+    """(column, operator, number) of "column OP number"; the split tried at every operator, so a name may hold
+    operator characters ("x<", "wow!")."""
+    first = None
+    for i in range(1, len(condition)):
+        for op in OPERATORS:
+            if condition.startswith(op, i):
+                column, value = condition[:i].strip(), condition[i + len(op):].strip()
+                first = first or (column, value)
+                if column in names:
+                    try:
+                        return column, op, float(value)
+                    except ValueError:
+                        raise InputError(f"the value in {condition!r} is not a number; columns hold numbers") from None
+    if first is None:
+        raise InputError(f"cannot read the condition {condition!r}; write it as COLUMN=VALUE (or with !=, <, <=, >, >=), "
+                         "e.g. 'age=17.5'")
+    shown = ", ".join(names[:8]) + (f", ... ({len(names)} columns)" if len(names) > 8 else "")
+    raise InputError(f"no column {first[0]!r} in the test data; its columns are: {shown}")
 
 
 def rows_where(X: np.ndarray, conditions: Sequence[str], names: Sequence[str] | None = None) -> np.ndarray:
     """Mask (n,) of the rows of X (n, d) meeting every condition, each "column OP number" with OP one of
-    = != < <= > >= and column a name (or "feature j" when names is None), e.g. "age = 17.5"."""
+    = != < <= > >= and column a name (or "feature j", from 0, when names is None), e.g. "age = 17.5".
+    Values within a relative SAME of the number count as equal to it."""
     names = list(names) if names is not None else [f"feature {j}" for j in range(X.shape[1])]
+    if len(names) != X.shape[1]:
+        raise InputError(f"got {len(names)} column names for {X.shape[1]} columns; give one name per column")
     mask = np.ones(len(X), dtype=bool)
     for condition in conditions:
-        match = CONDITION.match(condition)
-        if match is None:
-            raise InputError(f"cannot read the condition {condition!r}; write it as COLUMN=VALUE (or with !=, <, <=, "
-                             ">, >=), e.g. 'age=17.5'")
-        column, op, value = match.groups()
-        if column not in names:
-            raise InputError(f"no column {column!r} in the test data; its columns are: {', '.join(names)}")
-        try:
-            number = float(value)
-        except ValueError:
-            raise InputError(f"the value in {condition!r} is not a number; columns hold numbers") from None
-        mask &= COMPARISONS[op](X[:, names.index(column)], number)
+        column, op, number = _parse(condition, names)
+        if not math.isfinite(number):
+            raise InputError(f"the value in {condition!r} is not a finite number; the data hold no NaN or inf")
+        mask &= _compare(X[:, names.index(column)], op, number)
     return mask

@@ -32,7 +32,6 @@ the null direction the scores equal those of the pseudo-inverse exactly.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -41,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .errors import InputError
+from .errors import InputError, warn
 from .influence import Influence
 from .inputs import to_tensors
 
@@ -168,12 +167,10 @@ def warn_if_not_converged(est: Any) -> None:
     n_iter, max_iter = getattr(est, "n_iter_", None), getattr(est, "max_iter", None)
     if n_iter is None or max_iter is None or np.max(np.atleast_1d(n_iter)) < max_iter:
         return
-    warnings.warn(
-        f"the {type(est).__name__} stopped at max_iter={max_iter} before converging (scikit-learn's "
-        "ConvergenceWarning). Influence assumes its coefficients minimise the training objective; away from "
-        "the minimum the scores are off by terms of the size of the remaining gradient (see inf.grad_norm_). "
-        "Refit with a larger max_iter (and a smaller tol) before trusting the scores",
-        ConvergenceWarning, stacklevel=3)
+    warn(f"the {type(est).__name__} stopped at max_iter={max_iter} before converging (scikit-learn's "
+         "ConvergenceWarning). Influence assumes its coefficients minimise the training objective; away from "
+         "the minimum the scores are off by terms of the size of the remaining gradient (see inf.grad_norm_). "
+         "Refit with a larger max_iter (and a smaller tol) before trusting the scores", ConvergenceWarning)
 
 
 # ----------------------------------------------------------------- recipes
