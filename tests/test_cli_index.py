@@ -110,3 +110,12 @@ def test_query_of_a_killed_build_reports_it_and_the_rerun_resumes(built, tmp_pat
     assert run.exit_code == 0 and "resuming" in run.output, run.output
     assert (out / "grads" / "000000.npy").stat().st_mtime_ns == first.st_mtime_ns  # kept, not recomputed
     assert CliRunner().invoke(main, ["query", str(out), "--data", "digits", "--test-index", "0"]).exit_code == 0
+
+
+def test_query_of_a_corrupt_model_file_says_to_rebuild(built, tmp_path) -> None:
+    out = tmp_path / "corrupt"
+    shutil.copytree(built[0], out)
+    (out / "model.npz").write_bytes(b"not a numpy archive")
+    run = CliRunner().invoke(main, ["query", str(out), "--data", "digits", "--test-index", "0"])
+    assert run.exit_code == 1 and "cannot read the model in" in run.output and "--force" in run.output, run.output
+    assert "Traceback" not in run.output

@@ -7,6 +7,7 @@ training data is sharded across ranks and rank 0 prints.
 from __future__ import annotations
 
 import io
+import zipfile
 from pathlib import Path
 
 import click
@@ -33,7 +34,12 @@ def _linear(split: Split, folder: Path) -> nn.Linear:
     path = folder / MODEL
     if not path.exists():
         raise click.ClickException(f"{folder} holds no {MODEL}; build it with `infl index --out {folder}`.")
-    saved = np.load(path)
+    try:
+        with np.load(path) as npz:
+            saved = {"weight": npz["weight"], "bias": npz["bias"]}
+    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as error:
+        raise click.ClickException(f"cannot read the model in {path} ({error}); rebuild the index with "
+                                   f"`infl index --out {folder} --force`.") from error
     model = nn.Linear(split.X_train.shape[1], split.classes).double()
     if tuple(saved["weight"].shape) != tuple(model.weight.shape):
         raise click.ClickException(f"the model in {path} has shape {saved['weight'].shape}, but the data needs "
