@@ -75,3 +75,39 @@ def test_ekfac_on_a_transformer_factors_its_linear_layers_and_names_the_rest():
     S, ref = inf.scores(test), from_transformers(model, train, solver="exact", **opts).scores(test)
     assert torch.corrcoef(torch.stack([S.reshape(-1), ref.reshape(-1)]))[0, 1] > 0.99
     assert "relative residual" in inf.info.note
+
+
+def test_inputs_the_training_data_lacked_are_refused_not_dropped():
+    """A test batch with token_type_ids the training batch had not was scored as if they were all 0."""
+    model = tiny_bert()
+    inf = from_transformers(model, batch(8, 1), params="classifier.", l2=0.01, stationarity_tol=float("inf"))
+    test = batch(2, 2)
+    test["token_type_ids"] = torch.ones_like(test["input_ids"])
+    with pytest.raises(infl.InputError, match=r"\['token_type_ids'\], which the training data did not have"):
+        inf.scores(test)
+
+
+def test_one_prefix_as_a_string_is_that_prefix_and_plan_honours_params():
+    """params="classifier." used to be read one character at a time as prefixes (selecting most of the model)."""
+    model = tiny_bert()
+    one = from_transformers(model, batch(8, 1), params="bert.pooler.", l2=0.01, damping=1.0,
+                            stationarity_tol=float("inf"))
+    listed = from_transformers(model, batch(8, 1), params=["bert.pooler."], l2=0.01, damping=1.0,
+                               stationarity_tol=float("inf"))
+    assert one.objective_.names == listed.objective_.names == ["model.bert.pooler.dense.weight",
+                                                                "model.bert.pooler.dense.bias"]
+    plan = one.plan(batch(8, 1))
+    assert plan["Cholesky factor (72 x 72)"] == 72 * 72 * 8
+    mask = batch(8, 1)
+    mask["attention_mask"] = mask["attention_mask"].double()  # a 0./1. float mask is read as integers
+    assert one.plan(mask) == plan
+
+
+def test_a_fused_attention_kernel_gets_the_eager_fix():
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                  intermediate_size=16, max_position_embeddings=16, num_labels=3,
+                                  attn_implementation="sdpa")
+    model = transformers.BertForSequenceClassification(cfg).double().eval()
+    with pytest.raises(infl.InputError, match="attn_implementation='sdpa'.*attn_implementation='eager'"):
+        from_transformers(model, batch(6, 1), params=["bert.pooler."], l2=0.01, damping=1.0)

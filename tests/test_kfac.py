@@ -160,6 +160,31 @@ def test_layer_called_twice_is_not_factored():
     assert inf.solver.factors.layers == []
 
 
+def test_a_sequence_first_layer_is_not_factored_and_batch_size_changes_nothing():
+    """A Linear fed (T, b, d) was factored as if T were the examples: its factors, and so the scores, changed
+    with batch_size. It now gets the exact diagonal, named in the warning, and batch_size changes nothing."""
+
+    class SequenceFirst(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mix, self.head = nn.Linear(3, 5), nn.Linear(5, 3)
+
+        def forward(self, x):
+            h = torch.tanh(self.mix(x.view(-1, 4, 3).transpose(0, 1)))  # (T, b, 5)
+            return self.head(h.mean(0))
+
+    torch.manual_seed(0)
+    model = SequenceFirst().double()
+    X, y = data(12, 12, seed=5)
+    scores = []
+    for batch_size in (3, 512):
+        with pytest.warns(UserWarning, match=r"input batch-first.*mix\.weight"):
+            inf = fitted(model, X, y, "kfac", batch_size=batch_size)
+        assert [layer.name for layer in inf.solver.factors.layers] == ["head"]
+        scores.append(inf.scores((X[:2], y[:2])))
+    torch.testing.assert_close(scores[0], scores[1], rtol=1e-10, atol=1e-12)
+
+
 def test_needs_a_data_backed_operator():
     from infl.operators import Dense
 

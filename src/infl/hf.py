@@ -43,12 +43,26 @@ def pack(batch: Mapping[str, Any], keys: Sequence[str]) -> tuple[Tensor, Tensor]
     missing = [k for k in (*keys, "labels") if k not in batch]
     if missing:
         raise InputError(f"the batch has no {missing}; it has {sorted(batch)}")
-    parts = [torch.as_tensor(batch[k]) for k in keys]
+    unread = [k for k in TOKEN_KEYS if k in batch and k not in keys]
+    if unread:
+        raise InputError(f"the batch has {unread}, which the training data did not have, so the model would read "
+                         f"them as their defaults; fit on training data with {unread} too, or leave them out here")
+    parts = [_tokens(batch[k], k) for k in keys]
     shapes = {tuple(p.shape) for p in parts}
     if len(shapes) != 1 or len(next(iter(shapes))) != 2:
         raise InputError(f"{', '.join(keys)} must all be (b, L) tensors of one shape (pad to one length); "
                          f"got shapes {[tuple(p.shape) for p in parts]}")
     return torch.stack(parts, 1), torch.as_tensor(batch["labels"])
+
+
+def _tokens(values: Any, key: str) -> Tensor:
+    """One token tensor as int64; a float one (e.g. a 0./1. attention mask) only if its values are whole."""
+    t = torch.as_tensor(values)
+    if t.is_floating_point():
+        if not torch.equal(t, t.round()):
+            raise InputError(f"{key} holds fractional values; token tensors hold whole numbers (ids, 0/1 masks)")
+        t = t.long()
+    return t
 
 
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
@@ -62,6 +76,8 @@ def trainable_only(model: nn.Module, prefixes: Sequence[str] | None) -> Iterator
     if prefixes is None:
         yield
         return
+    if isinstance(prefixes, str):  # one prefix, not its characters
+        prefixes = [prefixes]
     named = dict(model.named_parameters())
     chosen = [n for n in named if any(n.startswith(p) for p in prefixes)]
     if not chosen:
@@ -79,18 +95,27 @@ def trainable_only(model: nn.Module, prefixes: Sequence[str] | None) -> Iterator
 class TransformersInfluence(Influence):
     """An Influence whose train and test data are dicts of tensors (token tensors and 'labels')."""
 
-    def __init__(self, model: nn.Module, loss_fn: LossFn, keys: Sequence[str], **options: Any) -> None:
+    def __init__(self, model: nn.Module, loss_fn: LossFn, keys: Sequence[str], *,
+                 params: Sequence[str] | str | None = None, **options: Any) -> None:
         super().__init__(PackedClassifier(model, keys), loss_fn, **options)
-        self.keys = tuple(keys)
+        self.keys, self.params = tuple(keys), params
 
     def fit(self, train: Any) -> TransformersInfluence:
-        return super().fit(pack(train, self.keys))
+        with trainable_only(self.model.model, self.params):
+            try:
+                return super().fit(pack(train, self.keys))
+            except InputError as error:
+                raise _with_attention_hint(error, self.model.model) from error
+
+    def plan(self, train: Any) -> dict[str, int]:
+        with trainable_only(self.model.model, self.params):
+            return super().plan(pack(train, self.keys))
 
     def test_tensors(self, test: Any) -> tuple[Tensor, Tensor]:
         return super().test_tensors(pack(test, self.keys))
 
 
-def from_transformers(model: nn.Module, train: Mapping[str, Any], *, params: Sequence[str] | None = None,
+def from_transformers(model: nn.Module, train: Mapping[str, Any], *, params: Sequence[str] | str | None = None,
                       loss_fn: LossFn = cross_entropy, **influence_options: Any) -> TransformersInfluence:
     """A fitted Influence for a transformers sequence classifier (in eval mode) and a dict training batch.
 
@@ -103,6 +128,15 @@ def from_transformers(model: nn.Module, train: Mapping[str, Any], *, params: Seq
     curvature='gauss-newton', and solver='cg' or 'arnoldi' where p is large (influence_options).
     """
     keys = [k for k in TOKEN_KEYS if isinstance(train, Mapping) and k in train]
-    inf = TransformersInfluence(model, loss_fn, keys or ["input_ids"], **influence_options)
-    with trainable_only(model, params):
-        return inf.fit(train)
+    return TransformersInfluence(model, loss_fn, keys or ["input_ids"], params=params, **influence_options).fit(train)
+
+
+def _with_attention_hint(error: InputError, model: nn.Module) -> InputError:
+    """The error, with the fix when a fused attention kernel is what torch.func could not batch."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", "eager")
+    if impl in (None, "eager") or "vmap" not in str(error):
+        return error
+    return InputError(f"{error}. This model runs attention with attn_implementation={impl!r}, a fused kernel "
+                      "torch.func cannot batch per example: load it with from_pretrained(..., "
+                      "attn_implementation='eager') (the same weights and outputs), or differentiate only the "
+                      "parameters after the attention (e.g. params=['classifier.'])")

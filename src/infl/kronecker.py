@@ -100,8 +100,8 @@ def _supported(module: nn.Module) -> bool:
 
 
 def find_layers(obj: Objective, probe: Tensor) -> tuple[list[Layer], list[str]]:
-    """The factorable layers (trained weight, called once per forward, not tied to another module) and the
-    names of all other trained parameters."""
+    """The factorable layers (trained weight, called once per forward, not tied to another module, inputs
+    batch-first: their first dimension is the examples) and the names of all other trained parameters."""
     where = _slices(obj)
     calls: dict[str, int] = {}
     holders: dict[int, int] = {}  # id(weight) -> modules holding it (tied weights are used by several)
@@ -110,11 +110,19 @@ def find_layers(obj: Objective, probe: Tensor) -> tuple[list[Layer], list[str]]:
             holders[id(m.weight)] = holders.get(id(m.weight), 0) + 1
     candidates = {name: m for name, m in obj.model.named_modules()
                   if _supported(m) and _qual(name, "weight") in where and holders[id(m.weight)] == 1}
-    with _hooks(candidates, lambda name, args, out: calls.__setitem__(name, calls.get(name, 0) + 1)):
-        with torch.no_grad():
-            obj.outputs(obj.theta, probe)
+    batch_first: dict[str, bool] = {}
+
+    def record(name: str, args: tuple, out: Tensor, rows: int) -> None:
+        calls[name] = calls.get(name, 0) + 1
+        batch_first[name] = batch_first.get(name, True) and args[0].shape[0] == rows
+
+    for rows in sorted({1, probe.shape[0]}):  # two sizes: a (T, b, d) input is not mistaken for (b, T, d)
+        calls.clear()
+        with _hooks(candidates, lambda name, args, out, rows=rows: record(name, args, out, rows)):
+            with torch.no_grad():
+                obj.outputs(obj.theta, probe[:rows])
     layers = [Layer(name, m, where[_qual(name, "weight")], where.get(_qual(name, "bias")))
-              for name, m in candidates.items() if calls.get(name) == 1]
+              for name, m in candidates.items() if calls.get(name) == 1 and batch_first[name]]
     covered = {_qual(layer.name, "weight") for layer in layers} | {_qual(layer.name, "bias") for layer in layers}
     return layers, [n for n in obj.names if n not in covered]
 

@@ -119,7 +119,8 @@ class EKFAC:
                                  f"padding, one call per forward); these trained parameters are elsewhere: {what}. "
                                  "Freeze them (requires_grad=False), pass others='diagonal', or use solver='cg'")
             warn(f"{self.name}: {len(factors.diag_names)} trained parameter tensors are not in a factorable "
-                          f"layer and get the exact Gauss-Newton diagonal instead: {what}")
+                 "layer (Linear or Conv2d, called once per forward, its input batch-first) and get the exact "
+                 f"Gauss-Newton diagonal instead: {what}")
         self.op, self.factors = op, factors
         self.shifts, uniform = [], True
         for layer in factors.layers:
