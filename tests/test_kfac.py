@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -183,6 +185,19 @@ def test_a_sequence_first_layer_is_not_factored_and_batch_size_changes_nothing()
         assert [layer.name for layer in inf.solver.factors.layers] == ["head"]
         scores.append(inf.scores((X[:2], y[:2])))
     torch.testing.assert_close(scores[0], scores[1], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("solver", ["exact", "kfac"])
+def test_a_layer_torch_func_cannot_batch_gets_the_cg_fix(solver):
+    """nn.PReLU with several channels breaks PyTorch's nested vmap (a plain forward works): the per-example
+    Jacobians and the exact diagonal failed with a bare shape error; CG, which needs products only, works."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3), nn.PReLU(3), nn.Flatten(), nn.Linear(27, 3)).double()
+    X, y = torch.randn(8, 2, 5, 5, dtype=torch.float64), torch.arange(8) % 3
+    with pytest.raises(InputError, match="failed inside the model.*solver='cg'"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # K-FAC first names the PReLU weight it leaves to the diagonal
+        fitted(model, X, y, solver, damping=0.05)
+    assert fitted(model, X, y, "cg", damping=0.05).scores((X[:2], y[:2])).isfinite().all()
 
 
 def test_needs_a_data_backed_operator():

@@ -34,7 +34,7 @@ from torch.func import functional_call, grad, vmap
 
 from .inputs import batches
 from .objective import Objective
-from .operators import output_hessians
+from .operators import batching_failed, output_hessians
 
 
 @dataclass
@@ -201,7 +201,11 @@ def _diag_ggn(obj: Objective, index: Tensor, X: Tensor, y: Tensor, chunk_numbers
     per_column = vmap(vmap(column, in_dims=(None, 1)))
     total = torch.zeros(index.numel(), dtype=obj.dtype, device=obj.device)
     for r in batches(X.shape[0], max(1, chunk_numbers // (R.shape[1] * obj.p))):
-        total += per_column(X[r], R[r])[..., index].square().sum((0, 1))  # (b, m, p) -> (q,)
+        try:
+            total += per_column(X[r], R[r])[..., index].square().sum((0, 1))  # (b, m, p) -> (q,)
+        except RuntimeError as error:
+            raise batching_failed("the exact Gauss-Newton diagonal of the parameters outside factored layers",
+                                  error) from error
     return total
 
 

@@ -163,12 +163,22 @@ class GaussNewton(Hessian):
         rows_per_chunk = max(1, min(self.batch_size, 2**25 // (m * self.p)))  # J chunk <= 2^25 numbers
         for rows in batches(self.n, rows_per_chunk):
             X, y = self.X[rows], self.y[rows]
-            J = jacobians(obj.theta.detach(), X)  # (b, m, p)
+            try:
+                J = jacobians(obj.theta.detach(), X)  # (b, m, p)
+            except RuntimeError as error:
+                raise batching_failed("the per-example output Jacobians", error) from error
             Lam = output_hessians(obj.loss_fn, obj.outputs(obj.theta, X), y)  # (b, m, m)
             G += J.flatten(0, 1).T @ torch.einsum("bcm,bmp->bcp", Lam, J).flatten(0, 1)
         G /= self.n
         G.diagonal().add_(obj.l2)
         return (G + G.T) / 2
+
+
+def batching_failed(what: str, error: RuntimeError) -> InputError:
+    """An InputError for a torch.func.vmap that failed inside the model, with the way around it."""
+    return InputError(f"{what} (torch.func.vmap, one example as a batch of one) failed inside the model: {error}. "
+                      "A layer's batching rule in PyTorch can fail where a plain forward works (e.g. nn.PReLU with "
+                      "several channels); solver='cg' needs only curvature products and avoids this step")
 
 
 def check_tensor_outputs(obj: Objective, X: Tensor, who: str) -> None:
