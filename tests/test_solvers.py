@@ -477,3 +477,41 @@ def test_refinement_keeps_a_small_right_hand_side_and_caps_its_basis_at_p():
     assert a_err(X[2:3] - exact[2:3]) <= a_err(own - exact[2:3]) * (1 + 1e-6)
     X, info = infl.Arnoldi(rank=5, refine=1000).fit(Dense(A)).solve(B)
     torch.testing.assert_close(X, exact, rtol=1e-6, atol=1e-15)
+
+
+@pytest.mark.parametrize("solver", [CG(rank=0), LiSSA(depth=200, check=0)])
+def test_a_tiny_right_hand_side_does_not_underflow(solver):
+    """A confidently right point's gradient (1e-25 in float32) made p^T A p underflow to 0: CG called the operator
+    indefinite and LiSSA diverged. Rows are solved at unit norm and scaled back."""
+    A = spd(6, 10.0).float()
+    B = rhs(2, 6).float()
+    B[1] *= 1e-25
+    X, _ = solver.fit(Dense(A)).solve(B)
+    ref = torch.linalg.solve(A.double(), B.double().T).T
+    assert torch.allclose(X[1].double() / 1e-25, ref[1] / 1e-25, rtol=1e-2, atol=0)
+
+
+def test_exact_in_float32_says_when_the_precision_is_not_enough():
+    """float32 Cholesky on a curvature of condition 1e7: the answer is far from the solve; it said converged."""
+    A = spd(40, 1e7).float()
+    B = rhs(3, 40).float()
+    with pytest.warns(UserWarning, match=r"exact: the Cholesky solve in float32 left .* Compute in float64"):
+        X, info = Exact().fit(Dense(A)).solve(B)
+    assert not info.converged
+    X64, info64 = Exact().fit(Dense(A.double())).solve(B.double())
+    assert info64.converged
+
+
+def test_lissa_is_converged_only_when_its_residuals_meet_its_tolerance():
+    """A LiSSA whose measured residuals are above its own tol reported converged (noise from sampled batches);
+    here too few steps leave the residual above tol."""
+    A = spd(8, 20.0)
+    B = rhs(4, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        short = LiSSA(depth=5, tol=1e-3).fit(Dense(A), floor=float(torch.linalg.eigvalsh(A)[0]))
+        _, info = short.solve(B)
+    assert float(info.residual.nan_to_num(0).max()) > 1e-3 and not info.converged
+    full = LiSSA(tol=1e-3).fit(Dense(A), floor=float(torch.linalg.eigvalsh(A)[0]))
+    _, info = full.solve(B)
+    assert info.converged and float(info.residual.max()) <= 1e-3

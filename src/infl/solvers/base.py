@@ -77,9 +77,9 @@ def measured(op: Operator, X: Tensor, B: Tensor, check: int, name: str, fix: str
 SOLVED = 1e-8  # relative residual at which an approximate answer counts as the solve's
 
 
-def solved(residual: Tensor | None) -> bool:
-    """Whether residuals were measured and every measured one is at most SOLVED."""
-    return residual is not None and bool(residual.nan_to_num(nan=0.0).max() <= SOLVED)
+def solved(residual: Tensor | None, at: float = SOLVED) -> bool:
+    """Whether residuals were measured and every measured one is at most `at` (default SOLVED)."""
+    return residual is not None and bool(residual.nan_to_num(nan=0.0).max() <= at)
 
 
 def itemsize(op: Operator) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..errors import CurvatureError, InputError
+from ..errors import CurvatureError, InputError, warn
 from ..operators import Operator
 from .base import SolveInfo, itemsize, relative_residual
 
@@ -53,7 +53,7 @@ class Exact:
         L = self.factor
         X = torch.linalg.solve_triangular(L.mT, torch.linalg.solve_triangular(L, B.T, upper=False), upper=True).T
         res = relative_residual((X @ L) @ L.T, B)  # (L L^T x)^T = x^T L L^T
-        return X, SolveInfo(self.name, 0, res, True, f"Cholesky of dense {self.op.name}")
+        return X, SolveInfo(self.name, 0, res, self._accurate(res), f"Cholesky of dense {self.op.name}")
 
     def quad(self, B: Tensor) -> tuple[Tensor, SolveInfo]:
         """b^T A^-1 b for each row b of B (k, p), as ||L^-1 b||^2: one triangular solve, a sixth of
@@ -62,7 +62,19 @@ class Exact:
         m = min(B.shape[0], CHECK_ROWS)
         res = relative_residual((self.factor @ Y[:, :m]).T, B[:m])
         note = f"Cholesky of dense {self.op.name}; b^T A^-1 b = ||L^-1 b||^2, residual of L y = b on {m} row(s)"
-        return Y.square().sum(0), SolveInfo(self.name, 0, res, True, note)
+        return Y.square().sum(0), SolveInfo(self.name, 0, res, self._accurate(res), note)
+
+    def _accurate(self, residual: Tensor) -> bool:
+        """Whether the residuals are within sqrt(eps) of the dtype; warns with the fix when not (float32 and an
+        ill-conditioned curvature leave answers far from the solve)."""
+        at = torch.finfo(residual.dtype).eps ** 0.5
+        worst = float(residual.max()) if residual.numel() else 0.0
+        if worst <= at:
+            return True
+        warn(f"exact: the Cholesky solve in {str(residual.dtype).removeprefix('torch.')} left a relative residual of "
+             f"{worst:.2g} (above {at:.1g}): the curvature is too ill-conditioned for this precision, and the answers "
+             "may be far from the solve. Compute in float64 (model.double() and float64 data), or add damping")
+        return False
 
 
 def _indefinite(H: Tensor, what: str) -> CurvatureError:

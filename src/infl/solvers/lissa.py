@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..errors import CurvatureError, DivergenceError, InputError, warn
 from ..operators import Operator
-from .base import SolveInfo, check_count, itemsize, measured
+from .base import SolveInfo, check_count, itemsize, measured, solved
 from .spectrum import smallest_eigenvalue, top_eigenvalue
 
 
@@ -119,17 +119,21 @@ class LiSSA:
     def solve(self, B: Tensor) -> tuple[Tensor, SolveInfo]:
         """X (k, p) ~= A^{-1} b for each row b of B (k, p), averaged over repeats."""
         gen = torch.Generator().manual_seed(self.seed)
+        size = B.abs().amax(dim=1, keepdim=True)  # not the 2-norm: its squares underflow
+        size = torch.where(size > 0, size, torch.ones_like(size))  # unit rows: a tiny gradient cannot underflow
         total = torch.zeros_like(B)
         for _ in range(self.repeats):
-            total += self._one_run(B, gen)
-        X = total / self.repeats
+            total += self._one_run(B / size, gen)
+        X = total * (size / self.repeats)
         bound = (1 - self.floor / self.scale_) ** self.depth_ if self.floor > 0 else float("nan")
         source = " (estimated smallest eigenvalue)" if self.settled_ else " (estimated smallest eigenvalue, not settled)"
         note = (f"scale {self.scale_:.4g}, depth {self.depth_}, repeats {self.repeats}, batch {self.batch_size}, "
                 f"floor {self.floor:.3g}{source if self.estimated_ else ''}; truncation bound {bound:.2g}")
         residual, note = measured(self.op, X, B, self.check, self.name,
                                   "Raise depth, repeats or batch_size, or use solver='cg'", note)
-        return X, SolveInfo(self.name, self.depth_ * self.repeats, residual, not self.capped_ and self.settled_, note)
+        within = residual is None or solved(residual, self.tol)  # the truncation bound holds for the residual
+        return X, SolveInfo(self.name, self.depth_ * self.repeats, residual,
+                            not self.capped_ and self.settled_ and within, note)
 
     def _one_run(self, B: Tensor, gen: torch.Generator) -> Tensor:
         H = B.clone()
