@@ -205,7 +205,7 @@ def fit_head(A: Tensor, y: Tensor, l2: float, theta0: Tensor | None = None, max_
         T = T - t * step
     if g.abs().max() > 1e-6:
         warn(f"the head's Newton iterations stopped with gradient max {float(g.abs().max()):.2e} > 1e-6 "
-                      "(the features may be badly scaled); influence assumes the optimum")
+             "(the features may be badly scaled); influence assumes the optimum")
     return torch.cat([T[:, :d].reshape(-1), T[:, d]])
 
 

@@ -19,6 +19,7 @@ from .linear import LinearObjective, check_curvature, curvature_operator, make_o
 from .objective import L2, LossFn, Objective, check_l2, describe_l2, nonnegative_number
 from .operators import Operator
 from .solvers import CG, EKFAC, KFAC, Arnoldi, Exact, LiSSA, SolveInfo
+from .solvers.base import itemsize
 
 SOLVERS = {"exact": Exact, "cg": CG, "lissa": LiSSA, "arnoldi": Arnoldi, "kfac": KFAC, "ekfac": EKFAC}
 Solver = Exact | CG | LiSSA | Arnoldi | EKFAC
@@ -145,7 +146,7 @@ class Influence:
         """
         obj, X, y = self._validated(train)
         op = self._operator_on(obj, X, y, dist.shard(X.shape[0]))
-        s, n = torch.finfo(op.dtype).bits // 8, X.shape[0]
+        s, n = itemsize(op), X.shape[0]
         out = dict(self.solver.footprint(op))
         out[f"gradient chunk ({min(self.batch_size, n)} x {op.p})"] = min(self.batch_size, n) * op.p * s
         if self.keep_train_grads:

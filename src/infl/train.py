@@ -66,7 +66,7 @@ def minimize(obj: Objective, X: Tensor, y: Tensor, *, weights: Tensor | None = N
             break
     if gmax > 10 * tol:
         warn(f"L-BFGS stopped after {max_iter} iterations with gradient max {gmax:.2e} > tol {tol:.0e}; "
-                      "the optimum is not tight: raise max_iter")
+             "the optimum is not tight: raise max_iter")
     return theta.detach()
 
 

@@ -96,7 +96,7 @@ class Arnoldi:
         rest_trace = rest * (op.p - self.rank)
         if not 0 < rest <= float(lam[-1]):
             warn(f"Arnoldi's estimate {rest:.3g} of the mean dropped eigenvalue lies outside (0, "
-                          f"{float(lam[-1]):.3g}]; clamped. Raise probes, or use solver='cg'")
+                 f"{float(lam[-1]):.3g}]; clamped. Raise probes, or use solver='cg'")
             rest = min(max(rest, 1e-3 * float(lam[-1])), float(lam[-1]))
         self.lam_rest = rest
         self.captured_ = float(lam.sum()) / (float(lam.sum()) + max(rest_trace, 0.0))
@@ -106,8 +106,8 @@ class Arnoldi:
         lam, U, converged = top_eigenpairs(op, self.rank, tol=self.tol, block=self.block, seed=self.seed)
         if not converged:
             warn(f"Arnoldi: block Lanczos stopped before its top {self.rank} eigenpairs reached relative "
-                          f"residual tol={self.tol:g}; the low-rank part is approximate. Raise tol, lower rank, or "
-                          "pass refine > 0 (CG steps correct it)")
+                 f"residual tol={self.tol:g}; the low-rank part is approximate. Raise tol, lower rank, or "
+                 "pass refine > 0 (CG steps correct it)")
         return lam, U
 
     def _mean_dropped_eigenvalue(self, op: Operator) -> float:

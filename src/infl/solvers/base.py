@@ -64,14 +64,28 @@ def measured(op: Operator, X: Tensor, B: Tensor, check: int, name: str, fix: str
         return None, note
     res = relative_residual(op.matmat(X[:m]), B[:m])
     median = float(res.median())
-    if not median <= APPROXIMATE:
-        warn(f"{name}: relative residual {median:.3g} (median over {m} right-hand sides) against {op.name}: the "
-             f"answer is an approximation, and its scores may rank training points differently from the exact "
-             f"solve's. {fix}")
+    warn_if_approximate(name, median, f"median over {m} right-hand sides", op.name, fix)
     residual = torch.full((B.shape[0],), float("nan"), dtype=res.dtype, device=res.device)
     residual[:m] = res
     return residual, (f"{note}; relative residual against {op.name} on {m} of {B.shape[0]} right-hand sides: "
                       f"median {median:.3g}, max {float(res.max()):.3g}")
+
+
+def warn_if_approximate(name: str, median: float, over: str, against: str, fix: str) -> None:
+    """Warn, naming `fix`, when a median relative residual (taken `over` some rows, `against` an operator)
+    exceeds APPROXIMATE: such an answer's scores may rank training points unlike the solve's."""
+    if not median <= APPROXIMATE:
+        warn(f"{name}: relative residual {median:.3g} ({over}) against {against}: the answer is an approximation, "
+             f"and its scores may rank training points differently from the exact solve's. {fix}")
+
+
+def unit_rows(B: Tensor) -> tuple[Tensor, Tensor]:
+    """B (k, p) with each nonzero row divided by its largest |entry|, and those sizes (k, 1): a solve on unit rows
+    cannot underflow (a tiny gradient's p^T A p) or overflow; multiply its answer by the sizes. Not the 2-norm: its
+    squares underflow."""
+    size = B.abs().amax(dim=1, keepdim=True)
+    size = torch.where(size > 0, size, torch.ones_like(size))
+    return B / size, size
 
 
 SOLVED = 1e-8  # relative residual at which an approximate answer counts as the solve's

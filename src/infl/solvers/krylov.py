@@ -8,10 +8,10 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from ..errors import CurvatureError, InputError, warn
+from ..errors import CurvatureError, InputError
 from ..inputs import batches
 from ..operators import Operator
-from .base import APPROXIMATE, SOLVED, SolveInfo
+from .base import SOLVED, SolveInfo, unit_rows, warn_if_approximate
 
 MatMat = Callable[[Tensor], Tensor]
 
@@ -27,14 +27,13 @@ def cg(matmat: MatMat, B: Tensor, *, tol: float = 1e-6, max_iter: int = 1000,
     """
     if not tol > 0 or max_iter < 0:
         raise InputError(f"cg needs tol > 0 and max_iter >= 0, got tol={tol}, max_iter={max_iter}")
-    size = B.abs().amax(dim=1, keepdim=True)  # not the 2-norm: its squares underflow
-    size = torch.where(size > 0, size, torch.ones_like(size))
-    X, info = _cg(matmat, B / size, tol, max_iter, precond or (lambda R: R))  # unit rows: no under- or overflow
+    unit, size = unit_rows(B)
+    X, info = _cg(matmat, unit, tol, max_iter, precond or (lambda R: R))
     return X.mul_(size), info
 
 
 def _cg(matmat: MatMat, B: Tensor, tol: float, max_iter: int, M: MatMat) -> tuple[Tensor, SolveInfo]:
-    """cg() on rows of unit norm (or zero)."""
+    """cg() on rows of unit size (or zero)."""
     X = torch.zeros_like(B)
     R = B.clone()
     bnorm = B.norm(dim=1).clamp_min(torch.finfo(B.dtype).tiny)
@@ -106,11 +105,8 @@ def refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: st
     if unsolved.any():
         X, res, closing = _closing_step(op, approx_inverse, X, R, res, bnorm, unsolved)
         note += closing
-    median = float(res.nanmedian())
-    if not median <= APPROXIMATE:
-        warn(f"{name}: relative residual {median:.3g} (median) against {op.name} after {taken} preconditioned block "
-             f"CG steps: the answer is an approximation, and its scores may rank training points differently from "
-             f"the exact solve's. Raise refine (e.g. refine={2 * steps}), or use solver='cg'")
+    warn_if_approximate(name, float(res.nanmedian()), "median", f"{op.name} after {taken} preconditioned block CG "
+                        "steps", f"Raise refine (e.g. refine={2 * steps}), or use solver='cg'")
     return X, SolveInfo(f"{name}+cg", taken, res, bool(res.max() <= SOLVED), note)
 
 

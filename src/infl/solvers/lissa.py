@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..errors import CurvatureError, DivergenceError, InputError, warn
 from ..operators import Operator
-from .base import SolveInfo, check_count, itemsize, measured, solved
+from .base import SolveInfo, check_count, itemsize, measured, solved, unit_rows
 from .spectrum import smallest_eigenvalue, top_eigenvalue
 
 
@@ -119,11 +119,10 @@ class LiSSA:
     def solve(self, B: Tensor) -> tuple[Tensor, SolveInfo]:
         """X (k, p) ~= A^{-1} b for each row b of B (k, p), averaged over repeats."""
         gen = torch.Generator().manual_seed(self.seed)
-        size = B.abs().amax(dim=1, keepdim=True)  # not the 2-norm: its squares underflow
-        size = torch.where(size > 0, size, torch.ones_like(size))  # unit rows: a tiny gradient cannot underflow
+        unit, size = unit_rows(B)
         total = torch.zeros_like(B)
         for _ in range(self.repeats):
-            total += self._one_run(B / size, gen)
+            total += self._one_run(unit, gen)
         X = total * (size / self.repeats)
         bound = (1 - self.floor / self.scale_) ** self.depth_ if self.floor > 0 else float("nan")
         source = " (estimated smallest eigenvalue)" if self.settled_ else " (estimated smallest eigenvalue, not settled)"
