@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -252,8 +253,10 @@ def test_ekfac_refined_by_cg_approaches_the_exact_solve(mlp):
     assert errors[3] < errors[2] < errors[1] <= errors[0]
     X, info = fitted(mlp.model, mlp.X, mlp.y, infl.EKFAC(refine=inf.objective_.p), l2=mlp.l2).solver.solve(B)
     assert info.converged and torch.allclose(X, exact, atol=1e-8, rtol=1e-6)
-    with pytest.raises(InputError, match="refine"):
-        infl.EKFAC(refine=-1)
+    for bad in (-1, True, 2.0):
+        with pytest.raises(InputError, match="refine must be an integer"):
+            infl.EKFAC(refine=bad)
+    assert infl.EKFAC(refine=np.int64(2)).refine == 2 and infl.Arnoldi(refine=np.int32(3)).refine == 3
 
 
 def test_refine_damping_raises_only_the_preconditioners_damping(mlp):

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..errors import CurvatureError, InputError, warn
 from ..operators import Operator
-from .base import SolveInfo, check_count, itemsize, measured, solved
+from .base import SolveInfo, check_count, refine_count, itemsize, measured, solved
 from .krylov import refine
 from .lanczos import basis_size, default_block, top_eigenpairs
 
@@ -56,13 +56,11 @@ class Arnoldi:
                  block: int | None = None, check: int = 8) -> None:
         if not (isinstance(rank, int) and rank >= 1) or not (isinstance(probes, int) and probes >= 1):
             raise InputError(f"Arnoldi needs integer rank >= 1 and probes >= 1, got rank={rank!r}, probes={probes!r}")
-        if not (isinstance(refine, int) and refine >= 0):
-            raise InputError(f"refine must be an integer >= 0 (conjugate-gradient steps), got {refine!r}")
         if block is not None and not (isinstance(block, int) and block >= 1):
             raise InputError(f"block must be an integer >= 1 (vectors per product), got {block!r}")
         if tol is not None and not 0 < tol < 1:
             raise InputError(f"Arnoldi tol must lie in (0, 1) or be None (automatic), got {tol!r}")
-        self.rank, self.probes, self.seed, self.refine = rank, probes, seed, refine
+        self.rank, self.probes, self.seed, self.refine = rank, probes, seed, refine_count(refine)
         self.tol = tol if tol is not None else (PRECONDITIONER_TOL if refine else 1e-6)
         self.block = block or default_block(rank)
         self.check = check_count(check)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -42,9 +43,19 @@ class SolveInfo:
 
 def check_count(check: object) -> int:
     """The number of right-hand sides a solver verifies per solve, validated (an integer >= 0)."""
-    if not (isinstance(check, int) and check >= 0):
-        raise InputError(f"check must be an integer >= 0 (right-hand sides to verify), got {check!r}")
-    return check
+    return _count(check, "check", "right-hand sides to verify")
+
+
+def refine_count(refine: object) -> int:
+    """The block conjugate-gradient steps that refine an approximate inverse, validated (an integer >= 0)."""
+    return _count(refine, "refine", "conjugate-gradient steps")
+
+
+def _count(value: object, name: str, meaning: str) -> int:
+    """value if it is an integer >= 0 (not a bool), else an InputError naming `name` and what it counts."""
+    if isinstance(value, bool) or not (isinstance(value, numbers.Integral) and value >= 0):
+        raise InputError(f"{name} must be an integer >= 0 ({meaning}), got {value!r}")
+    return int(value)
 
 
 APPROXIMATE = 0.1  # a median measured residual above this is worth a warning

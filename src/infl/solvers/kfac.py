@@ -26,7 +26,7 @@ from ..errors import CurvatureError, InputError, warn
 from ..kronecker import find_layers, fit_factors
 from ..objective import nonnegative_number
 from ..operators import Operator, Shifted, check_tensor_outputs
-from .base import SolveInfo, check_count, itemsize, measured, solved
+from .base import SolveInfo, check_count, refine_count, itemsize, measured, solved
 from .krylov import refine
 
 
@@ -84,13 +84,11 @@ class EKFAC:
         if others not in ("diagonal", "error"):
             raise InputError(f"others must be 'diagonal' or 'error', got {others!r}")
         check = check_count(check)
-        if not (isinstance(refine, int) and refine >= 0):
-            raise InputError(f"refine must be an integer >= 0 (conjugate-gradient steps), got {refine!r}")
         self.refine_damping = nonnegative_number(refine_damping)
         if self.refine_damping is None:
             raise InputError(f"refine_damping must be a finite number >= 0 (a multiple of l2 + damping), "
                              f"got {refine_damping!r}")
-        self.others, self.check, self.refine = others, check, refine
+        self.others, self.check, self.refine = others, check, refine_count(refine)
 
     def footprint(self, op: Operator) -> dict[str, int]:
         """Bytes held, by item: per layer the two factors, their eigenvectors and the eigenvalues; the diagonal."""
