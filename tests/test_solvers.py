@@ -253,6 +253,29 @@ def test_arnoldi_accepts_a_singular_psd_curvature_in_float32():
             assert infl.Arnoldi(rank=6, seed=seed).fit(Dense(J.T @ J)).lam_rest > 0
 
 
+def test_arnoldi_clamps_a_dropped_mean_just_above_its_smallest_kept_eigenvalue_silently():
+    """A tail flat to 1% and rank 80 > the 40 distinct eigenvalues: with refine the pairs are fitted to tol 0.1,
+    so the dropped mean may exceed the smallest kept eigenvalue by about that much. Clamped without a warning;
+    a mean far above it (pairs that missed the top) still warns."""
+    p = 300
+    lam = torch.cat([torch.logspace(1, -1, 40, dtype=torch.float64),
+                     0.1 + 1e-3 * torch.rand(p - 40, generator=torch.Generator().manual_seed(0), dtype=torch.float64)])
+    Q = torch.linalg.qr(torch.randn(p, p, generator=torch.Generator().manual_seed(2), dtype=torch.float64)).Q
+    A = Dense((Q * lam) @ Q.T)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        solver = infl.Arnoldi(rank=80, refine=2).fit(A)
+    assert solver.lam_rest <= float(solver.lam[-1])
+
+    class MissesTheTop(infl.Arnoldi):  # eigenpairs 41..80: the top 40 are left among the dropped directions
+        def _top_eigenpairs(self, op):
+            lam, U = super()._top_eigenpairs(op)
+            return lam[40:], U[40:]
+
+    with pytest.warns(UserWarning, match="mean dropped eigenvalue lies outside"):
+        MissesTheTop(rank=80, refine=2).fit(A)
+
+
 def test_arnoldi_refuses_a_curvature_whose_dropped_directions_are_negative():
     """The top eigenvalues are positive, the rest average below 0: z^T A z < 0 for the probes proves A indefinite."""
     lam = torch.cat([torch.tensor([9.0, 7.0, 5.0], dtype=torch.float64), torch.linspace(-0.4, 0.1, 27, dtype=torch.float64)])
