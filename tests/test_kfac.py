@@ -7,6 +7,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import infl
@@ -161,6 +162,57 @@ def test_layer_called_twice_is_not_factored():
     with pytest.warns(UserWarning, match="lin.weight"):
         inf = fitted(Twice().double(), X, y, "kfac")
     assert inf.solver.factors.layers == []
+
+
+def test_a_weight_also_used_outside_its_layer_is_not_factored():
+    """A tied decoder (F.linear with enc.weight.T) adds to enc.weight's gradient outside the enc call, so its
+    Kronecker block would miss that part: enc falls back to the exact diagonal, named; the untied twin is
+    factored, and its diagonal matches the dense Gauss-Newton's."""
+
+    class AutoEncoder(nn.Module):
+        def __init__(self, tied: bool) -> None:
+            super().__init__()
+            self.tied, self.enc, self.dec, self.out = tied, nn.Linear(5, 3, bias=False), nn.Linear(3, 5), nn.Linear(5, 3)
+
+        def forward(self, x):
+            h = torch.tanh(self.enc(x))
+            return self.out(torch.tanh(F.linear(h, self.enc.weight.T) if self.tied else self.dec(h)))
+
+    X, y = data(12, 5, seed=4)
+    torch.manual_seed(0)
+    model = AutoEncoder(tied=True).double()
+    model.dec.requires_grad_(False)
+    with pytest.warns(UserWarning, match=r"enc\.weight"):
+        inf = fitted(model, X, y, "ekfac")
+    assert [layer.name for layer in inf.solver.factors.layers] == ["out"]
+    G = GaussNewton(inf.objective_, X, y).to_dense()
+    torch.testing.assert_close(kron_dense(inf.solver).diagonal()[:15], G.diagonal()[:15], rtol=1e-10, atol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        untied = fitted(AutoEncoder(tied=False).double(), X, y, "ekfac")
+    assert [layer.name for layer in untied.solver.factors.layers] == ["enc", "dec", "out"]
+
+
+def test_a_layer_called_with_input_as_a_keyword_is_factored_as_by_position():
+    """self.lin(input=x) is the same call as self.lin(x): the same factors, not an IndexError."""
+
+    class Keyword(nn.Module):
+        def __init__(self, keyword: bool) -> None:
+            super().__init__()
+            self.keyword, self.a, self.o = keyword, nn.Linear(4, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            h = torch.tanh(self.a(input=x) if self.keyword else self.a(x))
+            return self.o(input=h) if self.keyword else self.o(h)
+
+    X, y = data(20, 4, seed=5)
+    models = []
+    for keyword in (False, True):
+        torch.manual_seed(0)
+        models.append(fitted(Keyword(keyword).double(), X, y, "ekfac"))
+    for a, b in zip(*(inf.solver.factors.layers for inf in models)):
+        assert a.name == b.name and torch.equal(a.lam, b.lam) and torch.equal(a.A, b.A)
+    assert len(models[1].solver.factors.layers) == 2
 
 
 def test_a_sequence_first_layer_is_not_factored_and_batch_size_changes_nothing():

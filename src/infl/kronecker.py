@@ -100,8 +100,9 @@ def _supported(module: nn.Module) -> bool:
 
 
 def find_layers(obj: Objective, probe: Tensor) -> tuple[list[Layer], list[str]]:
-    """The factorable layers (trained weight, called once per forward, not tied to another module, inputs
-    batch-first: their first dimension is the examples) and the names of all other trained parameters."""
+    """The factorable layers (trained weight, called once per forward, not tied to another module nor used
+    outside it, inputs batch-first: their first dimension is the examples) and the names of all other trained
+    parameters."""
     where = _slices(obj)
     calls: dict[str, int] = {}
     holders: dict[int, int] = {}  # id(weight) -> modules holding it (tied weights are used by several)
@@ -112,17 +113,18 @@ def find_layers(obj: Objective, probe: Tensor) -> tuple[list[Layer], list[str]]:
                   if _supported(m) and _qual(name, "weight") in where and holders[id(m.weight)] == 1}
     batch_first: dict[str, bool] = {}
 
-    def record(name: str, args: tuple, out: Tensor, rows: int) -> None:
+    def record(name: str, x: Tensor, out: Tensor, rows: int) -> None:
         calls[name] = calls.get(name, 0) + 1
-        batch_first[name] = batch_first.get(name, True) and args[0].shape[0] == rows
+        batch_first[name] = batch_first.get(name, True) and x.shape[0] == rows
 
     for rows in sorted({1, probe.shape[0]}):  # two sizes: a (T, b, d) input is not mistaken for (b, T, d)
         calls.clear()
-        with _hooks(candidates, lambda name, args, out, rows=rows: record(name, args, out, rows)):
+        with _hooks(candidates, lambda name, x, out, rows=rows: record(name, x, out, rows)):
             with torch.no_grad():
                 obj.outputs(obj.theta, probe[:rows])
     layers = [Layer(name, m, where[_qual(name, "weight")], where.get(_qual(name, "bias")))
               for name, m in candidates.items() if calls.get(name) == 1 and batch_first[name]]
+    layers = _own_their_gradients(obj, layers, probe)
     covered = {_qual(layer.name, "weight") for layer in layers} | {_qual(layer.name, "bias") for layer in layers}
     return layers, [n for n in obj.names if n not in covered]
 
@@ -132,10 +134,35 @@ def _qual(module: str, param: str) -> str:
     return f"{module}.{param}" if module else param
 
 
+def _own_their_gradients(obj: Objective, layers: list[Layer], probe: Tensor) -> list[Layer]:
+    """The layers whose parameters' gradient is their own sum_t g_t a_t^T on the probe inputs, for a random
+    output cotangent: a weight also used outside its layer (a tied decoder through F.linear, a
+    parametrisation) fails this and is left to the diagonal. One forward and backward on the probe."""
+    if not layers:
+        return layers
+    out, theta, A, outs = _forward(obj, layers, probe)
+    r = torch.randn(out.shape, generator=torch.Generator(device=obj.device).manual_seed(0), dtype=out.dtype,
+                    device=out.device)
+    theta_grad, *gs = torch.autograd.grad(out, [theta, *outs], grad_outputs=r, allow_unused=True)
+    theta_grad = torch.zeros_like(theta) if theta_grad is None else theta_grad
+    kept = []
+    for layer, a, o, g in zip(layers, A, outs, gs):
+        own = torch.einsum("bto,bti->oi", _output_grads(layer, torch.zeros_like(o) if g is None else g), a)
+        true = layer.gather(theta_grad.unsqueeze(0))[0]
+        if (own - true).norm() <= torch.finfo(out.dtype).eps ** 0.5 * max(float(true.norm()), float(own.norm())):
+            kept.append(layer)
+    return kept
+
+
 @contextmanager
 def _hooks(modules: dict[str, nn.Module], record) -> Iterator[None]:
-    """Forward hooks calling record(name, args, out) on each module; always removed."""
-    handles = [m.register_forward_hook(lambda mod, args, out, name=name: record(name, args, out))
+    """Forward hooks calling record(name, x, out) on each module with its input x, passed by position or as
+    `input=`; always removed. record may return a replacement output."""
+    def hook(mod, args, kwargs, out, name):
+        return record(name, args[0] if args else kwargs["input"], out)
+
+    handles = [m.register_forward_hook(lambda mod, args, kwargs, out, name=name: hook(mod, args, kwargs, out, name),
+                                       with_kwargs=True)
                for name, m in modules.items()]
     try:
         yield
@@ -169,21 +196,28 @@ def _sqrt_columns(Lam: Tensor) -> Tensor:
     return U * e.clamp_min(0).sqrt().unsqueeze(1)
 
 
-def _pseudo_grads(obj: Objective, layers: list[Layer], X: Tensor, y: Tensor) -> Iterator[tuple[list[Tensor], list[Tensor]]]:
-    """For each output column c: per layer, inputs a (b, T, in') and output-side gradients g_c (b, T, out)."""
+def _forward(obj: Objective, layers: list[Layer], X: Tensor) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor]]:
+    """The outputs for X at theta (a leaf requiring grad), theta, and per layer its inputs a (b, T, in') and
+    its outputs (nodes of the graph, so gradients can be taken at them)."""
     theta = obj.theta.detach().requires_grad_(True)
     seen: dict[str, tuple[Tensor, Tensor]] = {}
 
-    def record(name: str, args: tuple, out: Tensor) -> Tensor:
-        seen[name] = (args[0].detach(), out)
+    def record(name: str, x: Tensor, out: Tensor) -> Tensor:
+        seen[name] = (x.detach(), out)
         return out.clone()  # an in-place op after the layer must not change the tensor we differentiate at
 
     with _hooks({layer.name: layer.module for layer in layers}, record), torch.enable_grad():
         out = functional_call(obj.model, {**obj.fixed, **obj.unflatten(theta)}, (X,))
+    return (out, theta, [_inputs(layer, seen[layer.name][0]) for layer in layers],
+            [seen[layer.name][1] for layer in layers])
+
+
+def _pseudo_grads(obj: Objective, layers: list[Layer], X: Tensor, y: Tensor) -> Iterator[tuple[list[Tensor], list[Tensor]]]:
+    """For each output column c: per layer, inputs a (b, T, in') and output-side gradients g_c (b, T, out),
+    for the cotangents r_ic (the columns of Lambda_i's square root)."""
+    out, _, A, outs = _forward(obj, layers, X)
     R = _sqrt_columns(output_hessians(obj.loss_fn, out, y))
     flat = out.reshape(out.shape[0], -1)
-    A = [_inputs(layer, seen[layer.name][0]) for layer in layers]
-    outs = [seen[layer.name][1] for layer in layers]
     for c in range(flat.shape[1]):
         gs = torch.autograd.grad(flat, outs, grad_outputs=R[:, :, c], retain_graph=True, allow_unused=True)
         yield A, [_output_grads(layer, torch.zeros_like(o) if g is None else g)
