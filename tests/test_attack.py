@@ -76,7 +76,7 @@ def test_attack_raises_the_test_loss_more_than_random_signs(small):
         # the same budget spent on random signs, retrained exactly
         X, A = att.X.clone(), att.A.clone()
         signs = torch.as_tensor(np.random.default_rng(t).choice([-1.0, 1.0], size=(2, X.shape[1])))
-        X[order] = project(X[order] + radius * signs, att.X[order], radius)
+        X[order] = project(X[order] + radius * signs, *Budget(radius=radius).bounds(att.X[order]))
         A[order] = features(att.extractor, X[order])
         random_loss = att.test_loss(fit_head(A, att.y, att.l2, att.theta), *att._test(x, y))[0]
         assert res.losses[-1] > res.losses[0] + 1e-3  # the unperturbed retrain is theta_hat itself (losses[0])
@@ -89,17 +89,36 @@ def test_default_budget_keeps_the_8bit_image(small):
     res = att.attack(task.X_test[0], int(task.y_test[0]), [5, 6], Budget(steps=5), stop_on_flip=False)
     moved = res.X_perturbed - res.X_original
     assert np.abs(moved).max() > 0.4 / 255  # it used the budget
-    assert np.abs(moved).max() < 0.5 / 255
-    # digits are 4-bit (k/16), still on the 8-bit grid only approximately: check the rounding invariant directly
-    np.testing.assert_array_equal(np.round(res.X_perturbed * 255 - res.X_original * 255), 0)
+    assert np.abs(moved).max() < 1 / 255
+    # digits are multiples of 1/16, off the 8-bit grid: each pixel keeps the grey level it rounds to
+    np.testing.assert_array_equal(np.round(res.X_perturbed * 255), np.round(res.X_original * 255))
     assert ((res.X_perturbed >= 0) & (res.X_perturbed <= 1)).all()
     torch.testing.assert_close(att.X, X_before)  # the attacker's clean data is untouched
 
 
 def test_projection_onto_a_user_budget():
     X0 = torch.tensor([[0.0, 0.5, 1.0]], dtype=torch.float64)
-    out = project(torch.tensor([[-0.3, 0.9, 0.2]], dtype=torch.float64), X0, 0.1)
+    out = project(torch.tensor([[-0.3, 0.9, 0.2]], dtype=torch.float64), *Budget(radius=0.1).bounds(X0))
     torch.testing.assert_close(out, torch.tensor([[0.0, 0.6, 0.9]], dtype=torch.float64))
+    assert Budget(radius=np.float32(0.25), steps=np.int64(3)) == Budget(radius=0.25, steps=3)
+
+
+def test_the_eight_bit_budget_keeps_every_grey_level_on_and_off_the_8_bit_grid():
+    """Pixels stored in 8 bits get x0 +- 0.5/255; others (digits: multiples of 1/16) the interval that rounds to
+    their own grey level, so round(255 x) never changes, however far the steps push."""
+    budget = Budget()
+    on_grid = torch.arange(256, dtype=torch.float64)[None] / 255
+    lo, hi = budget.bounds(on_grid)
+    torch.testing.assert_close(hi[0, 1:-1] - on_grid[0, 1:-1], torch.full((254,), EIGHT_BIT, dtype=torch.float64))
+    sixteenths = torch.arange(17, dtype=torch.float64)[None] / 16
+    for X0 in (on_grid, sixteenths):
+        lo, hi = budget.bounds(X0)
+        assert ((lo <= X0) & (X0 <= hi)).all()
+        for push in (-1.0, 1.0):
+            moved = project(X0 + push * 10 / 255, lo, hi)
+            assert torch.equal(torch.round(255 * moved), torch.round(255 * X0))
+    moved = project(sixteenths - 1, *budget.bounds(sixteenths))
+    assert (sixteenths - moved).max() > 0.5 / 255  # 15.9375 / 255 may go down to 15.5 / 255 and still read 16
 
 
 @pytest.mark.parametrize("kwargs, words", [

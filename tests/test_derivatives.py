@@ -170,6 +170,18 @@ def test_pert_loss_matches_finite_differences_in_x(mlp):
         torch.testing.assert_close(P[:, k], fd, rtol=1e-5, atol=1e-7)
 
 
+def test_pert_loss_takes_training_points_batch_size_at_a_time(mlp):
+    """Memory is bounded by batch_size examples: no call sees more rows, and the answer does not change."""
+    whole = infl.Influence(mlp.model, mlp.loss_fn, l2=mlp.l2).fit(mlp.train)
+    test, rows = (mlp.Xt[:3], mlp.yt[:3]), list(range(7))
+    chunked = infl.Influence(mlp.model, mlp.loss_fn, l2=mlp.l2, batch_size=2).fit(mlp.train)
+    seen = []
+    original = chunked.objective_.input_grads
+    chunked.objective_.input_grads = lambda X, y, t: seen.append(X.shape[0]) or original(X, y, t)
+    torch.testing.assert_close(chunked.pert_loss(test, rows), whole.pert_loss(test, rows), rtol=1e-10, atol=1e-12)
+    assert max(seen) == 2 and sum(seen) == 3 * 7
+
+
 def test_a_nonlinearity_after_the_head_uses_autodiff(logreg):
     """ReLU after the last Linear: outputs are not affine in theta even if a probe says so."""
     model = torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.ReLU()).double()

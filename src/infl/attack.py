@@ -7,8 +7,9 @@ For a target test point z_test, the training points with the largest
 
 each step raising the retrained test loss by about (step / n) ||I_pert,loss||_1
 to first order (MATH.md). Proj clips to the allowed set: by default images
-whose 8-bit representation is unchanged (each pixel within 0.5/255 of its
-original value, as in the paper), otherwise an L-infinity ball of the given
+whose 8-bit representation is unchanged (each pixel stays in the interval
+that rounds to its original grey level: within 0.5/255 of it for images
+stored in 8 bits, as in the paper), otherwise an L-infinity ball of the given
 radius; always inside [0, 1]. After every step the Linear head on the frozen
 features is retrained exactly (convex, Newton to |grad| <= 1e-9) and
 I_pert,loss is recomputed at the new optimum.
@@ -17,6 +18,7 @@ I_pert,loss is recomputed at the new optimum.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,12 +46,14 @@ class Budget:
             value = getattr(self, name)
             if value is None and name == "step":
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
                     or value <= 0:
                 raise InputError(f"the attack {name} must be a finite number > 0 (pixels in [0, 1]), got {value!r}; "
                                  f"e.g. {name}={EIGHT_BIT:.6f} (half an 8-bit grey level)")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            object.__setattr__(self, name, float(value))
+        if isinstance(self.steps, bool) or not isinstance(self.steps, numbers.Integral) or self.steps < 1:
             raise InputError(f"the number of attack steps must be an integer >= 1, got {self.steps!r}")
+        object.__setattr__(self, "steps", int(self.steps))
 
     @property
     def step_size(self) -> float:
@@ -60,14 +64,28 @@ class Budget:
         return self.radius == EIGHT_BIT
 
     def describe(self) -> str:
-        where = "8-bit representation unchanged (|dx| < 0.5/255)" if self.eight_bit else \
+        where = "8-bit representation unchanged (each pixel within its grey level)" if self.eight_bit else \
             f"L-inf radius {self.radius:.4g} ({self.radius * 255:.3g}/255)"
         return f"{where}, {self.steps} signed steps of {self.step_size:.3g}"
 
+    def bounds(self, X0: Tensor) -> tuple[Tensor, Tensor]:
+        """Elementwise limits (lo, hi) of the allowed set around original pixels X0 (inside [0, 1]).
 
-def project(X: Tensor, X0: Tensor, radius: float) -> Tensor:
-    """The closest point of {x : |x - x0|_inf <= radius, 0 <= x <= 1} to each row of X (elementwise clipping)."""
-    return torch.minimum(torch.maximum(X, X0 - radius), X0 + radius).clamp(0.0, 1.0)
+        The 8-bit budget keeps round(255 x) = round(255 x0): the grey level's interval, shrunk by a
+        relative 1e-6 so that its ends round inwards (it always holds x0 itself); x0 +- 0.5/255 for
+        pixels stored in 8 bits, asymmetric for others (e.g. multiples of 1/16). Otherwise x0 +- radius.
+        """
+        if self.eight_bit:
+            level, half = torch.round(X0 * 255), 0.5 * (1 - 1e-6)
+            lo, hi = torch.minimum((level - half) / 255, X0), torch.maximum((level + half) / 255, X0)
+        else:
+            lo, hi = X0 - self.radius, X0 + self.radius
+        return lo.clamp(0.0, 1.0), hi.clamp(0.0, 1.0)
+
+
+def project(X: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
+    """The closest point of the box {x : lo <= x <= hi} to each row of X (elementwise clipping)."""
+    return torch.minimum(torch.maximum(X, lo), hi)
 
 
 @dataclass
@@ -173,12 +191,13 @@ class HeadAttack:
         x, y = self._test(x_test, y_test)
         X, A, theta = self.X.clone(), self.A.clone(), self.theta.clone()
         X0 = self.X[index]
+        lo, hi = budget.bounds(X0)
         result = AttackResult(test_index, int(y_test), index.numpy(), X0.numpy().copy(), X0.numpy().copy())
         loss, pred = self.test_loss(theta, x, y)
         result.losses.append(loss), result.predictions.append(pred)
         for _ in range(budget.steps):
             pert = self.i_pert_loss(A, X, theta, x, y, index)  # (k, d): n * d(retrained test loss) / d x_i
-            X[index] = project(X[index] + budget.step_size * pert.sign(), X0, budget.radius)
+            X[index] = project(X[index] + budget.step_size * pert.sign(), lo, hi)
             A[index] = features(self.extractor, X[index])
             theta = fit_head(A, self.y, self.l2, theta0=theta)
             loss, pred = self.test_loss(theta, x, y)

@@ -319,6 +319,7 @@ class Influence:
         Shape (m, k, *x_shape) for m test points and k training indices: the
         direction in which moving x_i raises the test loss fastest. Moving x_i
         by delta changes the retrained test loss by about (1/n) I_pert,loss . delta.
+        Training points are taken batch_size at a time (memory: batch_size x p).
         """
         index = self._train_index(train_indices)
         if not self.X_train_.is_floating_point():
@@ -329,7 +330,11 @@ class Influence:
         if not index.numel():
             return X.new_empty(self.test_tensors(test)[0].shape[0], *X.shape)
         T = self.s_test(test)
-        return torch.stack([-self.objective_.input_grads(X, y, t) for t in T])
+        out = X.new_empty(T.shape[0], *X.shape)
+        for rows in batches(X.shape[0], self.batch_size):
+            for j, t in enumerate(T):
+                out[j, rows] = -self.objective_.input_grads(X[rows], y[rows], t)
+        return out
 
     @property
     def info(self) -> SolveInfo:
