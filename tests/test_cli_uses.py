@@ -54,7 +54,8 @@ def test_attack_refuses_a_non_empty_folder(run):
     (["--radius", "nan"], "'--radius': must be a finite number > 0"),
     (["--step", "inf"], "'--step': must be a finite number > 0"),
     (["--steps", "0"], "'--steps': 0 is not in the range x>=1"),
-    (["--seed", "-1"], "'--seed': -1 is not in the range x>=0"),
+    (["--seed", "-1"], "'--seed': -1 is not in the range"),
+    (["--seed", str(2**64)], "'--seed': 18446744073709551616 is not in the range"),
     (["--test-index", "5000"], "out of range"),
     (["--digits", "3", "3"], "two different digit classes"),
 ])
@@ -88,6 +89,26 @@ def test_behaviour_writes_its_plot_and_report(run):
 def test_behaviour_bad_input(tmp_path, args, words):
     result = _invoke("behaviour", tmp_path / "cache", "--out", str(tmp_path / "o"), *args)
     assert result.exit_code != 0 and words in result.output and "Traceback" not in result.output
+
+
+def test_a_truncated_extractor_cache_is_retrained_and_a_file_is_no_cache_folder(run, tmp_path):
+    """A cache file cut short (a run killed while saving, before writes were atomic) is named in a warning and
+    replaced by a retrained extractor; --cache naming a file is refused before any training."""
+    import shutil
+
+    _, _, tmp = run
+    cache = tmp_path / "cache"
+    shutil.copytree(tmp / "cache", cache)
+    (cached,) = cache.glob("*.pt")
+    cached.write_bytes(cached.read_bytes()[:3000])
+    result = _invoke("behaviour", cache, "--test-index", "3", "--top", "2", "--out", str(tmp_path / "o"))
+    assert result.exit_code == 0, result.output
+    assert "warning: the cached extractor" in result.output and "cannot be read" in result.output
+    again = _invoke("behaviour", cache, "--test-index", "3", "--top", "2", "--out", str(tmp_path / "o2"))
+    assert again.exit_code == 0 and "cannot be read" not in again.output
+    result = _invoke("behaviour", cached, "--out", str(tmp_path / "o3"))
+    assert result.exit_code != 0 and "is a file, not a folder" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o3").exists()
 
 
 @requires_chromium

@@ -53,7 +53,7 @@ class FiniteFloat(click.ParamType):
 
 
 NONNEGATIVE, POSITIVE = FiniteFloat(0.0), FiniteFloat(0.0, open_=True)
-SEED = click.IntRange(min=0)  # numpy's generators refuse negative seeds
+SEED = click.IntRange(0, 2**64 - 1)  # numpy's generators refuse negative seeds, torch's those above 64 bits
 
 
 class Clock:

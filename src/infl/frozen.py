@@ -12,6 +12,7 @@ I_pert,loss comes back shaped like the training images.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from torch import Tensor, nn
 
 from .data import Split
 from .errors import InputError, warn
+from .store import write_atomic
 
 FEATURES = 64
 HEAD_TOL = 1e-9  # max |grad R| of the trained head
@@ -141,19 +143,35 @@ def load_extractor(split: Split, digits: tuple[int, int], *, cache: str | Path |
     Trained once and cached as a state dict under `cache` (default: default_cache()),
     keyed by the data, the excluded digits, the seed and the epochs. Returns (net, file).
     """
+    folder = Path(cache if cache is not None else default_cache())
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"the extractor cache {folder} is a file, not a folder; pass a folder (--cache DIR)")
     keep = ~np.isin(split.y_train, tuple(digits))
     X, y = split.X_train[keep], split.y_train[keep]
     data_id = hashlib.sha256(np.ascontiguousarray(X).tobytes() + y.tobytes()).hexdigest()[:12]
-    name = f"cnn-{split.name}-without-{'-'.join(map(str, digits))}-seed{seed}-e{epochs}-{data_id}.pt"
-    path = Path(cache if cache is not None else default_cache()) / name
+    path = folder / f"cnn-{split.name}-without-{'-'.join(map(str, digits))}-seed{seed}-e{epochs}-{data_id}.pt"
     if path.exists():
-        net = DigitCNN(split.image_shape)
-        net.load_state_dict(torch.load(path, weights_only=True))
-        return freeze(net), path
+        net = _load_cached(path, split.image_shape)
+        if net is not None:
+            return freeze(net), path
     net = train_extractor(X, y, split.image_shape, seed=seed, epochs=epochs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(net.state_dict(), path)
+    folder.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(net.state_dict(), buffer)
+    write_atomic(path, buffer.getvalue())  # a run killed while saving leaves no partial file
     return net, path
+
+
+def _load_cached(path: Path, image_shape: tuple[int, int]) -> DigitCNN | None:
+    """The cached extractor, or None with a warning when the file cannot be read as one (it is retrained)."""
+    net = DigitCNN(image_shape)
+    try:
+        net.load_state_dict(torch.load(path, weights_only=True))
+    except Exception as error:  # a truncated or foreign file: torch raises several kinds
+        warn(f"the cached extractor {path} cannot be read ({type(error).__name__}: {str(error).splitlines()[0][:120]}); "
+             "training it again and replacing the file")
+        return None
+    return net
 
 
 # --- the head -----------------------------------------------------------------------------
