@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from infl import Influence, InputError
-from infl.attack import EIGHT_BIT, Budget, HeadAttack, project
+from infl.attack import EIGHT_BIT, Budget, HeadAttack, flip_fractions, project
 from infl.data import load_builtin
 from infl.frozen import binary_task, cross_entropy, features, fit_head, train_extractor
 from infl.grads import sum_grad
@@ -132,6 +132,23 @@ def test_the_eight_bit_budget_keeps_every_grey_level_on_and_off_the_8_bit_grid()
 def test_bad_budgets(kwargs, words):
     with pytest.raises(InputError, match=words):
         Budget(**kwargs)
+
+
+def test_bad_python_api_input_is_refused_by_name(small):
+    att, task = small
+    x, y = task.X_test[0], int(task.y_test[0])
+    bad = [(lambda: att.attack(x, 5, [0]), "test label must be a class index in 0..1, got 5"),
+           (lambda: att.attack(x * 255, y, [0]), r"test image must have pixels in \[0, 1\]"),
+           (lambda: att.attack(x[:10], y, [0]), "the test image has 10 pixels"),
+           (lambda: att.attack(x, y, [1.7]), "training indices must be integers"),
+           (lambda: flip_fractions(att, task.X_test, task.y_test, [len(task.y_test)], (1,)), "test indices must be in"),
+           (lambda: HeadAttack(att.extractor, np.where(np.arange(task.X_train.size).reshape(task.X_train.shape) == 0,
+                                                       np.nan, task.X_train), task.y_train), "1 NaN or infinite pixels"),
+           (lambda: HeadAttack(torch.nn.Linear(task.X_train.shape[1], 3).double(), task.X_train, task.y_train),
+            r"\(n, 64\) features")]
+    for call, words in bad:
+        with pytest.raises(InputError, match=words):
+            call()
 
 
 def test_single_class_and_bad_pixels_are_refused():

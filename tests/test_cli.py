@@ -112,7 +112,7 @@ def test_test_index_out_of_range_is_a_clean_error(tmp_path):
     (["--loo", "2"], "at least 3 points"),
     (["--l2", "-1"], "'--l2': must be a finite number >= 0, got -1"),
     (["--solver", "newton"], "'newton' is not one of 'exact', 'cg', 'lissa'"),
-    (["--seed", "-1"], "-1 is not in the range x>=0"),
+    (["--seed", "-1"], "-1 is not in the range"),
     (["--damping", "nan"], "'--damping': must be a finite number >= 0, got nan"),
     (["--l2", "inf"], "'--l2': must be a finite number >= 0, got inf"),
     (["--l2", "0"], "--l2: 0 with --damping 0 leaves the Hessian singular"),

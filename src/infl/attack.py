@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import InputError
-from .frozen import check_two_classes, cross_entropy, features, fit_head, head_model
+from .frozen import FEATURES, check_two_classes, cross_entropy, features, fit_head, head_model
 from .influence import Influence
 from .objective import Objective
 
@@ -83,6 +83,17 @@ class Budget:
         return lo.clamp(0.0, 1.0), hi.clamp(0.0, 1.0)
 
 
+def _pixels(images: np.ndarray, what: str) -> Tensor:
+    """Images as float64, checked to be finite pixels in [0, 1]."""
+    X = torch.as_tensor(np.array(images, dtype=np.float64))
+    if not torch.isfinite(X).all():
+        raise InputError(f"{what}: {int((~torch.isfinite(X)).sum())} NaN or infinite pixels; pixels must lie in [0, 1]")
+    if X.numel() and (X.min() < 0 or X.max() > 1):
+        raise InputError(f"{what} must have pixels in [0, 1], got values in [{float(X.min()):.3g}, "
+                         f"{float(X.max()):.3g}]; divide 8-bit images by 255")
+    return X
+
+
 def project(X: Tensor, lo: Tensor, hi: Tensor) -> Tensor:
     """The closest point of the box {x : lo <= x <= hi} to each row of X (elementwise clipping)."""
     return torch.minimum(torch.maximum(X, lo), hi)
@@ -124,16 +135,16 @@ class HeadAttack:
     """
 
     def __init__(self, extractor: nn.Module, X_train: np.ndarray, y_train: np.ndarray, l2: float = 0.01) -> None:
-        if not (isinstance(l2, (int, float)) and math.isfinite(l2) and l2 > 0):
+        if isinstance(l2, bool) or not (isinstance(l2, numbers.Real) and math.isfinite(l2) and l2 > 0):
             raise InputError(f"l2 must be a finite number > 0 (it makes the head's problem strictly convex), got {l2!r}")
-        X = torch.as_tensor(np.array(X_train, dtype=np.float64))
-        if X.min() < 0 or X.max() > 1:
-            raise InputError(f"training images must have pixels in [0, 1], got values in [{float(X.min()):.3g}, "
-                             f"{float(X.max()):.3g}]; divide 8-bit images by 255")
+        X = _pixels(X_train, "training images")
         self.y = torch.as_tensor(np.array(y_train, dtype=np.int64))
         check_two_classes(self.y)
         self.extractor, self.X, self.l2 = extractor, X, float(l2)
         self.A = features(extractor, X)
+        if self.A.ndim != 2 or self.A.shape[1] != FEATURES:
+            raise InputError(f"the extractor must map images to (n, {FEATURES}) features for the head, but it returns "
+                             f"{tuple(self.A.shape)}")
         self.theta = fit_head(self.A, self.y, self.l2)
 
     @property
@@ -174,8 +185,14 @@ class HeadAttack:
         return np.argsort(-pert.abs().flatten(1).sum(1).numpy(), kind="stable")
 
     def _test(self, x_test: np.ndarray, y_test: int) -> tuple[Tensor, Tensor]:
-        x = torch.as_tensor(np.asarray(x_test, dtype=np.float64)).reshape(1, *self.X.shape[1:])
-        return x, torch.tensor([int(y_test)])
+        """The test image as a batch of one (1, *image shape) and its label (1,), both checked."""
+        x = _pixels(x_test, "the test image")
+        if x.numel() != self.X[0].numel():
+            raise InputError(f"the test image has {x.numel()} pixels, the training images {self.X[0].numel()}")
+        classes = int(self.y.max()) + 1
+        if isinstance(y_test, bool) or not isinstance(y_test, numbers.Integral) or not 0 <= y_test < classes:
+            raise InputError(f"the test label must be a class index in 0..{classes - 1}, got {y_test!r}")
+        return x.reshape(1, *self.X.shape[1:]), torch.tensor([int(y_test)])
 
     def attack(self, x_test: np.ndarray, y_test: int, train_indices: np.ndarray | list[int], budget: Budget = Budget(),
                test_index: int = -1, stop_on_flip: bool = True) -> AttackResult:
@@ -185,7 +202,10 @@ class HeadAttack:
         step, projection onto the allowed set, exact retraining of the head. Stops early
         once the prediction flips (unless stop_on_flip=False).
         """
-        index = torch.as_tensor(np.asarray(train_indices, dtype=np.int64)).reshape(-1)
+        given = np.asarray(train_indices).reshape(-1)
+        if given.size and given.dtype.kind not in "iu":
+            raise InputError(f"training indices must be integers, got {given.dtype} values {given[:5].tolist()}")
+        index = torch.as_tensor(given.astype(np.int64))
         if index.numel() == 0 or index.min() < 0 or index.max() >= self.n:
             raise InputError(f"training indices must be in 0..{self.n - 1}, got {index.tolist()[:5]}")
         x, y = self._test(x_test, y_test)
@@ -217,6 +237,9 @@ def flip_fractions(attacker: HeadAttack, X_test: np.ndarray, y_test: np.ndarray,
     the mean of result.flipped. progress() is called once per attack.
     """
     out: dict[int, list[AttackResult]] = {c: [] for c in counts}
+    bad = [t for t in test_indices if not (isinstance(t, numbers.Integral) and 0 <= t < len(y_test))]
+    if bad:
+        raise InputError(f"test indices must be in 0..{len(y_test) - 1}, got {bad[:5]}")
     for t in test_indices:
         order = attacker.rank(X_test[t], int(y_test[t]))
         for c in counts:
