@@ -49,8 +49,28 @@ def main(out: str, die: str) -> None:
         idx = Index.build(infl.Influence(prob.model, prob.loss_fn, l2=prob.l2), folder, prob.train,
                           project=project, chunk_rows=7, verbose=False)
         results[f"index-{project}"] = idx.scores(prob.test).numpy()
+    results["index-budget"] = budget_build(os.path.join(os.path.dirname(out), "index-budget"), prob, rank)
     if rank == 0:
         np.savez(out, world=size, **results)
+
+
+def budget_build(folder: str, prob, rank: int) -> np.ndarray:
+    """A build under a tight max_memory while rank 1 holds 16 MiB more than rank 0 (a faked RSS): one plan
+    must serve both, or their curvature blocks differ in size (a collective mismatch) or chunks overlap."""
+    import copy
+
+    import infl.budget
+    import infl.index
+    from infl.budget import GRAD_COPIES, MIN_ROWS, PRODUCT_COPIES
+
+    inf = infl.Influence(prob.model, prob.loss_fn, l2=prob.l2)
+    ready = copy.copy(inf).prepare(prob.train)
+    X, y, p = ready.X_train_, ready.y_train_, ready.objective_.p
+    base = 2**30
+    infl.index.current_rss = infl.budget.current_rss = lambda: base + rank * 2**24
+    budget = base + 2**24 + X.nbytes + y.nbytes + 3 * p * p * 8 + MIN_ROWS * (GRAD_COPIES + PRODUCT_COPIES) * p * 8
+    idx = Index.build(inf, folder, prob.train, max_memory=budget + 2**12, verbose=False)
+    return idx.scores(prob.test).numpy()
 
 
 if __name__ == "__main__":

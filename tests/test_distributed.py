@@ -50,11 +50,13 @@ def test_two_processes_equal_one(two_ranks, problem, solver) -> None:
         assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max(), key
 
 
-@pytest.mark.parametrize("project", [None, 12])
+@pytest.mark.parametrize("project", [None, 12, "budget"])
 def test_index_built_by_two_processes_equals_one(two_ranks, tmp_path, project) -> None:
+    """Including a build under a tight memory budget where the two processes hold different amounts."""
     prob = mlp()
     inf = infl.Influence(prob.model, prob.loss_fn, l2=prob.l2)
-    ref = Index.build(inf, tmp_path / "idx", prob.train, project=project, chunk_rows=7, verbose=False)
+    ref = Index.build(inf, tmp_path / "idx", prob.train, project=None if project == "budget" else project,
+                      chunk_rows=7, verbose=False)
     ref = ref.scores(prob.test).numpy()
     got = two_ranks[f"index-{project}"]
     assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max()

@@ -97,6 +97,47 @@ def test_a_corrupted_chunk_is_detected_on_read(tmp_path) -> None:
         Index.open(tmp_path / "idx", influence(prob)).top_k(prob.test, 3)
 
 
+def test_rerunning_the_build_repairs_damaged_files_as_its_errors_say(tmp_path, capsys) -> None:
+    """A flipped bit in a chunk, a missing chunk record and a missing curvature file: each query error says to
+    run the build again, and that rerun recomputes exactly the damaged parts. A damaged manifest needs
+    force=True, as its error says."""
+    prob = logreg()
+    folder = tmp_path / "idx"
+    ref = Index.build(influence(prob), folder, prob.train, chunk_rows=30, verbose=False).scores(prob.test)
+    chunk = folder / "grads" / "000001.npy"
+    data = bytearray(chunk.read_bytes())
+    data[-3] ^= 0x40
+    chunk.write_bytes(bytes(data))
+    (folder / "grads" / "000002.json").unlink()
+    (folder / "curvature.npy").unlink()
+    kept = (folder / "grads" / "000000.npy").stat().st_mtime_ns
+    with pytest.raises(CorruptIndexError, match="run Index.build again with the same arguments"):
+        Index.open(folder, influence(prob)).scores(prob.test)
+    again = Index.build(influence(prob), folder, prob.train, chunk_rows=30, verbose=False)
+    assert "recomputing a damaged chunk" in capsys.readouterr().err
+    torch.testing.assert_close(again.scores(prob.test), ref, rtol=0, atol=0)
+    assert (folder / "grads" / "000000.npy").stat().st_mtime_ns == kept  # intact chunks are not rewritten
+    (folder / "manifest.json").write_text((folder / "manifest.json").read_text()[:40])
+    with pytest.raises(CorruptIndexError, match="manifest.json is damaged.*force=True"):
+        Index.build(influence(prob), folder, prob.train, chunk_rows=30, verbose=False)
+    rebuilt = Index.build(influence(prob), folder, prob.train, chunk_rows=30, force=True, verbose=False)
+    torch.testing.assert_close(rebuilt.scores(prob.test), ref, rtol=0, atol=0)
+
+
+@pytest.mark.filterwarnings("ignore:the model is not at a stationary point")
+def test_a_per_parameter_l2_with_a_tensor_is_recorded_and_compared(tmp_path) -> None:
+    """l2={name: tensor} (from_sklearn's multinomial models make one) is stored as its shape and checksum."""
+    prob = logreg()
+    names = [name for name, _ in prob.model.named_parameters()]
+    l2 = {names[0]: prob.l2, names[1]: torch.full_like(dict(prob.model.named_parameters())[names[1]], prob.l2)}
+    build = lambda l2: Index.build(infl.Influence(prob.model, prob.loss_fn, l2=l2), tmp_path / "idx",  # noqa: E731
+                                   prob.train, verbose=False)
+    torch.testing.assert_close(build(l2).scores(prob.test), build(l2).scores(prob.test))
+    other = {**l2, names[1]: 2 * l2[names[1]]}
+    with pytest.raises(IndexMismatchError, match="l2: index"):
+        build(other)
+
+
 def test_a_killed_build_resumes_without_recomputing(tmp_path) -> None:
     folder = tmp_path / "idx"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")])}

@@ -57,6 +57,17 @@ def all_sum(t: Tensor) -> Tensor:
     return t
 
 
+def maximum(value: int) -> int:
+    """The largest of one integer per rank, on every rank (the value itself without a process group)."""
+    rank, size = world()
+    if size == 1:
+        return value
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    each = torch.zeros(size, dtype=torch.int64, device=device)
+    each[rank] = value
+    return int(all_sum(each).max())
+
+
 def broadcast_(t: Tensor, src: int = 0) -> Tensor:
     """Overwrite t in place with rank src's t (no-op without a process group)."""
     if world()[1] > 1:

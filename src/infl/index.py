@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -34,7 +35,7 @@ import torch
 from torch import Tensor
 
 from . import dist, store
-from .budget import index_plan, parse_bytes
+from .budget import current_rss, index_plan, parse_bytes
 from .errors import CurvatureError, InflError, InputError
 from .inputs import batches, to_tensors
 from .linear import make_objective
@@ -76,8 +77,18 @@ def data_fingerprint(X: Tensor, y: Tensor, rows: int = 4096) -> str:
 
 
 def _config(inf: Any, project: int | None, seed: int) -> dict:
-    return {"l2": inf.l2, "damping": inf.damping, "curvature": inf.curvature, "project": project,
+    return {"l2": _plain_l2(inf.l2), "damping": inf.damping, "curvature": inf.curvature, "project": project,
             "seed": seed if project else None}
+
+
+def _plain_l2(l2: Any) -> Any:
+    """l2 as JSON can hold it: a number, or {name: number or {shape, sha256 of the float64 values}}."""
+    if not isinstance(l2, dict):
+        return l2
+    return {name: value if not isinstance(value, Tensor) else {
+        "shape": list(value.shape),
+        "sha256": hashlib.sha256(value.detach().to("cpu", torch.float64).contiguous().numpy().tobytes()).hexdigest()}
+        for name, value in l2.items()}
 
 
 def _check_project(project: int | None, p: int) -> None:
@@ -126,7 +137,7 @@ class Index:
         plan = index_plan(parse_bytes(max_memory) if max_memory is not None else None, n=n, p=p, k=k,
                           itemsize=itemsize, data_bytes=X.nbytes + y.nbytes, projected=project is not None,
                           chunk_rows=resumed["chunk_rows"] if resumed else chunk_rows, grad_rows=inf.batch_size,
-                          world=size)
+                          baseline=dist.maximum(current_rss()), world=size)  # one plan for every process
         manifest.update(chunk_rows=plan.chunk_rows, n_chunks=-(-n // plan.chunk_rows))
         if verbose and rank == 0:
             print(f"infl index {folder}: n={n}, p={p}, k={k}, {size} process(es); "
@@ -156,7 +167,7 @@ class Index:
         """Compute and write this rank's unfinished chunks (chunk c belongs to rank c mod world size)."""
         rank, size = dist.world()
         for c in range(rank, self.manifest["n_chunks"], size):
-            if self._chunk_record(c).exists():
+            if self._intact(c):
                 continue  # finished before: never recomputed
             rows = self._chunk_rows(c)
             G = torch.cat([self.projection.apply(self.objective.per_example_grads(X[r], y[r]))
@@ -164,11 +175,27 @@ class Index:
             record = store.write_array(self.folder / GRADS / f"{c:06d}.npy", G.cpu().numpy())
             store.write_json(self._chunk_record(c), {**record, "rows": [rows.start, rows.stop]})
 
+    def _intact(self, c: int) -> bool:
+        """Whether chunk c was finished and is intact (its record readable, its rows and checksum right); a
+        damaged one is announced and will be recomputed. Reads the chunk once."""
+        if not self._chunk_record(c).exists():
+            return False
+        try:
+            self._read_chunk(c)
+        except store.CorruptIndexError as error:
+            print(f"infl index: recomputing a damaged chunk: {error}", file=sys.stderr)
+            return False
+        return True
+
     def _write_curvature(self, op: Any, product_rows: int) -> Tensor:
-        """The Cholesky factor of P (H + damping) P^T: read back if written, else computed (collectively) and written."""
+        """The Cholesky factor of P (H + damping) P^T: read back if written intact, else computed (collectively)
+        and written."""
         record = self.folder / f"{CURVATURE}.json"
         if record.exists():
-            return self._read_factor()
+            try:
+                return self._read_factor()
+            except store.CorruptIndexError as error:  # every rank reads the same files, so all recompute
+                print(f"infl index: recomputing the curvature: {error}", file=sys.stderr)
         K = self.projection.curvature(op, product_rows)
         L, info = torch.linalg.cholesky_ex(K)
         if info.item() != 0:
@@ -216,9 +243,18 @@ class Index:
     def chunks(self) -> Iterator[tuple[slice, Tensor]]:
         """(training rows, stored gradients (b, k)) for each chunk, checksum-verified; one chunk in memory."""
         for c in range(self.manifest["n_chunks"]):
-            record = store.read_json(self._chunk_record(c))
-            G = store.read_array(self.folder / GRADS, record)
-            yield slice(*record["rows"]), torch.as_tensor(G).to(self.objective.device)
+            yield self._chunk_rows(c), torch.as_tensor(self._read_chunk(c)).to(self.objective.device)
+
+    def _read_chunk(self, c: int) -> Any:
+        """Chunk c's stored gradients (NumPy), checked: its record names its rows and the file's checksum."""
+        record = store.read_json(self._chunk_record(c))
+        rows = self._chunk_rows(c)
+        if record.get("rows") != [rows.start, rows.stop]:
+            raise store.CorruptIndexError(
+                f"{self._chunk_record(c)} holds training rows {record.get('rows')}, but chunk {c} of this index is "
+                f"rows [{rows.start}, {rows.stop}]; run Index.build again with the same arguments: damaged files are "
+                "found and rewritten")
+        return store.read_array(self.folder / GRADS, record)
 
     def test_grads(self, test: Any) -> Tensor:
         """P grad L(z_test) for each test point, (m, k) (the full gradient without projection)."""
@@ -289,8 +325,12 @@ def _read_manifest(folder: Path) -> dict:
     path = folder / MANIFEST
     if not path.exists():
         raise InputError(f"{folder} holds no infl index ({MANIFEST} is missing); build one with Index.build")
-    manifest = store.read_json(path)
-    if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise store.CorruptIndexError(f"{path} is damaged ({type(error).__name__}: {error}) and cannot be repaired "
+                                      "in place: build the index afresh with Index.build with force=True") from error
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise IndexMismatchError(f"{path} is not an {FORMAT} version {VERSION} manifest")
     return manifest
 
@@ -338,7 +378,12 @@ def _existing(folder: Path, manifest: dict, force: bool) -> dict | None:
             return None
         raise InputError(f"{folder} is not empty and holds no infl index; choose an empty or new folder, or pass "
                          "force=True to write the index files into it")
-    old = _read_manifest(folder)
+    try:
+        old = _read_manifest(folder)
+    except store.CorruptIndexError:
+        if force:
+            return None
+        raise
     try:
         _compare(folder, old, manifest["config"], manifest["fingerprint"]["model"], manifest["fingerprint"]["data"])
     except IndexMismatchError:

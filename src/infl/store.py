@@ -56,7 +56,7 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise CorruptIndexError(f"{path} is missing or damaged ({type(error).__name__}: {error}); run Index.build "
-                                "again with the same arguments to rewrite it") from error
+                                "again with the same arguments: damaged files are found and rewritten") from error
 
 
 def write_array(path: Path, a: np.ndarray) -> dict:
@@ -73,12 +73,12 @@ def read_array(folder: Path, record: dict) -> np.ndarray:
     try:
         data = path.read_bytes()
     except FileNotFoundError as exc:
-        raise CorruptIndexError(f"{path} is missing although the index lists it as written; rebuild the "
-                                "index (Index.build with force=True)") from exc
+        raise CorruptIndexError(f"{path} is missing although the index lists it as written; run Index.build "
+                                "again with the same arguments: damaged files are found and rewritten") from exc
     if hashlib.sha256(data).hexdigest() != record["sha256"]:
         raise CorruptIndexError(f"{path} is corrupted: its SHA-256 differs from the one recorded when it was "
-                                f"written. Delete {path} and {path.with_suffix('.json')} and run Index.build "
-                                "again with the same arguments: only that chunk is recomputed")
+                                "written. Run Index.build again with the same arguments: damaged files are found "
+                                "and only they are recomputed")
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
