@@ -138,6 +138,18 @@ def test_a_per_parameter_l2_with_a_tensor_is_recorded_and_compared(tmp_path) -> 
         build(other)
 
 
+def test_queries_take_test_gradients_batch_size_at_a_time(tmp_path) -> None:
+    prob = logreg()
+    ref = Index.build(influence(prob), tmp_path / "idx", prob.train, project=5, verbose=False).scores(prob.test)
+    small = infl.Influence(prob.model, prob.loss_fn, l2=prob.l2, batch_size=2)
+    idx = Index.open(tmp_path / "idx", small)
+    seen = []
+    original = idx.objective.per_example_grads
+    idx.objective.per_example_grads = lambda X, y: seen.append(X.shape[0]) or original(X, y)
+    torch.testing.assert_close(idx.scores(prob.test), ref)
+    assert max(seen) == 2 and sum(seen) >= prob.test[0].shape[0]  # (and the loss check on two)
+
+
 def test_a_killed_build_resumes_without_recomputing(tmp_path) -> None:
     folder = tmp_path / "idx"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")])}

@@ -100,8 +100,10 @@ def _check_project(project: int | None, p: int) -> None:
 class Index:
     """An index folder opened for queries. Build one with Index.build, reopen it with Index.open."""
 
-    def __init__(self, folder: Path, manifest: dict, objective: Objective, factor: Tensor) -> None:
+    def __init__(self, folder: Path, manifest: dict, objective: Objective, factor: Tensor, batch_size: int = 512
+                 ) -> None:
         self.folder, self.manifest, self.objective, self.factor = folder, manifest, objective, factor
+        self.batch_size = batch_size  # test points per gradient batch in queries
         k, p = manifest["k"], manifest["p"]
         proj = manifest["config"]["project"]
         self.projection = Identity(p) if proj is None else Projection(
@@ -146,7 +148,7 @@ class Index:
         if rank == 0:
             _start(folder, manifest, resumed is not None)
         dist.barrier()
-        index = cls(folder, manifest, obj, torch.empty(0))
+        index = cls(folder, manifest, obj, torch.empty(0), inf.batch_size)
         index._write_chunks(X, y, plan.grad_rows)
         index.factor = index._write_curvature(inf.operator_, plan.product_rows)
         dist.barrier()  # every rank's chunks are on disk
@@ -225,7 +227,7 @@ class Index:
         config = _config(inf, manifest["config"]["project"], manifest["config"]["seed"])
         _compare(folder, manifest, config, model_fingerprint(obj), None)
         _check_complete(folder, manifest)
-        index = cls(folder, manifest, obj, torch.empty(0))
+        index = cls(folder, manifest, obj, torch.empty(0), inf.batch_size)
         index.factor = index._read_factor()
         return index
 
@@ -257,13 +259,17 @@ class Index:
         return store.read_array(self.folder / GRADS, record)
 
     def test_grads(self, test: Any) -> Tensor:
-        """P grad L(z_test) for each test point, (m, k) (the full gradient without projection)."""
+        """P grad L(z_test) for each test point, (m, k) (the full gradient without projection); the gradients are
+        taken batch_size test points at a time (the Influence's)."""
         X, y = to_tensors(test, self.objective.dtype, self.objective.device, "test")
         if list(X.shape[1:]) != self.manifest["x_shape"]:
             raise InputError(f"test inputs have per-example shape {tuple(X.shape[1:])} but the index was built "
                              f"on inputs shaped {tuple(self.manifest['x_shape'])}")
         self.objective.check_loss(X[:2], y[:2])
-        return self.projection.apply(self.objective.per_example_grads(X, y))
+        out = torch.empty(X.shape[0], self.k, dtype=self.objective.dtype, device=self.objective.device)
+        for rows in batches(X.shape[0], self.batch_size):  # memory: batch_size full gradients, m projected
+            out[rows] = self.projection.apply(self.objective.per_example_grads(X[rows], y[rows]))
+        return out
 
     def s_test(self, test: Any) -> Tensor:
         """(P H P^T)^{-1} P grad L(z_test), (m, k): s_test in the stored space (H includes damping)."""
@@ -280,7 +286,8 @@ class Index:
     def top_k(self, test: Any, k: int, largest: bool = True) -> tuple[Tensor, Tensor]:
         """The k largest (most harmful; largest=False: most helpful) scores per test point, streamed.
 
-        Returns values and training indices, each (m, k), best first. Memory: one chunk plus m x 2k.
+        Returns values and training indices, each (m, k), best first. Memory: one chunk, the (m, k_stored)
+        solved test gradients and m x 2k.
         """
         if not (isinstance(k, int) and 1 <= k <= self.n):
             raise InputError(f"top_k needs an integer k between 1 and the {self.n} training points, got {k!r}")
