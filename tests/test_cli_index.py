@@ -52,6 +52,21 @@ def test_index_refuses_a_foreign_folder_and_query_another_setting(tmp_path) -> N
     run = CliRunner().invoke(main, ["query", str(out), "--data", "digits", "--test-index", "0", "--l2", "0.1"])
     assert run.exit_code != 0 and "l2: index 0.01, now 0.1" in run.output
     assert "infl index --force" in run.output and "force=True" not in run.output  # the CLI's spelling of the fix
+    assert "Leave out --l2 and --damping" in run.output
+
+
+def test_query_uses_the_l2_the_index_was_built_with_and_stops_quietly_on_a_closed_pipe(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "idx"
+    assert CliRunner().invoke(main, ["index", "--data", "digits", "--out", str(out), "--project", "40",
+                                     "--l2", "0.001"]).exit_code == 0
+    run = CliRunner().invoke(main, ["query", str(out), "--data", "digits", "--test-index", "0"])
+    assert run.exit_code == 0, run.output
+    piped = subprocess.run(f"{sys.executable} -m infl.cli query {out} --data digits --test-index 0 --top 300 | head -1",
+                           shell=True, capture_output=True, text=True)
+    assert piped.stdout.startswith("test point 0") and "Broken pipe" not in piped.stderr, piped.stderr
 
 
 @pytest.mark.parametrize("args", [

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
+import os
 import sys
 import time
 import warnings
@@ -356,6 +357,9 @@ def run_command(body, opts: dict, *, spellings: Sequence[tuple[str, str]] = (),
             for python, option in spellings:
                 message = message.replace(python, option)
             raise click.ClickException(message) from error
+        except BrokenPipeError:  # the reader of our output left (e.g. `| head`): stop quietly, as Python advises
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
         except OSError as error:
             raise click.ClickException(f"cannot {failed_io}: {error}") from error
     except Exception:

@@ -103,8 +103,9 @@ _SPELLINGS = {  # the library's advice, as the command line spells it (first mat
               ("raise max_memory", "raise --max-memory"), ("max_memory=", "--max-memory "),
               ("max_memory must", "--max-memory must"),
               ("Run Index.build", "Run infl index"), ("run Index.build", "run infl index")),
-    "query": (("another folder, or force=True to rebuild it", "another folder, or rebuild it with infl index "
-               "--force"), ("Index.build with force=True", "infl index --force"), ("force=True", "infl index --force"),
+    "query": (("Use the model, data and settings it was built with, another folder, or force=True to rebuild it",
+               "Leave out --l2 and --damping to use the index's own, pass the --data it was built on, or rebuild it "
+               "with infl index --force"), ("Index.build with force=True", "infl index --force"), ("force=True", "infl index --force"),
               ("Run Index.build with the same model, data and settings to resume it", "Run the same infl index "
                "command again (same --out, --data and options) to resume it"),
               ("Run Index.build", "Run infl index"), ("run Index.build", "run infl index"),
@@ -124,8 +125,8 @@ def _npz(model: nn.Linear) -> bytes:
               help="The built-in data set the index was built on (for the test points).")
 @click.option("--test-index", type=int, multiple=True, required=True, help="Test point (repeatable).")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Points shown per side.")
-@click.option("--l2", type=NONNEGATIVE, default=0.01, show_default=True, help="As for `infl index`.")
-@click.option("--damping", type=NONNEGATIVE, default=0.0, show_default=True, help="As for `infl index`.")
+@click.option("--l2", type=NONNEGATIVE, help="As for `infl index` [default: the index's own].")
+@click.option("--damping", type=NONNEGATIVE, help="As for `infl index` [default: the index's own].")
 def query(**opts: object) -> None:
     """Print the top training points by I_up,loss (positive = harmful) for each --test-index.
 
@@ -135,13 +136,14 @@ def query(**opts: object) -> None:
 
 def _query(opts: dict) -> None:
     folder, test_index = opts["folder"], opts["test_index"]
-    require_complete(folder)  # an unfinished or missing index says so before the model is looked for
+    built = require_complete(folder)["config"]  # an unfinished or missing index says so before the model is looked for
+    l2, damping = (built[key] if opts[key] is None else opts[key] for key in ("l2", "damping"))
     split = load_data(opts["data"], None, None, None, ())
     bad = [t for t in test_index if not 0 <= t < len(split.y_test)]
     if bad:
         raise click.ClickException(f"--test-index {bad[0]} is out of range: the test set has "
                                    f"{len(split.y_test)} points.")
-    idx = Index.open(folder, Influence(_linear(split, folder), cross_entropy, l2=opts["l2"], damping=opts["damping"]))
+    idx = Index.open(folder, Influence(_linear(split, folder), cross_entropy, l2=l2, damping=damping))
     test = (torch.as_tensor(split.X_test[list(test_index)]), torch.as_tensor(split.y_test[list(test_index)]))
     for largest, title in ((True, "most harmful"), (False, "most helpful")):
         values, rows = idx.top_k(test, min(opts["top"], idx.n), largest=largest)
