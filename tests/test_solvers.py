@@ -276,6 +276,21 @@ def test_arnoldi_clamps_a_dropped_mean_just_above_its_smallest_kept_eigenvalue_s
         MissesTheTop(rank=80, refine=2).fit(A)
 
 
+def test_approximate_and_refined_solves_do_not_depend_on_a_right_hand_sides_scale():
+    """A confidently right test point's gradient can be 1e-167: its squares underflow. The answer scales with b
+    and the measured relative residual does not (it read 0, converged, where the refined solve returned 0)."""
+    A = Dense(spd(40, 1e3, seed=3))
+    B = rhs(3, 40)
+    for make in (lambda: infl.Arnoldi(rank=5), lambda: infl.Arnoldi(rank=5, refine=3)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the unrefined answer is approximate: it warns at both scales
+            X, info = make().fit(A).solve(B)
+            tiny_X, tiny_info = make().fit(A).solve(B * 1e-170)
+        torch.testing.assert_close(tiny_X * 1e170, X, rtol=1e-10, atol=0)
+        torch.testing.assert_close(tiny_info.residual, info.residual, rtol=1e-8, atol=0, equal_nan=True)
+        assert tiny_info.converged == info.converged and tiny_info.iterations == info.iterations
+
+
 def test_arnoldi_refuses_a_curvature_whose_dropped_directions_are_negative():
     """The top eigenvalues are positive, the rest average below 0: z^T A z < 0 for the probes proves A indefinite."""
     lam = torch.cat([torch.tensor([9.0, 7.0, 5.0], dtype=torch.float64), torch.linspace(-0.4, 0.1, 27, dtype=torch.float64)])

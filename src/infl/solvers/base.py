@@ -113,5 +113,7 @@ def itemsize(op: Operator) -> int:
 
 
 def relative_residual(AX: Tensor, B: Tensor) -> Tensor:
-    """||A x - b|| / ||b|| for each row pair of AX and B (k, p) -> (k,); 0 where b = 0."""
-    return (AX - B).norm(dim=1) / B.norm(dim=1).clamp_min(torch.finfo(B.dtype).tiny)
+    """||A x - b|| / ||b|| for each row pair of AX and B (k, p) -> (k,); 0 where b = 0 and A x = 0. Taken on rows
+    scaled to unit size, so a tiny b (whose squares underflow) gets its true ratio, not 0."""
+    unit, size = unit_rows(B)
+    return (AX / size - unit).norm(dim=1) / unit.norm(dim=1).clamp_min(torch.finfo(B.dtype).tiny)

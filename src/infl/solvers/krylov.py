@@ -91,6 +91,14 @@ def refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: st
         raise InputError(f"refine needs an integer number of CG steps >= 1, got {steps!r}")
     if not B.shape[0]:
         return B.clone(), SolveInfo(f"{name}+cg", 0, B.new_empty(0), True, note)
+    unit, size = unit_rows(B)  # a tiny right-hand side's norms would underflow
+    X, info = _refine(op, unit, steps, approx_inverse, name, note)
+    return X.mul_(size), info
+
+
+def _refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: str, note: str
+            ) -> tuple[Tensor, SolveInfo]:
+    """refine() on rows of unit size (or zero)."""
     X, R, taken = torch.empty_like(B), torch.empty_like(B), 0
     unsolved = torch.zeros(B.shape[0], dtype=torch.bool, device=B.device)
     for rows in batches(B.shape[0], REFINE_BLOCK):
