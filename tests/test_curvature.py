@@ -69,6 +69,42 @@ def test_gauss_newton_stays_positive_definite_where_the_hessian_is_not(mlp):
     assert torch.isfinite(v).all() and (v <= 1e-12).all()  # -g^T G^{-1} g <= 0 for a PSD G
 
 
+def test_gauss_newton_of_a_loss_not_convex_in_the_outputs_uses_lambdas_psd_part():
+    """log(1 + r^2) has d^2/dr^2 < 0 for |r| > 1: J^T Lambda J is indefinite there. The Gauss-Newton matrix clips
+    Lambda_i's negative eigenvalues, so it is J^T Lambda_+ J (own reference) and positive definite with l2 > 0."""
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2)).double()
+    X, Y = torch.randn(30, 3, dtype=torch.float64), 3 * torch.randn(30, 2, dtype=torch.float64)
+    loss = lambda out, t: torch.log1p((out - t) ** 2).sum(1)  # noqa: E731
+    obj = Objective(model, loss, 1e-2)
+    raw = dense_ggn(obj, X, Y, 1e-2)
+    assert float(torch.linalg.eigvalsh(raw)[0]) < 0  # the unclipped matrix is indefinite here
+    J = torch.func.jacrev(lambda t: obj.outputs(t, X))(obj.theta)  # (n, 2, p)
+    r = obj.outputs(obj.theta, X) - Y
+    lam_plus = (2 * (1 - r**2) / (1 + r**2) ** 2).clamp_min(0)  # Lambda_i is diagonal: d^2 log(1 + r^2) / dr^2
+    want = torch.einsum("ncp,nc,ncq->pq", J, lam_plus, J) / 30 + 1e-2 * torch.eye(obj.p, dtype=torch.float64)
+    op = GaussNewton(obj, X, Y, batch_size=7)
+    torch.testing.assert_close(op.to_dense(), want, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(Operator.to_dense(op), want, rtol=1e-9, atol=1e-12)
+
+
+def test_a_curvature_error_under_gauss_newton_does_not_advise_gauss_newton(mlp):
+    """The solvers' advice 'add damping, or use curvature=gauss-newton' is rewritten when that is the curvature
+    in use (it is then positive semi-definite: l2 + damping is the fix); under the Hessian it stays."""
+    from infl.solvers import Exact
+
+    class Refusing(Exact):
+        def solve(self, B):
+            raise CurvatureError("the operator is not positive definite. Add damping, or use curvature='gauss-newton'")
+
+    for curvature, kept in (("gauss-newton", False), ("hessian", True)):
+        inf = infl.Influence(mlp.model, mlp.loss_fn, l2=mlp.l2, curvature=curvature, solver=Refusing()).fit(mlp.train)
+        with pytest.raises(CurvatureError, match="Add damping") as caught:
+            inf.s_test((mlp.Xt[:1], mlp.yt[:1]))
+        assert ("use curvature='gauss-newton'" in str(caught.value)) == kept
+        assert ("larger l2" in str(caught.value)) != kept
+
+
 def test_unknown_curvature(logreg):
     with pytest.raises(InputError, match="unknown curvature 'fisher'; choose one of hessian, gauss-newton"):
         infl.Influence(logreg.model, logreg.loss_fn, curvature="fisher")

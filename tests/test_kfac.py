@@ -193,6 +193,28 @@ def test_a_weight_also_used_outside_its_layer_is_not_factored():
     assert [layer.name for layer in untied.solver.factors.layers] == ["enc", "dec", "out"]
 
 
+def test_valid_padding_is_factored_as_zero_padding_and_same_padding_falls_back_with_its_reason():
+    X, y = data(6, 36, seed=6)
+
+    def cnn(padding):
+        torch.manual_seed(0)
+        width = 2 * (36 if padding == "same" else 16)
+        return nn.Sequential(nn.Unflatten(1, (1, 6, 6)), nn.Conv2d(1, 2, 3, padding=padding), nn.Tanh(),
+                             nn.Flatten(), nn.Linear(width, 3)).double()
+
+    fits = []
+    for padding in (0, "valid"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            fits.append(fitted(cnn(padding), X, y, "ekfac"))
+    assert [layer.name for layer in fits[1].solver.factors.layers] == ["1", "4"]
+    for a, b in zip(*(inf.solver.factors.layers for inf in fits)):
+        torch.testing.assert_close(a.lam, b.lam, rtol=1e-12, atol=1e-14)
+    model = cnn("same")
+    with pytest.warns(UserWarning, match=r"groups=1 and zero padding.*: 1\.weight"):
+        fitted(model, X, y, "ekfac")
+
+
 def test_a_layer_called_with_input_as_a_keyword_is_factored_as_by_position():
     """self.lin(input=x) is the same call as self.lin(x): the same factors, not an IndexError."""
 

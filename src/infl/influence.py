@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from . import dist
-from .errors import InputError, NotFittedError, warn
+from .errors import CurvatureError, InputError, NotFittedError, warn
 from .grads import directional_pays, iter_directional, iter_grads, stack_grads, sum_grad
 from .inputs import batches, to_tensors
 from .linear import LinearObjective, check_curvature, curvature_operator, make_objective
@@ -20,6 +20,10 @@ from .objective import L2, LossFn, Objective, check_l2, describe_l2, nonnegative
 from .operators import Operator
 from .solvers import CG, EKFAC, KFAC, Arnoldi, Exact, LiSSA, SolveInfo
 from .solvers.base import itemsize
+
+GAUSS_NEWTON_ADVICE = "or use curvature='gauss-newton'"  # the solvers' advice beside damping
+GAUSS_NEWTON_IN_USE = ("or a larger l2: the Gauss-Newton matrix in use is positive semi-definite, so l2 + damping > 0 "
+                       "makes it definite")
 
 SOLVERS = {"exact": Exact, "cg": CG, "lissa": LiSSA, "arnoldi": Arnoldi, "kfac": KFAC, "ekfac": EKFAC}
 Solver = Exact | CG | LiSSA | Arnoldi | EKFAC
@@ -176,11 +180,8 @@ class Influence:
         self.prepare(train)
         op, obj = self.operator_, self.objective_
         try:
-            if isinstance(self.solver, LiSSA):  # l2 + damping bounds H's spectrum when the data part is PSD
-                psd = self.curvature == "gauss-newton" or isinstance(obj, LinearObjective)
-                self.solver.fit(op, floor=obj.l2_min + self.damping if psd else None)
-            else:
-                self.solver.fit(op)
+            with self._curvature_advice():
+                self._fit_solver(op, obj)
         except NotImplementedError as exc:  # an operation without forward-mode AD (curvature products use it)
             raise InputError(f"the curvature products need forward-mode AD, which an operation in this model lacks "
                              f"({exc}); use curvature='gauss-newton' with solver='exact' or 'ekfac', or freeze the "
@@ -190,6 +191,28 @@ class Influence:
         self.train_grads_ = (stack_grads(self.objective_, self.X_train_[sh], self.y_train_[sh], self.batch_size, sh.start)
                              if self.keep_train_grads else None)
         return self
+
+    def _fit_solver(self, op: Operator, obj: Objective) -> None:
+        if isinstance(self.solver, LiSSA):  # l2 + damping bounds H's spectrum when the data part is PSD
+            psd = self.curvature == "gauss-newton" or isinstance(obj, LinearObjective)
+            self.solver.fit(op, floor=obj.l2_min + self.damping if psd else None)
+        else:
+            self.solver.fit(op)
+
+    @contextlib.contextmanager
+    def _curvature_advice(self) -> Iterator[None]:
+        """A solver's CurvatureError without the advice to use Gauss-Newton when it is the curvature in use."""
+        try:
+            yield
+        except CurvatureError as error:
+            if self.curvature != "gauss-newton" or GAUSS_NEWTON_ADVICE not in str(error):
+                raise
+            raise CurvatureError(str(error).replace(GAUSS_NEWTON_ADVICE, GAUSS_NEWTON_IN_USE)) from error
+
+    def _solve(self, B: Tensor) -> Tensor:
+        with self._curvature_advice():
+            X, self.info_ = self.solver.solve(B)
+        return X
 
     def _fitted(self) -> None:
         if not hasattr(self, "curvature_"):
@@ -223,10 +246,6 @@ class Influence:
         """grad_theta L(z_test, theta_hat) for each test point, (m, p)."""
         X, y = self.test_tensors(test)
         return stack_grads(self.objective_, X, y, self.batch_size)
-
-    def _solve(self, B: Tensor) -> Tensor:
-        X, self.info_ = self.solver.solve(B)
-        return X
 
     def _quad(self, G: Tensor) -> Tensor:
         """g^T H^-1 g for each row g of G (k, p): the solver's quad() where it has one (e.g. a half

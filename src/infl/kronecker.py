@@ -96,7 +96,7 @@ def _supported(module: nn.Module) -> bool:
     if isinstance(module, nn.Linear):
         return True
     return (isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros"
-            and not isinstance(module.padding, str))
+            and module.padding != "same")  # 'valid' is padding 0
 
 
 def find_layers(obj: Objective, probe: Tensor) -> tuple[list[Layer], list[str]]:
@@ -175,7 +175,8 @@ def _inputs(layer: Layer, x: Tensor) -> Tensor:
     """The layer's inputs as locations: (b, T, in'), with the trailing 1 for a trained bias."""
     m = layer.module
     if isinstance(m, nn.Conv2d):
-        a = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=m.padding, stride=m.stride).transpose(1, 2)
+        padding = 0 if m.padding == "valid" else m.padding
+        a = F.unfold(x, m.kernel_size, dilation=m.dilation, padding=padding, stride=m.stride).transpose(1, 2)
     else:
         a = x.reshape(x.shape[0], -1, x.shape[-1])
     if layer.bias is not None:

@@ -195,7 +195,13 @@ def check_tensor_outputs(obj: Objective, X: Tensor, who: str) -> None:
 
 
 def output_hessians(loss_fn, F: Tensor, y: Tensor) -> Tensor:
-    """Lambda_i = d^2 L(f_i, y_i) / d f_i^2 for outputs F (b, *out) -> (b, m, m), m = outputs per example."""
+    """Lambda_i = d^2 L(f_i, y_i) / d f_i^2 for outputs F (b, *out) -> (b, m, m), m = outputs per example, with
+    negative eigenvalues clipped to 0: the Gauss-Newton matrix stays positive semi-definite for a loss that is
+    not convex in the outputs (e.g. log(1 + r^2)); a convex loss's Lambda_i is unchanged up to rounding."""
     b, m = F.shape[0], F[0].numel()
     one = lambda fi, yi: loss_fn(fi.view(1, *F.shape[1:]), yi.unsqueeze(0)).squeeze(0)  # noqa: E731
-    return vmap(hessian(one))(F.detach().reshape(b, m), y).reshape(b, m, m)
+    Lam = vmap(hessian(one))(F.detach().reshape(b, m), y).reshape(b, m, m)
+    e, U = torch.linalg.eigh((Lam + Lam.transpose(1, 2)) / 2)
+    if bool((e >= 0).all()):
+        return Lam
+    return (U * e.clamp_min(0).unsqueeze(1)) @ U.transpose(1, 2)

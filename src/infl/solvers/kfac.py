@@ -117,8 +117,8 @@ class EKFAC:
                                  f"padding, one call per forward); these trained parameters are elsewhere: {what}. "
                                  "Freeze them (requires_grad=False), pass others='diagonal', or use solver='cg'")
             warn(f"{self.name}: {len(factors.diag_names)} trained parameter tensors are not in a factorable "
-                 "layer (Linear or Conv2d, called once per forward, its input batch-first, its weight used by it "
-                 "alone) and get the exact "
+                 "layer (nn.Linear, or nn.Conv2d with groups=1 and zero padding given as numbers or 'valid'; called "
+                 "once per forward, its input batch-first, its weight used by it alone) and get the exact "
                  f"Gauss-Newton diagonal instead: {what}")
         self.op, self.factors = op, factors
         self.shifts, uniform = [], True
