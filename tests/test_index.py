@@ -150,6 +150,28 @@ def test_queries_take_test_gradients_batch_size_at_a_time(tmp_path) -> None:
     assert max(seen) == 2 and sum(seen) >= prob.test[0].shape[0]  # (and the loss check on two)
 
 
+@pytest.mark.parametrize("kwargs, words", [
+    ({"project": True}, "project must be None"), ({"seed": 1.5, "project": 3}, "seed must be an integer"),
+    ({"max_memory": "."}, "max_memory must be a positive size"), ({"max_memory": "0.5B"}, "max_memory must be"),
+    ({"max_memory": True}, "max_memory must be"), ({"max_memory": float("nan")}, "max_memory must be"),
+    ({"chunk_rows": True}, "chunk_rows must be an integer")])
+def test_bad_build_arguments_are_refused_by_name(tmp_path, kwargs, words) -> None:
+    prob = logreg()
+    with pytest.raises(infl.InputError, match=words):
+        Index.build(influence(prob), tmp_path / "idx", prob.train, verbose=False, **kwargs)
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(infl.InputError, match="is a file"):
+        Index.build(influence(prob), tmp_path / "file", prob.train, verbose=False)
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_numpy_integers_are_accepted_where_integers_are(tmp_path) -> None:
+    prob = logreg()
+    idx = Index.build(influence(prob), tmp_path / "idx", prob.train, project=np.int64(4), seed=np.int32(2),
+                      chunk_rows=np.int64(25), max_memory=np.int64(2**34), verbose=False)
+    assert idx.k == 4 and idx.top_k(prob.test, np.int64(3))[1].shape == (prob.test[0].shape[0], 3)
+
+
 def test_a_killed_build_resumes_without_recomputing(tmp_path) -> None:
     folder = tmp_path / "idx"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")])}

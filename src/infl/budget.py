@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import re
 from dataclasses import dataclass, field
@@ -17,14 +19,21 @@ MIN_ROWS = 16  # the budget must leave room for this many gradient and curvature
 
 
 def parse_bytes(size: str | int) -> int:
-    """'4GB' (10^9), '512MiB' (2^20), or a number of bytes -> bytes."""
-    if isinstance(size, int) and size > 0:
-        return size
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", str(size))
-    if not m or m.group(2).upper() not in UNITS or float(m.group(1)) <= 0:
-        raise InputError(f"max_memory must be a positive size such as '4GB', '512MiB' or a number of bytes, "
-                         f"got {size!r}")
-    return int(float(m.group(1)) * UNITS[m.group(2).upper()])
+    """'4GB' (10^9), '512MiB' (2^20), or a number of bytes -> bytes (at least 1)."""
+    bad = InputError(f"max_memory must be a positive size such as '4GB', '512MiB' or a number of bytes, got {size!r}")
+    if isinstance(size, bool):
+        raise bad
+    if isinstance(size, numbers.Integral):
+        if size < 1:
+            raise bad
+        return int(size)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(size))
+    if not m or m.group(2).upper() not in UNITS or not math.isfinite(float(m.group(1))):
+        raise bad
+    value = float(m.group(1)) * UNITS[m.group(2).upper()]
+    if not 1 <= value < 2**63:
+        raise bad
+    return int(value)
 
 
 def current_rss() -> int:

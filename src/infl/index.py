@@ -27,6 +27,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import numbers
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -91,10 +92,20 @@ def _plain_l2(l2: Any) -> Any:
         for name, value in l2.items()}
 
 
-def _check_project(project: int | None, p: int) -> None:
-    if project is not None and not (isinstance(project, int) and 1 <= project < p):
+def _check_project(project: int | None, p: int) -> int | None:
+    """project as a Python int (or None), checked: 1 <= k < p."""
+    if project is None:
+        return None
+    if isinstance(project, bool) or not (isinstance(project, numbers.Integral) and 1 <= project < p):
         raise InputError(f"project must be None (store the full gradients) or an integer k with 1 <= k < p = {p}, "
                          f"got {project!r}")
+    return int(project)
+
+
+def _check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not (isinstance(seed, numbers.Integral) and 0 <= seed < 2**63):
+        raise InputError(f"seed must be an integer >= 0, got {seed!r}")
+    return int(seed)
 
 
 class Index:
@@ -128,9 +139,11 @@ class Index:
         inf = copy.copy(inf).prepare(train)  # the caller's Influence keeps its own fit
         obj, X, y = inf.objective_, inf.X_train_, inf.y_train_
         n, p = X.shape[0], obj.p
-        _check_project(project, p)
-        if chunk_rows is not None and not (isinstance(chunk_rows, int) and chunk_rows >= 1):
-            raise InputError(f"chunk_rows must be an integer >= 1 or None (from max_memory), got {chunk_rows!r}")
+        project, seed = _check_project(project, p), _check_seed(seed)
+        if chunk_rows is not None:
+            if isinstance(chunk_rows, bool) or not (isinstance(chunk_rows, numbers.Integral) and chunk_rows >= 1):
+                raise InputError(f"chunk_rows must be an integer >= 1 or None (from max_memory), got {chunk_rows!r}")
+            chunk_rows = int(chunk_rows)
         k = project or p
         manifest = _manifest(inf, X, y, project, seed)
         rank, size = dist.world()
@@ -289,8 +302,9 @@ class Index:
         Returns values and training indices, each (m, k), best first. Memory: one chunk, the (m, k_stored)
         solved test gradients and m x 2k.
         """
-        if not (isinstance(k, int) and 1 <= k <= self.n):
+        if isinstance(k, bool) or not (isinstance(k, numbers.Integral) and 1 <= k <= self.n):
             raise InputError(f"top_k needs an integer k between 1 and the {self.n} training points, got {k!r}")
+        k = int(k)
         T = self.s_test(test)
         values = T.new_empty(T.shape[0], 0)
         index = torch.empty(T.shape[0], 0, dtype=torch.long, device=T.device)
@@ -376,10 +390,10 @@ def _compare(folder: Path, manifest: dict, config: dict, model: str, data: str |
 
 def _existing(folder: Path, manifest: dict, force: bool) -> dict | None:
     """The manifest of a matching index to resume, None for a fresh start; refuses a foreign or mismatched folder."""
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder} is a file; the index needs a folder")
     if not folder.exists() or not any(folder.iterdir()):
         return None
-    if folder.is_file():
-        raise InputError(f"{folder} is a file; the index needs a folder")
     if not (folder / MANIFEST).exists():
         if force:
             return None
