@@ -80,3 +80,17 @@ def test_many_test_points_at_once_match_one_at_a_time():
             np.testing.assert_allclose(a.scores, b.scores, rtol=1e-9, atol=1e-12)
             assert (a.name, a.predicted) == (b.name, b.predicted) and a.loss == pytest.approx(b.loss)
     assert not np.allclose(many[0].views[0].scores, many[1].views[0].scores)
+
+
+def test_a_test_point_whose_gradient_underflows_is_named_and_lists_no_helpful_points():
+    """A tiny svm_l2 makes the SVM so sure of test point 0 that its smooth-hinge gradient is exactly 0: every
+    score is 0. A warning says so, and no training point is listed as helpful (it listed indices 0..k-1)."""
+    from infl.frozen import DigitCNN, freeze
+
+    task = binary_task(load_builtin("digits"), (4, 9))
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="RBF SVM: every training point's influence is exactly 0"):
+        res = compare_behaviour(task, freeze(DigitCNN(task.image_shape)), 0, svm_l2=1e-12)
+    svm = res.views[0]
+    assert not svm.scores.any() and svm.helpful(8).size == 0
+    assert np.isnan(res.summary(10)[svm.name]["mean distance of top 10 helpful"])

@@ -163,6 +163,8 @@ def test_loo_indices_take_largest_influence_then_random_others():
 def test_top_k_orders_harmful_and_helpful():
     harmful, helpful = top_k(np.array([0.5, -2.0, 3.0, -0.1]), 2)
     assert harmful.tolist() == [2, 0] and helpful.tolist() == [1, 3]
+    harmful, helpful = top_k(np.array([0.5, -2.0, 3.0, -0.1, 0.0]), 4)  # k above either sign's count
+    assert harmful.tolist() == [2, 0] and helpful.tolist() == [1, 3]
 
 
 def test_figure_loo_saves_a_png(tmp_path):

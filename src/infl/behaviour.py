@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from scipy import stats
 from torch import nn
 
-from .errors import InputError
+from .errors import InputError, warn
 from .frozen import BinaryTask, cross_entropy, train_head
 from .influence import Influence
 from .losses import make_smooth_hinge
@@ -41,8 +41,9 @@ class ModelView:
     loss: float
 
     def helpful(self, k: int) -> np.ndarray:
-        """The k most helpful training indices (most negative I_up,loss)."""
-        return np.argsort(self.scores, kind="stable")[:k]
+        """The k most helpful training indices (most negative I_up,loss); fewer if fewer scores are negative."""
+        order = np.argsort(self.scores, kind="stable")[:k]
+        return order[self.scores[order] < 0]
 
 
 @dataclass(frozen=True)
@@ -61,11 +62,15 @@ class Behaviour:
         out = {}
         for v in self.views:
             top = v.helpful(k)
+            varies = bool(np.ptp(v.scores) > 0)  # all-equal scores (e.g. all 0) have no rank correlation
             out[v.name] = {"spearman |influence| vs distance": float(stats.spearmanr(np.abs(v.scores),
-                                                                                       self.distances)[0]),
-                           f"mean distance of top {k} helpful": float(self.distances[top].mean()),
+                                                                                       self.distances)[0])
+                           if varies else float("nan"),
+                           f"mean distance of top {k} helpful": float(self.distances[top].mean()) if top.size
+                           else float("nan"),
                            "mean distance of all": float(self.distances.mean()),
-                           f"top {k} helpful with the test label": float(np.mean(self.y_train[top] == self.label))}
+                           f"top {k} helpful with the test label": float(np.mean(self.y_train[top] == self.label))
+                           if top.size else float("nan")}
         return out
 
 
@@ -77,6 +82,11 @@ def _views(name: str, model: nn.Module, loss_fn, l2: float, train: tuple, test: 
         out = model(test[0])
     predicted = out.argmax(1) if out.shape[1] > 1 else (out[:, 0] > 0).long()
     losses = loss_fn(out, test[1])
+    flat = [i for i, row in enumerate(scores) if not np.any(row)]
+    if flat:
+        warn(f"{name}: every training point's influence is exactly 0 for {len(flat)} of the {len(scores)} test "
+             "points: the loss's gradient there is 0 (the model is so sure of them that it underflowed), so nothing "
+             "can be ranked; choose another test point, or a larger l2 (a less confident model)")
     return [ModelView(name, s, int(c), float(v)) for s, c, v in zip(scores, predicted, losses)]
 
 

@@ -228,6 +228,8 @@ def print_point(point: ExplainedPoint, top: int, y_train: np.ndarray) -> None:
         click.echo(f"  {title}\n    {'rank':>4}  {'train index':>11}  {'label':>5}  {'score':>11}")
         for rank, i in enumerate(rows, 1):
             click.echo(f"    {rank:>4}  {i:>11}  {y_train[i]:>5}  {point.scores[i]:>+11.4g}")
+        if len(rows) < top:
+            click.echo(f"    (only {len(rows)} training points have a score of this sign)")
 
 
 def loo_indices(scores: np.ndarray, k: int, seed: int) -> np.ndarray:

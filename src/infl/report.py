@@ -53,10 +53,11 @@ class ExplainedPoint:
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(harmful, helpful) training indices, k each: the largest and the most negative I_up,loss scores (n,)."""
+    """(harmful, helpful) training indices, up to k each: the largest positive and the most negative I_up,loss
+    scores (n,); fewer where fewer points have a score of that sign (a point is never listed under both)."""
     order = np.argsort(scores, kind="stable")
-    k = min(k, len(order))
-    return order[::-1][:k], order[:k]
+    harmful, helpful = order[::-1][:k], order[:k]
+    return harmful[scores[harmful] > 0], helpful[scores[helpful] < 0]
 
 
 # --- figures --------------------------------------------------------------------------
