@@ -28,12 +28,27 @@ def lose_rank_1_mid_index(folder: str) -> None:
     Index.build(infl.Influence(prob.model, prob.loss_fn, l2=prob.l2), folder, prob.train, chunk_rows=7, verbose=False)
 
 
+def ekfac_on_one_point(out: str, rank: int) -> None:
+    """EK-FAC over 2 processes on 1 training point: every rank refuses with the same message (one holds no rows,
+    so their layer probes would differ and the collectives mismatch)."""
+    prob = mlp()
+    try:
+        infl.Influence(prob.model, prob.loss_fn, l2=prob.l2, solver="ekfac").fit((prob.train[0][:1], prob.train[1][:1]))
+        message = "fitted"
+    except infl.InputError as error:
+        message = str(error)
+    with open(f"{out}.{rank}", "w") as f:
+        f.write(message)
+
+
 def main(out: str, die: str) -> None:
     rank, size = dist.init(timeout_s=60)
     if die == "start" and rank == 1:
         os._exit(3)  # a rank lost mid-run: the job must fail naming it, not hang
     if die == "index":
         return lose_rank_1_mid_index(out)
+    if die == "ekfac-one-point":
+        return ekfac_on_one_point(out, rank)
     results = {}
     for make in (logreg, mlp):
         name = make.__name__

@@ -88,3 +88,10 @@ def test_a_rank_lost_mid_index_leaves_it_resumable(tmp_path) -> None:
     assert all((folder / "grads" / name).stat().st_mtime_ns == t for name, t in written.items())
     ref = dense_scores(prob.model, prob.loss_fn, prob.train, prob.test, prob.l2)
     np.testing.assert_allclose(idx.scores(prob.test).numpy(), ref.numpy(), rtol=1e-8, atol=1e-9)
+
+
+def test_ekfac_with_more_processes_than_points_refuses_on_every_rank(tmp_path) -> None:
+    run = torchrun(str(HERE / "dist_worker.py"), str(tmp_path / "said"), "ekfac-one-point", timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    said = [(tmp_path / f"said.{rank}").read_text() for rank in (0, 1)]
+    assert said[0] == said[1] and "needs a training point per process, but there are 1" in said[0]

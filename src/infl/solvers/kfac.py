@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..dist import AllReduced, all_sum
+from ..dist import AllReduced, all_sum, world
 from ..errors import CurvatureError, InputError, warn
 from ..kronecker import find_layers, fit_factors
 from ..objective import nonnegative_number
@@ -107,6 +107,10 @@ class EKFAC:
         """Collect the Kronecker statistics of the data behind op."""
         base, shift, n_total = _data_backed(op)
         obj = base.obj
+        size = world()[1]
+        if n_total is not None and n_total < size:  # every process finds the layers on its own rows
+            raise InputError(f"{self.name} over {size} processes needs a training point per process, but there are "
+                             f"{n_total}; use fewer processes, or solver='cg'")
         check_tensor_outputs(obj, base.X, self.name)
         factors = fit_factors(obj, base.X, base.y, getattr(base, "batch_size", 512), self.eigen,
                               n_total=n_total, reduce=all_sum)
