@@ -16,6 +16,7 @@ GRAD_COPIES = 4  # per-example gradients: vmap's output, its intermediates and t
 PRODUCT_COPIES = 6  # a curvature product: the rows, their tangents, gradients and output
 CHUNK_BYTES = 2**24  # a stored gradient chunk is at most 16 MiB (or a quarter of the budget's room), >= 1 row
 MIN_ROWS = 16  # the budget must leave room for this many gradient and curvature-product rows
+PROJECTION_BLOCK = 256  # rows of P drawn at once (infl.projection.BLOCK)
 
 
 def parse_bytes(size: str | int) -> int:
@@ -87,6 +88,10 @@ def index_plan(budget: int | None, *, n: int, p: int, k: int, itemsize: int, dat
              f"curvature {k} x {k} and its Cholesky factor (x3)": 3 * k * k * itemsize}
     if projected:
         fixed[f"projection P ({k} x {p})"] = k * p * itemsize
+        block = min(PROJECTION_BLOCK, k)
+        fixed[f"curvature products of one block of P ({block} x {p})"] = block * p * itemsize
+        if itemsize < 8:  # a block is drawn in float64, then cast
+            fixed[f"one block of P as drawn ({block} x {p}, float64)"] = block * p * 8
     room = (budget or 2**62) - sum(fixed.values())
     per_grad, per_product = GRAD_COPIES * p * itemsize, PRODUCT_COPIES * p * itemsize
     if room < MIN_ROWS * (per_grad + per_product):
@@ -98,7 +103,7 @@ def index_plan(budget: int | None, *, n: int, p: int, k: int, itemsize: int, dat
     grad_rows = min(grad_rows, chunk_rows)  # gradients are computed chunk by chunk: never more rows
     holds = {**fixed,
              f"per-example gradients, {grad_rows} rows x {p} (x{GRAD_COPIES})": grad_rows * per_grad,
-             f"one chunk of stored gradients, {chunk_rows} rows x {k}": chunk_rows * k * itemsize,
+             f"one chunk of stored gradients, {chunk_rows} rows x {k} (x2)": 2 * chunk_rows * k * itemsize,
              f"curvature products, {product_rows} rows x {p} (x{PRODUCT_COPIES})": product_rows * per_product}
     n_chunks = -(-n // chunk_rows)
     writes = {f"{n_chunks} gradient chunks of <= {chunk_rows} rows x {k}": n * k * itemsize,

@@ -19,6 +19,7 @@ from .linear import LinearObjective, check_curvature, curvature_operator, make_o
 from .objective import L2, LossFn, Objective, check_l2, describe_l2, nonnegative_number
 from .operators import Operator
 from .solvers import CG, EKFAC, KFAC, Arnoldi, Exact, LiSSA, SolveInfo
+from .budget import GRAD_COPIES, PRODUCT_COPIES
 from .solvers.base import itemsize
 
 GAUSS_NEWTON_ADVICE = "or use curvature='gauss-newton'"  # the solvers' advice beside damping
@@ -152,7 +153,11 @@ class Influence:
         op = self._operator_on(obj, X, y, dist.shard(X.shape[0]))
         s, n = itemsize(op), X.shape[0]
         out = dict(self.solver.footprint(op))
-        out[f"gradient chunk ({min(self.batch_size, n)} x {op.p})"] = min(self.batch_size, n) * op.p * s
+        out[f"gradient chunk ({min(self.batch_size, n)} x {op.p}, x{GRAD_COPIES})"] = \
+            min(self.batch_size, n) * op.p * s * GRAD_COPIES
+        rows = min(self.batch_size, 256)
+        out[f"curvature products on {rows} right-hand sides ({rows} x {op.p}, x{PRODUCT_COPIES}; more test points "
+            "at once hold more)"] = rows * op.p * s * PRODUCT_COPIES
         if self.keep_train_grads:
             out[f"training gradients kept ({n} x {op.p})"] = n * op.p * s
         return out

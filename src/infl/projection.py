@@ -23,10 +23,11 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from .budget import PROJECTION_BLOCK
 from .inputs import batches
 from .operators import Operator
 
-BLOCK = 256
+BLOCK = PROJECTION_BLOCK  # rows of P drawn at once; the memory plan counts them
 
 
 class Projection:

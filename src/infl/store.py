@@ -10,11 +10,10 @@ SHA-256 is kept beside them so a damaged file is detected on read.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
@@ -33,15 +32,29 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> str:
-    """Write `data` to `path` atomically (temp file + fsync + rename); returns its SHA-256 (hex)."""
+def _commit(path: Path, write: Callable[[BinaryIO], object]) -> None:
+    """Atomically give `path` the contents write(f) puts into a temporary file (fsync, rename, fsync the folder)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
-        f.write(data)
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     _fsync_dir(path.parent)
+
+
+def _sha256_file(path: Path, chunk: int = 2**24) -> str:
+    """SHA-256 (hex) of a file, read in chunks (never the whole file in memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_atomic(path: Path, data: bytes) -> str:
+    """Write `data` to `path` atomically (temp file + fsync + rename); returns its SHA-256 (hex)."""
+    _commit(path, lambda f: f.write(data))
     return hashlib.sha256(data).hexdigest()
 
 
@@ -60,26 +73,25 @@ def read_json(path: Path) -> Any:
 
 
 def write_array(path: Path, a: np.ndarray) -> dict:
-    """An .npy file written atomically; returns its record {"file", "sha256", "shape", "dtype"}."""
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
-    digest = write_atomic(path, buf.getvalue())
-    return {"file": path.name, "sha256": digest, "shape": list(a.shape), "dtype": str(a.dtype)}
+    """An .npy file written atomically, straight from the array (no copy in memory); returns its record
+    {"file", "sha256", "shape", "dtype"}."""
+    _commit(path, lambda f: np.save(f, np.ascontiguousarray(a), allow_pickle=False))
+    return {"file": path.name, "sha256": _sha256_file(path), "shape": list(a.shape), "dtype": str(a.dtype)}
 
 
 def read_array(folder: Path, record: dict) -> np.ndarray:
     """The array of a record written by write_array, after checking its SHA-256; CorruptIndexError if it differs."""
     path = folder / record["file"]
     try:
-        data = path.read_bytes()
+        digest = _sha256_file(path)
     except FileNotFoundError as exc:
         raise CorruptIndexError(f"{path} is missing although the index lists it as written; run Index.build "
                                 "again with the same arguments: damaged files are found and rewritten") from exc
-    if hashlib.sha256(data).hexdigest() != record["sha256"]:
+    if digest != record["sha256"]:
         raise CorruptIndexError(f"{path} is corrupted: its SHA-256 differs from the one recorded when it was "
                                 "written. Run Index.build again with the same arguments: damaged files are found "
                                 "and only they are recomputed")
-    return np.load(io.BytesIO(data), allow_pickle=False)
+    return np.load(path, allow_pickle=False)
 
 
 def remove_temporaries(folder: Path) -> None:

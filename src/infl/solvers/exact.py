@@ -28,8 +28,8 @@ class Exact:
         self.max_params = max_params
 
     def footprint(self, op: Operator) -> dict[str, int]:
-        """Bytes held, by item: the dense curvature while factoring, then its Cholesky factor."""
-        return {f"dense curvature ({op.p} x {op.p}), during fit": op.p**2 * itemsize(op),
+        """Bytes held, by item: the dense curvature while formed and symmetrised (x3), then its Cholesky factor."""
+        return {f"dense curvature ({op.p} x {op.p}, x3), during fit": 3 * op.p**2 * itemsize(op),
                 f"Cholesky factor ({op.p} x {op.p})": op.p**2 * itemsize(op)}
 
     def fit(self, op: Operator) -> Exact:
