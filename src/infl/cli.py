@@ -360,7 +360,8 @@ def run_command(body, opts: dict, *, spellings: Sequence[tuple[str, str]] = (),
                 message = message.replace(python, option)
             raise click.ClickException(message) from error
         except BrokenPipeError:  # the reader of our output left (e.g. `| head`): stop quietly, as Python advises
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            with contextlib.suppress(OSError, ValueError):  # a stdout without a file descriptor needs nothing
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             sys.exit(1)
         except OSError as error:
             raise click.ClickException(f"cannot {failed_io}: {error}") from error
