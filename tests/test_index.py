@@ -172,6 +172,14 @@ def test_numpy_integers_are_accepted_where_integers_are(tmp_path) -> None:
     assert idx.k == 4 and idx.top_k(prob.test, np.int64(3))[1].shape == (prob.test[0].shape[0], 3)
 
 
+def test_a_verbose_build_shows_its_plan_and_progress(tmp_path, capsys) -> None:
+    prob = logreg()
+    Index.build(influence(prob), tmp_path / "idx", prob.train, chunk_rows=30, verbose=True)
+    err = capsys.readouterr().err
+    assert "plan (no memory budget" in err and "gradient chunks: 100%" in err and "3/3" in err
+    assert "curvature (18 x 18, from 18 curvature products)" in err
+
+
 def test_a_killed_build_resumes_without_recomputing(tmp_path) -> None:
     folder = tmp_path / "idx"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")])}

@@ -34,6 +34,7 @@ from typing import Any, Iterator
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from . import dist, store
 from .budget import current_rss, index_plan, parse_bytes
@@ -162,7 +163,9 @@ class Index:
             _start(folder, manifest, resumed is not None)
         dist.barrier()
         index = cls(folder, manifest, obj, torch.empty(0), inf.batch_size)
-        index._write_chunks(X, y, plan.grad_rows)
+        index._write_chunks(X, y, plan.grad_rows, progress=verbose and rank == 0)
+        if verbose and rank == 0:
+            print(f"infl index: curvature ({k} x {k}, from {k} curvature products)", file=sys.stderr)
         index.factor = index._write_curvature(inf.operator_, plan.product_rows)
         dist.barrier()  # every rank's chunks are on disk
         if rank == 0:
@@ -178,10 +181,13 @@ class Index:
     def _chunk_record(self, c: int) -> Path:
         return self.folder / GRADS / f"{c:06d}.json"
 
-    def _write_chunks(self, X: Tensor, y: Tensor, grad_rows: int) -> None:
-        """Compute and write this rank's unfinished chunks (chunk c belongs to rank c mod world size)."""
+    def _write_chunks(self, X: Tensor, y: Tensor, grad_rows: int, progress: bool = False) -> None:
+        """Compute and write this rank's unfinished chunks (chunk c belongs to rank c mod world size); progress:
+        a bar on stderr over this rank's chunks (finished ones count as they are checked)."""
         rank, size = dist.world()
-        for c in range(rank, self.manifest["n_chunks"], size):
+        mine = range(rank, self.manifest["n_chunks"], size)
+        for c in tqdm(mine, desc="gradient chunks" + (f" (process {rank} of {size})" if size > 1 else ""),
+                      unit="chunk", file=sys.stderr, disable=not progress):
             if self._intact(c):
                 continue  # finished before: never recomputed
             rows = self._chunk_rows(c)
