@@ -41,6 +41,35 @@ def ekfac_on_one_point(out: str, rank: int) -> None:
         f.write(message)
 
 
+def ekfac_where_ranks_probe_differently(out: str, rank: int) -> None:
+    """fc.weight is also used outside fc through a ReLU, which rank 1's (negative) rows never open: its probe
+    alone would factor fc, rank 0's would not. Both must factor the same layers (only head), or the
+    collectives mismatch."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Gated(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc, self.head = nn.Linear(4, 6), nn.Linear(6, 3)
+
+        def forward(self, x):
+            return self.head(torch.tanh(self.fc(x)) + F.linear(F.relu(x), self.fc.weight))
+
+    torch.manual_seed(0)
+    X = torch.randn(8, 4, dtype=torch.float64).abs()
+    X[4:] = -X[4:]
+    y = torch.randint(0, 3, (8,))
+    loss = lambda o, t: F.cross_entropy(o, t, reduction="none")  # noqa: E731
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        inf = infl.Influence(Gated().double(), loss, l2=0.1, solver="ekfac", stationarity_tol=float("inf")).fit((X, y))
+    with open(f"{out}.{rank}", "w") as f:
+        f.write(",".join(layer.name for layer in inf.solver.factors.layers))
+
+
 def main(out: str, die: str) -> None:
     rank, size = dist.init(timeout_s=60)
     if die == "start" and rank == 1:
@@ -49,6 +78,8 @@ def main(out: str, die: str) -> None:
         return lose_rank_1_mid_index(out)
     if die == "ekfac-one-point":
         return ekfac_on_one_point(out, rank)
+    if die == "ekfac-disagree":
+        return ekfac_where_ranks_probe_differently(out, rank)
     results = {}
     for make in (logreg, mlp):
         name = make.__name__

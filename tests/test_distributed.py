@@ -95,3 +95,9 @@ def test_ekfac_with_more_processes_than_points_refuses_on_every_rank(tmp_path) -
     assert run.returncode == 0, run.stderr[-2000:]
     said = [(tmp_path / f"said.{rank}").read_text() for rank in (0, 1)]
     assert said[0] == said[1] and "needs a training point per process, but there are 1" in said[0]
+
+
+def test_ekfac_factors_the_same_layers_on_every_rank_whatever_their_rows(tmp_path) -> None:
+    run = torchrun(str(HERE / "dist_worker.py"), str(tmp_path / "layers"), "ekfac-disagree", timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert [(tmp_path / f"layers.{rank}").read_text() for rank in (0, 1)] == ["head", "head"]

@@ -291,6 +291,17 @@ def test_approximate_and_refined_solves_do_not_depend_on_a_right_hand_sides_scal
         assert tiny_info.converged == info.converged and tiny_info.iterations == info.iterations
 
 
+def test_arnoldi_keeps_a_dropped_mean_far_below_its_smallest_kept_eigenvalue():
+    """Kept eigenvalues of 1000 and a flat l2-sized tail of 0.1: the tail is kept as it is (a clamp at 1e-3 of
+    the smallest kept eigenvalue, meant for estimates <= 0, once raised it to 1 and the solve was 10x off)."""
+    lam = torch.cat([torch.full((5,), 1000.0, dtype=torch.float64) + torch.arange(5.0, dtype=torch.float64),
+                     torch.full((45,), 0.1, dtype=torch.float64)])
+    solver = infl.Arnoldi(rank=5).fit(Dense(torch.diag(lam)))
+    assert abs(solver.lam_rest - 0.1) < 1e-10
+    B = rhs(2, 50)
+    torch.testing.assert_close(solver.solve(B)[0], B / lam, rtol=1e-8, atol=1e-10)
+
+
 def test_arnoldi_refuses_a_curvature_whose_dropped_directions_are_negative():
     """The top eigenvalues are positive, the rest average below 0: z^T A z < 0 for the probes proves A indefinite."""
     lam = torch.cat([torch.tensor([9.0, 7.0, 5.0], dtype=torch.float64), torch.linspace(-0.4, 0.1, 27, dtype=torch.float64)])

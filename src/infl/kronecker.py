@@ -99,10 +99,12 @@ def _supported(module: nn.Module) -> bool:
             and module.padding != "same")  # 'valid' is padding 0
 
 
-def find_layers(obj: Objective, probe: Tensor) -> tuple[list[Layer], list[str]]:
+def find_layers(obj: Objective, probe: Tensor, reduce: Callable[[Tensor], Tensor] = lambda t: t
+                ) -> tuple[list[Layer], list[str]]:
     """The factorable layers (trained weight, called once per forward, not tied to another module nor used
     outside it, inputs batch-first: their first dimension is the examples) and the names of all other trained
-    parameters."""
+    parameters. Sharded data: each process probes its own rows and `reduce` (a sum over processes) keeps
+    only the layers every process found factorable, so all factor the same ones."""
     where = _slices(obj)
     calls: dict[str, int] = {}
     holders: dict[int, int] = {}  # id(weight) -> modules holding it (tied weights are used by several)
@@ -125,6 +127,10 @@ def find_layers(obj: Objective, probe: Tensor) -> tuple[list[Layer], list[str]]:
     layers = [Layer(name, m, where[_qual(name, "weight")], where.get(_qual(name, "bias")))
               for name, m in candidates.items() if calls.get(name) == 1 and batch_first[name]]
     layers = _own_their_gradients(obj, layers, probe)
+    found = {layer.name for layer in layers}
+    votes = reduce(torch.tensor([float(name in found) for name in candidates] + [1.0], device=obj.device))
+    agreed = {name for name, vote in zip(candidates, votes[:-1].tolist()) if vote == float(votes[-1])}
+    layers = [layer for layer in layers if layer.name in agreed]
     covered = {_qual(layer.name, "weight") for layer in layers} | {_qual(layer.name, "bias") for layer in layers}
     return layers, [n for n in obj.names if n not in covered]
 
@@ -276,7 +282,7 @@ def fit_factors(obj: Objective, X: Tensor, y: Tensor, batch_size: int, eigen: bo
     processes and reduce sums a statistic over them (infl.dist.all_sum).
     """
     n = X.shape[0] if n_total is None else n_total
-    layers, others = find_layers(obj, X[:2])
+    layers, others = find_layers(obj, X[:2], reduce)
     for layer in layers:
         layer.A = torch.zeros(layer.width, layer.width, dtype=obj.dtype, device=obj.device)
         layer.S = torch.zeros(layer.out, layer.out, dtype=obj.dtype, device=obj.device)

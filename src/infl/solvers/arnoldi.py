@@ -97,7 +97,8 @@ class Arnoldi:
         if not 0 < rest <= known:
             warn(f"Arnoldi's estimate {rest:.3g} of the mean dropped eigenvalue lies outside (0, "
                  f"{float(lam[-1]):.3g}]; clamped. Raise probes, or use solver='cg'")
-        rest = min(max(rest, 1e-3 * float(lam[-1])), float(lam[-1]))
+            rest = min(max(rest, 1e-3 * float(lam[-1])), float(lam[-1]))
+        rest = min(rest, float(lam[-1]))  # within the eigenpairs' tolerance above it: the smallest kept one
         self.lam_rest = rest
         self.captured_ = float(lam.sum()) / (float(lam.sum()) + max(rest_trace, 0.0))
         return self
