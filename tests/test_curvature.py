@@ -24,6 +24,11 @@ def dense_ggn(obj: Objective, X, y, l2):
     return torch.einsum("ncp,ncd,ndq->pq", J, Lam, J) / X.shape[0] + l2 * torch.eye(obj.p, dtype=torch.float64)
 
 
+def dense_hessian(obj: Objective, X, y):
+    """The Hessian of R = mean loss + (l2/2)||theta||^2 by torch.func.hessian, (p, p)."""
+    return torch.func.hessian(lambda t: obj.losses(t, X, y).mean() + obj.l2 / 2 * (t * t).sum())(obj.theta)
+
+
 def test_gauss_newton_matches_dense_reference(mlp):
     obj = Objective(mlp.model, mlp.loss_fn, mlp.l2)
     op = GaussNewton(obj, mlp.X, mlp.y, batch_size=11)
@@ -86,6 +91,35 @@ def test_gauss_newton_of_a_loss_not_convex_in_the_outputs_uses_lambdas_psd_part(
     op = GaussNewton(obj, X, Y, batch_size=7)
     torch.testing.assert_close(op.to_dense(), want, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(Operator.to_dense(op), want, rtol=1e-9, atol=1e-12)
+
+
+def test_gauss_newton_of_a_linear_model_with_a_loss_not_convex_in_the_outputs_is_clipped_too():
+    """The closed-form path for outputs affine in theta (one nn.Linear) takes Lambda_i's PSD part as well under
+    curvature='gauss-newton' (it used the raw Hessian, indefinite here); the Hessian stays the Hessian."""
+    torch.manual_seed(5)
+    model = nn.Linear(3, 2).double()
+    X, Y = torch.randn(30, 3, dtype=torch.float64), 3 * torch.randn(30, 2, dtype=torch.float64)
+    loss = lambda out, t: torch.log1p((out - t) ** 2).sum(1)  # noqa: E731
+    fast = make_objective(model, loss, 1e-2, X[:2])
+    slow = Objective(model, loss, 1e-2)
+    gn = curvature_operator(fast, X, Y, 7, "gauss-newton")
+    assert gn.name == "gauss-newton" and type(fast).__name__ == "LinearObjective"
+    torch.testing.assert_close(gn.to_dense(), GaussNewton(slow, X, Y, 7).to_dense(), rtol=1e-9, atol=1e-12)
+    assert float(torch.linalg.eigvalsh(gn.to_dense())[0]) >= 1e-2 * (1 - 1e-9)
+    torch.testing.assert_close(curvature_operator(fast, X, Y, 7, "hessian").to_dense(), dense_hessian(slow, X, Y),
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_psd_part_spares_dominant_matrices_and_clips_the_others():
+    from infl.operators import psd_part
+
+    p = torch.softmax(torch.randn(4, 5, dtype=torch.float64), 1)
+    ce = torch.diag_embed(p) - p[:, :, None] * p[:, None, :]  # cross-entropy's output Hessians: kept exactly
+    assert psd_part(ce) is ce
+    mixed = torch.cat([ce, torch.diag(torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0], dtype=torch.float64))[None]])
+    out = psd_part(mixed)
+    torch.testing.assert_close(out[:4], ce, rtol=0, atol=0)
+    torch.testing.assert_close(out[4], torch.diag(torch.tensor([1.0, 0.0, 0.5, 0.0, 3.0], dtype=torch.float64)))
 
 
 def test_a_curvature_error_under_gauss_newton_does_not_advise_gauss_newton(mlp):

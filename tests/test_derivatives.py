@@ -182,6 +182,23 @@ def test_pert_loss_takes_training_points_batch_size_at_a_time(mlp):
     assert max(seen) == 2 and sum(seen) == 3 * 7
 
 
+def test_a_head_called_with_input_as_a_keyword_keeps_the_closed_form():
+    class Keyword(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head = torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)
+            self.body.requires_grad_(False)
+
+        def forward(self, x):
+            return self.head(input=torch.tanh(self.body(x)))
+
+    model = Keyword().double()
+    X = torch.randn(5, 4, dtype=torch.float64)
+    obj = make_objective(model, lambda o, t: torch.nn.functional.cross_entropy(o, t, reduction="none"), 0.1, X[:2])
+    assert isinstance(obj, LinearObjective)
+    torch.testing.assert_close(obj.features(X), torch.tanh(model.body(X)))
+
+
 def test_a_nonlinearity_after_the_head_uses_autodiff(logreg):
     """ReLU after the last Linear: outputs are not affine in theta even if a probe says so."""
     model = torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.ReLU()).double()

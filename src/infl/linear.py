@@ -18,7 +18,7 @@ from torch.func import grad, hessian, vmap
 from .errors import InputError
 from .inputs import batches
 from .objective import L2, LossFn, Objective
-from .operators import GaussNewton, Hessian, Operator
+from .operators import GaussNewton, Hessian, Operator, psd_part
 
 
 def find_head(model: nn.Module) -> nn.Linear | None:
@@ -50,7 +50,8 @@ class LinearObjective(Objective):
         if self.head is self.model:
             return X
         seen: list[Tensor] = []
-        handle = self.head.register_forward_hook(lambda m, args, out: seen.append(args[0].detach()))
+        handle = self.head.register_forward_hook(lambda m, args, kwargs, out: seen.append(_input(args, kwargs).detach()),
+                                                 with_kwargs=True)
         try:
             with torch.no_grad():
                 self.model(X)
@@ -110,12 +111,17 @@ class LinearHessian(Operator):
     name = "hessian"
 
     def __init__(self, obj: LinearObjective, X: Tensor, y: Tensor, batch_size: int = 1024,
-                 cache: tuple[Tensor, Tensor] | None = None) -> None:
+                 cache: tuple[Tensor, Tensor] | None = None, gauss_newton: bool = False) -> None:
         self.obj, self.batch_size, self.X, self.y = obj, batch_size, X, y
         self.p, self.dtype, self.device = obj.p, obj.dtype, obj.device
+        self.gauss_newton = gauss_newton
+        if gauss_newton:  # the same matrix, but for a loss not convex in the outputs: Lambda_i's PSD part
+            self.name = "gauss-newton"
         if cache is None:
             parts = [(obj.features(X[r]), obj.out_hessians(X[r], y[r])) for r in batches(X.shape[0], batch_size)]
             cache = (torch.cat([a for a, _ in parts]), torch.cat([m for _, m in parts]))
+            if gauss_newton:
+                cache = (cache[0], psd_part(cache[1]))
         self.A, self.Lam = cache
 
     @property
@@ -163,7 +169,13 @@ class LinearHessian(Operator):
 
     def subset(self, index: Tensor) -> LinearHessian:
         """The same curvature over the examples `index` only (mean over them, same l2)."""
-        return LinearHessian(self.obj, None, None, self.batch_size, (self.A[index], self.Lam[index]))
+        return LinearHessian(self.obj, None, None, self.batch_size, (self.A[index], self.Lam[index]),
+                             self.gauss_newton)
+
+
+def _input(args: tuple, kwargs: dict) -> Tensor:
+    """A Linear's input from a forward hook's arguments, passed by position or as input=."""
+    return args[0] if args else kwargs["input"]
 
 
 def make_objective(model: nn.Module, loss_fn: LossFn, l2: L2, probe: Tensor | None = None) -> Objective:
@@ -175,7 +187,8 @@ def make_objective(model: nn.Module, loss_fn: LossFn, l2: L2, probe: Tensor | No
     if head is None or probe is None:
         return Objective(model, loss_fn, l2)
     seen: list[tuple[Tensor, Tensor]] = []
-    handle = head.register_forward_hook(lambda m, args, out: seen.append((args[0], out)))
+    handle = head.register_forward_hook(lambda m, args, kwargs, out: seen.append((_input(args, kwargs), out)),
+                                        with_kwargs=True)
     try:
         with torch.no_grad():
             out = model(probe)
@@ -215,9 +228,10 @@ def check_curvature(curvature: str) -> str:
 def curvature_operator(obj: Objective, X: Tensor, y: Tensor, batch_size: int, curvature: str = "hessian") -> Operator:
     """The curvature of R over (X, y): "hessian" or "gauss-newton" (PSD by construction).
 
-    For outputs affine in theta the two are the same matrix, with closed-form products.
+    For outputs affine in theta the two are the same matrix (for a loss convex in the outputs; otherwise
+    Gauss-Newton takes Lambda_i's PSD part), with closed-form products.
     """
     check_curvature(curvature)
     if isinstance(obj, LinearObjective):
-        return LinearHessian(obj, X, y, batch_size)
+        return LinearHessian(obj, X, y, batch_size, gauss_newton=curvature == "gauss-newton")
     return (Hessian if curvature == "hessian" else GaussNewton)(obj, X, y, batch_size)

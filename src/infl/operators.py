@@ -200,8 +200,20 @@ def output_hessians(loss_fn, F: Tensor, y: Tensor) -> Tensor:
     not convex in the outputs (e.g. log(1 + r^2)); a convex loss's Lambda_i is unchanged up to rounding."""
     b, m = F.shape[0], F[0].numel()
     one = lambda fi, yi: loss_fn(fi.view(1, *F.shape[1:]), yi.unsqueeze(0)).squeeze(0)  # noqa: E731
-    Lam = vmap(hessian(one))(F.detach().reshape(b, m), y).reshape(b, m, m)
-    e, U = torch.linalg.eigh((Lam + Lam.transpose(1, 2)) / 2)
-    if bool((e >= 0).all()):
+    return psd_part(vmap(hessian(one))(F.detach().reshape(b, m), y).reshape(b, m, m))
+
+
+def psd_part(Lam: Tensor) -> Tensor:
+    """Each symmetric Lam_i (b, m, m) with its negative eigenvalues set to 0. Matrices that are diagonally
+    dominant with a non-negative diagonal (up to rounding) are PSD already and returned as they are, which
+    spares the eigendecompositions for the usual losses (cross-entropy's diag(p) - p p^T is, at equality)."""
+    diag = Lam.diagonal(dim1=1, dim2=2)
+    off = Lam.abs().sum(2) - diag.abs()
+    slack = 8 * Lam.shape[1] * torch.finfo(Lam.dtype).eps * Lam.abs().amax((1, 2), keepdim=True).squeeze(2)
+    dominant = ((diag >= -slack) & (diag - off >= -slack)).all(1)
+    if bool(dominant.all()):
         return Lam
-    return (U * e.clamp_min(0).unsqueeze(1)) @ U.transpose(1, 2)
+    out = Lam.clone()
+    e, U = torch.linalg.eigh((Lam[~dominant] + Lam[~dominant].transpose(1, 2)) / 2)
+    out[~dominant] = (U * e.clamp_min(0).unsqueeze(1)) @ U.transpose(1, 2)
+    return out
