@@ -149,6 +149,8 @@ def test_bad_python_api_input_is_refused_by_name(small):
     for call, words in bad:
         with pytest.raises(InputError, match=words):
             call()
+    for label in (torch.tensor(y), np.array(y), np.int64(y)):  # a 0-d tensor or array is a label too
+        assert (att.rank(x, label) == att.rank(x, y)).all()
 
 
 def test_single_class_and_bad_pixels_are_refused():

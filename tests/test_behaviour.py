@@ -89,7 +89,8 @@ def test_a_test_point_whose_gradient_underflows_is_named_and_lists_no_helpful_po
 
     task = binary_task(load_builtin("digits"), (4, 9))
     torch.manual_seed(0)
-    with pytest.warns(UserWarning, match="RBF SVM: every training point's influence is exactly 0"):
+    with pytest.warns(UserWarning, match=r"RBF SVM: every training point's influence is exactly 0.*larger svm_l2 "
+                                         r"\(--svm-l2\)"):
         res = compare_behaviour(task, freeze(DigitCNN(task.image_shape)), 0, svm_l2=1e-12)
     svm = res.views[0]
     assert not svm.scores.any() and svm.helpful(8).size == 0

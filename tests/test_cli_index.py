@@ -64,6 +64,11 @@ def test_query_uses_the_l2_the_index_was_built_with_and_stops_quietly_on_a_close
                                      "--l2", "0.001"]).exit_code == 0
     run = CliRunner().invoke(main, ["query", str(out), "--data", "digits", "--test-index", "0"])
     assert run.exit_code == 0, run.output
+    many = CliRunner().invoke(main, ["query", str(out), "--data", "digits", "--test-index", "0", "--top", "1000"])
+    harmful, helpful = many.output.split("most helpful")
+    scores = lambda text: [float(v) for v in re.findall(r"score ([+-][0-9.e+-]+)", text)]  # noqa: E731
+    assert scores(harmful) and min(scores(harmful)) > 0 and scores(helpful) and max(scores(helpful)) < 0
+    assert "training points have a score of this sign" in many.output
     piped = subprocess.run(f"{sys.executable} -m infl.cli query {out} --data digits --test-index 0 --top 300 | head -1",
                            shell=True, capture_output=True, text=True)
     assert piped.stdout.startswith("test point 0") and "Broken pipe" not in piped.stderr, piped.stderr

@@ -154,6 +154,7 @@ def test_queries_take_test_gradients_batch_size_at_a_time(tmp_path) -> None:
     ({"project": True}, "project must be None"), ({"seed": 1.5, "project": 3}, "seed must be an integer"),
     ({"max_memory": "."}, "max_memory must be a positive size"), ({"max_memory": "0.5B"}, "max_memory must be"),
     ({"max_memory": True}, "max_memory must be"), ({"max_memory": float("nan")}, "max_memory must be"),
+    ({"seed": 2**63 - 1, "project": 3}, "seed must be an integer from 0 to"),
     ({"chunk_rows": True}, "chunk_rows must be an integer")])
 def test_bad_build_arguments_are_refused_by_name(tmp_path, kwargs, words) -> None:
     prob = logreg()
@@ -163,6 +164,14 @@ def test_bad_build_arguments_are_refused_by_name(tmp_path, kwargs, words) -> Non
     with pytest.raises(infl.InputError, match="is a file"):
         Index.build(influence(prob), tmp_path / "file", prob.train, verbose=False)
     assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_sizes_parse_as_written() -> None:
+    from infl.budget import parse_bytes
+    from infl.index import MAX_SEED
+    assert parse_bytes("4.GB") == parse_bytes("4GB") == 4 * 10**9 and parse_bytes("4.") == 4
+    assert parse_bytes(".5KiB") == 512 and parse_bytes("1e3") == 1000
+    assert (MAX_SEED * 1_000_003 + 2**20) < 2**64  # every block's generator seed fits torch
 
 
 def test_numpy_integers_are_accepted_where_integers_are(tmp_path) -> None:

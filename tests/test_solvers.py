@@ -192,9 +192,10 @@ def test_lissa_same_seed_same_result(logreg):
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
-@pytest.mark.parametrize("bad", [dict(tol=0), dict(max_iter=0), dict(rank=-1)])
-def test_cg_settings_validated(bad):
-    with pytest.raises(InputError, match="CG needs"):
+@pytest.mark.parametrize("bad, words", [(dict(tol=0), "CG needs tol > 0"), (dict(max_iter=0), "CG max_iter must be"),
+                                        (dict(rank=-1), "CG rank must be")])
+def test_cg_settings_validated(bad, words):
+    with pytest.raises(InputError, match=words):
         CG(**bad)
 
 
@@ -300,6 +301,15 @@ def test_arnoldi_keeps_a_dropped_mean_far_below_its_smallest_kept_eigenvalue():
     assert abs(solver.lam_rest - 0.1) < 1e-10
     B = rhs(2, 50)
     torch.testing.assert_close(solver.solve(B)[0], B / lam, rtol=1e-8, atol=1e-10)
+
+
+def test_solver_counts_refuse_bools_and_accept_numpy_integers():
+    for make in (lambda v: infl.Arnoldi(rank=v), lambda v: infl.Arnoldi(probes=v), lambda v: infl.Arnoldi(block=v),
+                 lambda v: LiSSA(repeats=v), lambda v: LiSSA(depth=v), lambda v: CG(max_iter=v), lambda v: CG(rank=v)):
+        with pytest.raises(InputError, match="must be an integer"):
+            make(True)
+        make(np.int64(3))
+    assert infl.Arnoldi(rank=np.int64(5)).rank == 5 and type(LiSSA(repeats=np.int32(2)).repeats) is int
 
 
 def test_arnoldi_refuses_a_curvature_whose_dropped_directions_are_negative():

@@ -190,6 +190,8 @@ class HeadAttack:
         if x.numel() != self.X[0].numel():
             raise InputError(f"the test image has {x.numel()} pixels, the training images {self.X[0].numel()}")
         classes = int(self.y.max()) + 1
+        if getattr(y_test, "ndim", None) == 0:  # a 0-d tensor or array holding the label
+            y_test = y_test.item()
         if isinstance(y_test, bool) or not isinstance(y_test, numbers.Integral) or not 0 <= y_test < classes:
             raise InputError(f"the test label must be a class index in 0..{classes - 1}, got {y_test!r}")
         return x.reshape(1, *self.X.shape[1:]), torch.tensor([int(y_test)])

@@ -74,8 +74,9 @@ class Behaviour:
         return out
 
 
-def _views(name: str, model: nn.Module, loss_fn, l2: float, train: tuple, test: tuple) -> list[ModelView]:
-    """One ModelView per test point: one fit, then the (m, n) scores at once."""
+def _views(name: str, model: nn.Module, loss_fn, l2: float, train: tuple, test: tuple, knob: str) -> list[ModelView]:
+    """One ModelView per test point: one fit, then the (m, n) scores at once; `knob` names the model's l2 option
+    in the advice for a test point whose scores are all 0."""
     inf = Influence(model, loss_fn, l2=l2, solver="exact").fit(train)
     scores = inf.scores(test).numpy()
     with torch.no_grad():
@@ -86,7 +87,7 @@ def _views(name: str, model: nn.Module, loss_fn, l2: float, train: tuple, test: 
     if flat:
         warn(f"{name}: every training point's influence is exactly 0 for {len(flat)} of the {len(scores)} test "
              "points: the loss's gradient there is 0 (the model is so sure of them that it underflowed), so nothing "
-             "can be ranked; choose another test point, or a larger l2 (a less confident model)")
+             f"can be ranked; choose another test point, or a larger {knob} (a less confident model)")
     return [ModelView(name, s, int(c), float(v)) for s, c, v in zip(scores, predicted, losses)]
 
 
@@ -113,8 +114,9 @@ def compare_behaviours(task: BinaryTask, extractor: nn.Module, test_indices: lis
     X, Xt = torch.as_tensor(task.X_train), torch.as_tensor(task.X_test[idx])
     y, yt = torch.as_tensor(task.y_train), torch.as_tensor(task.y_test[idx])
     svm = rbf_svm(X, y, gamma=gamma, l2=svm_l2, t=t)
-    svm_views = _views(SVM, svm, make_smooth_hinge(t), svm_l2, (X, to_pm(y)), (Xt, to_pm(yt)))
-    cnn_views = _views(CNN, train_head(extractor, task.X_train, task.y_train, l2), cross_entropy, l2, (X, y), (Xt, yt))
+    svm_views = _views(SVM, svm, make_smooth_hinge(t), svm_l2, (X, to_pm(y)), (Xt, to_pm(yt)), "svm_l2 (--svm-l2)")
+    cnn_views = _views(CNN, train_head(extractor, task.X_train, task.y_train, l2), cross_entropy, l2, (X, y), (Xt, yt),
+                       "l2 (--l2)")
     return [Behaviour(int(i), task.X_test[i], int(task.y_test[i]), np.linalg.norm(task.X_train - task.X_test[i], axis=1),
                       task.y_train, (a, b)) for i, a, b in zip(idx, svm_views, cnn_views)]
 

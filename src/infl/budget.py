@@ -28,7 +28,7 @@ def parse_bytes(size: str | int) -> int:
         if size < 1:
             raise bad
         return int(size)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(size))
+    m = re.fullmatch(r"\s*((?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\s*([A-Za-z]*)\s*", str(size))
     if not m or m.group(2).upper() not in UNITS or not math.isfinite(float(m.group(1))):
         raise bad
     value = float(m.group(1)) * UNITS[m.group(2).upper()]

@@ -16,9 +16,9 @@ import torch
 from torch import nn
 
 from . import dist, store
-from .cli import NONNEGATIVE, SEED, cross_entropy, load_data, run_command, train_model
+from .cli import NONNEGATIVE, cross_entropy, load_data, run_command, train_model
 from .data import BUILTINS, Split
-from .index import Index, require_complete
+from .index import MAX_SEED, Index, require_complete
 from .influence import Influence
 
 MODEL = "model.npz"  # the trained nn.Linear's weight and bias, beside the index files
@@ -55,7 +55,7 @@ def _linear(split: Split, folder: Path) -> nn.Linear:
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Index folder.")
 @click.option("--project", type=click.IntRange(min=1), help="Store gradients projected to this many numbers "
               "[default: full gradients, exact scores].")
-@click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the projection.")
+@click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True, help="Seed of the projection.")
 @click.option("--max-memory", help="Memory budget that sets chunk sizes, e.g. 4GB [default: none].")
 @click.option("--l2", type=NONNEGATIVE, default=0.01, show_default=True, help="Weight decay of training.")
 @click.option("--damping", type=NONNEGATIVE, default=0.0, show_default=True, help="Added to the Hessian only.")
@@ -149,5 +149,8 @@ def _query(opts: dict) -> None:
         values, rows = idx.top_k(test, min(opts["top"], idx.n), largest=largest)
         for t, vals, rws in zip(test_index, values.tolist(), rows.tolist()):
             _echo(f"test point {t} (label {split.y_test[t]}), {title}:")
-            for rank, (v, i) in enumerate(zip(vals, rws), 1):
+            shown = [(v, i) for v, i in zip(vals, rws) if (v > 0 if largest else v < 0)]  # harmful > 0, helpful < 0
+            for rank, (v, i) in enumerate(shown, 1):
                 _echo(f"  {rank:>3}  train {i:>6}  label {split.y_train[i]}  score {v:+.4g}")
+            if len(shown) < opts["top"]:
+                _echo(f"  (only {len(shown)} training points have a score of this sign)")

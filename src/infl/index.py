@@ -103,9 +103,12 @@ def _check_project(project: int | None, p: int) -> int | None:
     return int(project)
 
 
+MAX_SEED = (2**64 - 1) // 1_000_003 - 2**20  # block j's generator is seeded with seed * 1000003 + j < 2^64
+
+
 def _check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or not (isinstance(seed, numbers.Integral) and 0 <= seed < 2**63):
-        raise InputError(f"seed must be an integer >= 0, got {seed!r}")
+    if isinstance(seed, bool) or not (isinstance(seed, numbers.Integral) and 0 <= seed <= MAX_SEED):
+        raise InputError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
     return int(seed)
 
 
@@ -221,9 +224,11 @@ class Index:
         L, info = torch.linalg.cholesky_ex(K)
         if info.item() != 0:
             low = float(torch.linalg.eigvalsh(K)[0])
+            other = ("or a larger l2 (the Gauss-Newton matrix in use is positive semi-definite)"
+                     if self.manifest["config"]["curvature"] == "gauss-newton" else "or use curvature='gauss-newton'")
             raise CurvatureError(f"the {'projected ' if self.manifest['config']['project'] else ''}curvature is not "
                                  f"positive definite (smallest eigenvalue {low:.3g}); pass damping > {max(-low, 0):.3g}"
-                                 " to the Influence, or use curvature='gauss-newton'")
+                                 f" to the Influence, {other}")
         if dist.world()[0] == 0:
             store.write_json(record, store.write_array(self.folder / f"{CURVATURE}.npy", L.cpu().numpy()))
         return L

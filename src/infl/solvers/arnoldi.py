@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..errors import CurvatureError, InputError, warn
 from ..operators import Operator
-from .base import SolveInfo, check_count, refine_count, itemsize, measured, solved
+from .base import SolveInfo, check_count, count, refine_count, itemsize, measured, solved
 from .krylov import refine
 from .lanczos import basis_size, default_block, top_eigenpairs
 
@@ -54,10 +54,9 @@ class Arnoldi:
 
     def __init__(self, rank: int = 100, probes: int = 32, tol: float | None = None, seed: int = 0, refine: int = 0,
                  block: int | None = None, check: int = 8) -> None:
-        if not (isinstance(rank, int) and rank >= 1) or not (isinstance(probes, int) and probes >= 1):
-            raise InputError(f"Arnoldi needs integer rank >= 1 and probes >= 1, got rank={rank!r}, probes={probes!r}")
-        if block is not None and not (isinstance(block, int) and block >= 1):
-            raise InputError(f"block must be an integer >= 1 (vectors per product), got {block!r}")
+        rank, probes = count(rank, "Arnoldi rank", "eigenpairs kept", 1), count(probes, "probes", "trace probes", 1)
+        if block is not None:
+            block = count(block, "block", "vectors per product", 1)
         if tol is not None and not 0 < tol < 1:
             raise InputError(f"Arnoldi tol must lie in (0, 1) or be None (automatic), got {tol!r}")
         self.rank, self.probes, self.seed, self.refine = rank, probes, seed, refine_count(refine)

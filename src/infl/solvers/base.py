@@ -43,18 +43,19 @@ class SolveInfo:
 
 def check_count(check: object) -> int:
     """The number of right-hand sides a solver verifies per solve, validated (an integer >= 0)."""
-    return _count(check, "check", "right-hand sides to verify")
+    return count(check, "check", "right-hand sides to verify")
 
 
 def refine_count(refine: object) -> int:
     """The block conjugate-gradient steps that refine an approximate inverse, validated (an integer >= 0)."""
-    return _count(refine, "refine", "conjugate-gradient steps")
+    return count(refine, "refine", "conjugate-gradient steps")
 
 
-def _count(value: object, name: str, meaning: str) -> int:
-    """value if it is an integer >= 0 (not a bool), else an InputError naming `name` and what it counts."""
-    if isinstance(value, bool) or not (isinstance(value, numbers.Integral) and value >= 0):
-        raise InputError(f"{name} must be an integer >= 0 ({meaning}), got {value!r}")
+def count(value: object, name: str, meaning: str, low: int = 0) -> int:
+    """value as an int if it is an integer >= low (a NumPy one too, not a bool), else an InputError naming `name`
+    and what it counts."""
+    if isinstance(value, bool) or not (isinstance(value, numbers.Integral) and value >= low):
+        raise InputError(f"{name} must be an integer >= {low} ({meaning}), got {value!r}")
     return int(value)
 
 

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from ..errors import InputError, warn
 from ..operators import Operator
-from .base import SolveInfo, itemsize
+from .base import SolveInfo, count, itemsize
 from .kfac import EKFAC, KFAC
 from .krylov import cg
 from .nystrom import NystromPreconditioner
@@ -29,9 +29,9 @@ class CG:
 
     def __init__(self, tol: float = 1e-6, max_iter: int = 1000, rank: int = 200, seed: int = 0,
                  preconditioner: str = "nystrom") -> None:
-        if not tol > 0 or max_iter < 1 or rank < 0:
-            raise InputError(f"CG needs tol > 0, max_iter >= 1 and rank >= 0; got tol={tol}, "
-                             f"max_iter={max_iter}, rank={rank}")
+        max_iter, rank = count(max_iter, "CG max_iter", "iterations", 1), count(rank, "CG rank", "Nystrom rank", 0)
+        if not tol > 0:
+            raise InputError(f"CG needs tol > 0, got tol={tol}")
         if preconditioner not in self.PRECONDITIONERS:
             raise InputError(f"unknown CG preconditioner {preconditioner!r}; choose one of "
                              f"{', '.join(self.PRECONDITIONERS)}")

@@ -110,7 +110,8 @@ class EKFAC:
         size = world()[1]
         if n_total is not None and n_total < size:  # every process finds the layers on its own rows
             raise InputError(f"{self.name} over {size} processes needs a training point per process, but there are "
-                             f"{n_total}; use fewer processes, or solver='cg'")
+                             f"{n_total}; use fewer processes, or solver='cg' with its default (Nystrom) "
+                             "preconditioner")
         check_tensor_outputs(obj, base.X, self.name)
         factors = fit_factors(obj, base.X, base.y, getattr(base, "batch_size", 512), self.eigen,
                               n_total=n_total, reduce=all_sum)

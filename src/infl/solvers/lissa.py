@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ..errors import CurvatureError, DivergenceError, InputError, warn
 from ..operators import Operator
-from .base import SolveInfo, check_count, itemsize, measured, solved, unit_rows
+from .base import SolveInfo, check_count, count, itemsize, measured, solved, unit_rows
 from .spectrum import smallest_eigenvalue, top_eigenvalue
 
 
@@ -45,11 +45,11 @@ class LiSSA:
     def __init__(self, depth: int | None = None, repeats: int = 1, batch_size: int = 512,
                  scale: float | None = None, tol: float = 1e-3, max_depth: int = 20_000, seed: int = 0,
                  check: int = 8) -> None:
-        for knob, value, low in (("repeats", repeats, 1), ("batch_size", batch_size, 1), ("max_depth", max_depth, 1)):
-            if not (isinstance(value, int) and value >= low):
-                raise InputError(f"LiSSA {knob} must be an integer >= {low}, got {value!r}")
-        if depth is not None and not (isinstance(depth, int) and depth >= 1):
-            raise InputError(f"LiSSA depth must be an integer >= 1 or None (automatic), got {depth!r}")
+        repeats = count(repeats, "LiSSA repeats", "independent runs averaged", 1)
+        batch_size = count(batch_size, "LiSSA batch_size", "examples per sampled batch", 1)
+        max_depth = count(max_depth, "LiSSA max_depth", "the cap on the automatic depth", 1)
+        if depth is not None:
+            depth = count(depth, "LiSSA depth", "series terms; None: automatic", 1)
         if scale is not None and not (math.isfinite(scale) and scale > 0):
             raise InputError(f"LiSSA scale must be a finite number > 0 or None (automatic), got {scale!r}")
         if not 0 < tol < 1:
