@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from . import dist, store
 from .budget import current_rss, index_plan, parse_bytes
-from .errors import CurvatureError, InflError, InputError
+from .errors import CurvatureError, InflError, InputError, warn
 from .inputs import batches, to_tensors
 from .linear import make_objective
 from .objective import Objective
@@ -207,7 +207,7 @@ class Index:
         try:
             self._read_chunk(c)
         except store.CorruptIndexError as error:
-            print(f"infl index: recomputing a damaged chunk: {error}", file=sys.stderr)
+            warn(f"recomputing a damaged index chunk: {error}")
             return False
         return True
 
@@ -219,7 +219,7 @@ class Index:
             try:
                 return self._read_factor()
             except store.CorruptIndexError as error:  # every rank reads the same files, so all recompute
-                print(f"infl index: recomputing the curvature: {error}", file=sys.stderr)
+                warn(f"recomputing the index's curvature: {error}")
         K = self.projection.curvature(op, product_rows)
         L, info = torch.linalg.cholesky_ex(K)
         if info.item() != 0:
