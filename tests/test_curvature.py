@@ -120,6 +120,17 @@ def test_psd_part_spares_dominant_matrices_and_clips_the_others():
     out = psd_part(mixed)
     torch.testing.assert_close(out[:4], ce, rtol=0, atol=0)
     torch.testing.assert_close(out[4], torch.diag(torch.tensor([1.0, 0.0, 0.5, 0.0, 3.0], dtype=torch.float64)))
+    # a small negative curvature among large positive ones, float32 and many outputs: still clipped
+    wide = torch.full((1000,), 2.0)
+    wide[7] = -5e-4
+    assert float(torch.linalg.eigvalsh(psd_part(torch.diag(wide)[None]))[0].min()) >= 0
+    a = 8.6e-6
+    swap = torch.zeros(1, 10, 10)
+    swap[0, 0, 1] = swap[0, 1, 0] = a  # eigenvalues +-a
+    assert float(torch.linalg.eigvalsh(psd_part(swap)).min()) >= -1e-12
+    p32 = torch.softmax(torch.randn(3, 1000), 1)
+    ce32 = torch.diag_embed(p32) - p32[:, :, None] * p32[:, None, :]
+    assert psd_part(ce32) is ce32  # cross-entropy in float32 with 1000 classes: no eigendecompositions
 
 
 def test_a_curvature_error_under_gauss_newton_does_not_advise_gauss_newton(mlp):

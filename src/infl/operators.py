@@ -205,12 +205,14 @@ def output_hessians(loss_fn, F: Tensor, y: Tensor) -> Tensor:
 
 def psd_part(Lam: Tensor) -> Tensor:
     """Each symmetric Lam_i (b, m, m) with its negative eigenvalues set to 0. Matrices that are diagonally
-    dominant with a non-negative diagonal (up to rounding) are PSD already and returned as they are, which
-    spares the eigendecompositions for the usual losses (cross-entropy's diag(p) - p p^T is, at equality)."""
+    dominant with a non-negative diagonal are PSD already (Gershgorin) and returned as they are, which spares
+    the eigendecompositions for the usual losses (cross-entropy's diag(p) - p p^T is, at equality). Each row
+    may fall short by the rounding of its own sum, 2 m eps x sum_j |Lam_ij|, so a negative curvature larger
+    than that, relative to its own row, is always clipped."""
     diag = Lam.diagonal(dim1=1, dim2=2)
-    off = Lam.abs().sum(2) - diag.abs()
-    slack = 8 * Lam.shape[1] * torch.finfo(Lam.dtype).eps * Lam.abs().amax((1, 2), keepdim=True).squeeze(2)
-    dominant = ((diag >= -slack) & (diag - off >= -slack)).all(1)
+    row = Lam.abs().sum(2)
+    slack = 2 * Lam.shape[1] * torch.finfo(Lam.dtype).eps * row
+    dominant = ((diag >= -slack) & (2 * diag - row >= -slack)).all(1)  # diag_i - sum_{j != i} |Lam_ij|
     if bool(dominant.all()):
         return Lam
     out = Lam.clone()

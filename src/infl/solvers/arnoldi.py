@@ -93,9 +93,12 @@ class Arnoldi:
         rest_trace = rest * (op.p - self.rank)
         # Above lam[-1] only by as much as the eigenpairs' own accuracy (tol, relative) is no news: clamp silently.
         known = float(lam[-1]) * (1 + self.tol + torch.finfo(lam.dtype).eps ** 0.5)
-        if not 0 < rest <= known:
-            warn(f"Arnoldi's estimate {rest:.3g} of the mean dropped eigenvalue lies outside (0, "
-                 f"{float(lam[-1]):.3g}]; clamped. Raise probes, or use solver='cg'")
+        noise = 100 * torch.finfo(lam.dtype).eps * float(lam[0])  # products cannot resolve a smaller mean
+        if not noise < rest <= known:
+            warn(f"Arnoldi's estimate {rest:.3g} of the mean dropped eigenvalue lies outside ({noise:.3g}, "
+                 f"{float(lam[-1]):.3g}]: at or below the lower end the dropped directions are singular to this "
+                 "precision; clamped to a thousandth of the smallest kept eigenvalue. Add damping, raise probes, or "
+                 "use solver='cg'")
             rest = min(max(rest, 1e-3 * float(lam[-1])), float(lam[-1]))
         rest = min(rest, float(lam[-1]))  # within the eigenpairs' tolerance above it: the smallest kept one
         self.lam_rest = rest
