@@ -139,3 +139,29 @@ def test_query_of_a_corrupt_model_file_says_to_rebuild(built, tmp_path) -> None:
     run = CliRunner().invoke(main, ["query", str(out), "--data", "digits", "--test-index", "0"])
     assert run.exit_code == 1 and "cannot read the model in" in run.output and "--force" in run.output, run.output
     assert "Traceback" not in run.output
+
+
+def test_a_resumed_build_indexes_the_saved_model_without_retraining(built, tmp_path, monkeypatch) -> None:
+    """model.npz is written before the gradients, so a killed build resumes with the very same weights (a retrain
+    under another thread count could differ in the last bits and be refused as another model)."""
+    import infl.cli_index
+
+    out = tmp_path / "killed"
+    shutil.copytree(built[0], out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    for name in ("curvature.npy", "curvature.json", "grads/000001.npy", "grads/000001.json"):
+        (out / name).unlink()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the resume retrained the model")
+
+    monkeypatch.setattr(infl.cli_index, "train_model", no_training)
+    run = CliRunner().invoke(main, BUILD + ["--out", str(out)])
+    assert run.exit_code == 0 and "resuming" in run.output and "not retrained" in run.output, run.output
+    assert CliRunner().invoke(main, ["query", str(out), "--data", "digits", "--test-index", "0"]).exit_code == 0
+    only_model = tmp_path / "only-model"  # a build killed right after saving its model is no foreign folder
+    only_model.mkdir()
+    shutil.copy(out / "model.npz", only_model / "model.npz")
+    monkeypatch.undo()
+    assert CliRunner().invoke(main, BUILD + ["--out", str(only_model)]).exit_code == 0

@@ -70,18 +70,24 @@ def index(**opts: object) -> None:
 
 def _index(opts: dict) -> None:
     dist.init()
-    _check_out(opts["out"], opts["force"])
+    out = opts["out"]
+    _check_out(out, opts["force"])
     split = load_data(opts["data"], None, None, None, ())
-    model = train_model(split, opts["l2"])
+    fresh = not (out / "manifest.json").exists()  # a new or empty folder, or one holding only our model.npz
+    resume = not fresh and not opts["force"] and (out / MODEL).exists()
+    model = _linear(split, out) if resume else train_model(split, opts["l2"])  # a resume indexes the same model
     for p in model.parameters():  # every rank indexes rank 0's model
         dist.broadcast_(p.data)
+    if dist.world()[0] == 0 and not resume:  # saved first, so a killed build resumes with these very weights
+        out.mkdir(parents=True, exist_ok=True)
+        store.write_atomic(out / MODEL, _npz(model))
+    dist.barrier()
     inf = Influence(model, cross_entropy, l2=opts["l2"], damping=opts["damping"])
     train = (torch.as_tensor(split.X_train), torch.as_tensor(split.y_train))
-    idx = Index.build(inf, opts["out"], train, project=opts["project"], seed=opts["seed"],
-                      max_memory=opts["max_memory"], force=opts["force"])
-    if dist.world()[0] == 0:
-        store.write_atomic(opts["out"] / MODEL, _npz(model))
-    _echo(f"index of {idx.n} training points, {idx.k} numbers each, written to {opts['out']}")
+    idx = Index.build(inf, out, train, project=opts["project"], seed=opts["seed"], max_memory=opts["max_memory"],
+                      force=opts["force"] or fresh)  # fresh: _check_out refused foreign folders already
+    _echo(f"index of {idx.n} training points, {idx.k} numbers each, written to {out}"
+          + (f" (the model saved in {out / MODEL}, not retrained)" if resume else ""))
 
 
 def _check_out(out: Path, force: bool) -> None:
@@ -92,7 +98,8 @@ def _check_out(out: Path, force: bool) -> None:
     if not above.is_dir():
         raise click.ClickException(f"cannot write the output: {above} is a file, so --out {out} cannot be created; "
                                    "choose another --out.")
-    if out.exists() and any(out.iterdir()) and not (out / "manifest.json").exists() and not force:
+    if out.exists() and any(p.name != MODEL for p in out.iterdir()) and not (out / "manifest.json").exists() \
+            and not force:
         raise click.ClickException(f"--out {out} is not empty and holds no index; choose another folder, or pass "
                                    "--force.")
 
