@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from .errors import InputError
 from .frozen import FEATURES, check_two_classes, cross_entropy, features, fit_head, head_model
 from .influence import Influence
-from .objective import Objective
+from .objective import Objective, is_integer
 
 EIGHT_BIT = 0.5 / 255 * (1 - 1e-6)  # strictly inside half a grey level: rounding to 8 bits gives the original
 
@@ -51,7 +51,7 @@ class Budget:
                 raise InputError(f"the attack {name} must be a finite number > 0 (pixels in [0, 1]), got {value!r}; "
                                  f"e.g. {name}={EIGHT_BIT:.6f} (half an 8-bit grey level)")
             object.__setattr__(self, name, float(value))
-        if isinstance(self.steps, bool) or not isinstance(self.steps, numbers.Integral) or self.steps < 1:
+        if not (is_integer(self.steps) and self.steps >= 1):
             raise InputError(f"the number of attack steps must be an integer >= 1, got {self.steps!r}")
         object.__setattr__(self, "steps", int(self.steps))
 
@@ -192,7 +192,7 @@ class HeadAttack:
         classes = int(self.y.max()) + 1
         if getattr(y_test, "ndim", None) == 0:  # a 0-d tensor or array holding the label
             y_test = y_test.item()
-        if isinstance(y_test, bool) or not isinstance(y_test, numbers.Integral) or not 0 <= y_test < classes:
+        if not (is_integer(y_test) and 0 <= y_test < classes):
             raise InputError(f"the test label must be a class index in 0..{classes - 1}, got {y_test!r}")
         return x.reshape(1, *self.X.shape[1:]), torch.tensor([int(y_test)])
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import numbers
 import sys
 from pathlib import Path
 from typing import Any, Iterator
@@ -41,7 +40,7 @@ from .budget import current_rss, index_plan, parse_bytes
 from .errors import CurvatureError, InflError, InputError, warn
 from .inputs import batches, to_tensors
 from .linear import make_objective
-from .objective import Objective
+from .objective import Objective, is_integer
 from .projection import Identity, Projection
 
 FORMAT, VERSION = "infl-index", 1
@@ -97,7 +96,7 @@ def _check_project(project: int | None, p: int) -> int | None:
     """project as a Python int (or None), checked: 1 <= k < p."""
     if project is None:
         return None
-    if isinstance(project, bool) or not (isinstance(project, numbers.Integral) and 1 <= project < p):
+    if not (is_integer(project) and 1 <= project < p):
         raise InputError(f"project must be None (store the full gradients) or an integer k with 1 <= k < p = {p}, "
                          f"got {project!r}")
     return int(project)
@@ -107,7 +106,7 @@ MAX_SEED = (2**64 - 1) // 1_000_003 - 2**20  # block j's generator is seeded wit
 
 
 def _check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or not (isinstance(seed, numbers.Integral) and 0 <= seed <= MAX_SEED):
+    if not (is_integer(seed) and 0 <= seed <= MAX_SEED):
         raise InputError(f"seed must be an integer from 0 to {MAX_SEED}, got {seed!r}")
     return int(seed)
 
@@ -145,7 +144,7 @@ class Index:
         n, p = X.shape[0], obj.p
         project, seed = _check_project(project, p), _check_seed(seed)
         if chunk_rows is not None:
-            if isinstance(chunk_rows, bool) or not (isinstance(chunk_rows, numbers.Integral) and chunk_rows >= 1):
+            if not (is_integer(chunk_rows) and chunk_rows >= 1):
                 raise InputError(f"chunk_rows must be an integer >= 1 or None (from max_memory), got {chunk_rows!r}")
             chunk_rows = int(chunk_rows)
         k = project or p
@@ -313,7 +312,7 @@ class Index:
         Returns values and training indices, each (m, k), best first. Memory: one chunk, the (m, k_stored)
         solved test gradients and m x 2k.
         """
-        if isinstance(k, bool) or not (isinstance(k, numbers.Integral) and 1 <= k <= self.n):
+        if not (is_integer(k) and 1 <= k <= self.n):
             raise InputError(f"top_k needs an integer k between 1 and the {self.n} training points, got {k!r}")
         k = int(k)
         T = self.s_test(test)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import numbers
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -16,7 +15,7 @@ from .errors import CurvatureError, InputError, NotFittedError, warn
 from .grads import directional_pays, iter_directional, iter_grads, stack_grads, sum_grad
 from .inputs import batches, to_tensors
 from .linear import LinearObjective, check_curvature, curvature_operator, make_objective
-from .objective import L2, LossFn, Objective, check_l2, describe_l2, nonnegative_number
+from .objective import L2, LossFn, Objective, check_l2, describe_l2, is_integer, nonnegative_number
 from .operators import Operator
 from .solvers import CG, EKFAC, KFAC, Arnoldi, Exact, LiSSA, SolveInfo
 from .budget import GRAD_COPIES, PRODUCT_COPIES
@@ -107,7 +106,7 @@ class Influence:
     def __init__(self, model: nn.Module, loss_fn: LossFn, *, l2: L2 = 0.0, damping: float = 0.0,
                  solver: str | Solver = "exact", curvature: str = "hessian", batch_size: int = 512,
                  keep_train_grads: bool = False, stationarity_tol: float = 1e-3) -> None:
-        if not isinstance(batch_size, (numbers.Integral, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        if not (is_integer(batch_size) and batch_size >= 1):
             raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         batch_size = int(batch_size)
         self.model, self.loss_fn = model, loss_fn

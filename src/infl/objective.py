@@ -30,6 +30,11 @@ L2 = Union[float, Mapping[str, Union[float, Tensor]]]
 a number or a tensor shaped like that parameter; trainable parameters not named get 0."""
 
 
+def is_integer(value: object) -> bool:
+    """Whether value is an integer, a NumPy one too, and not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def nonnegative_number(value: object) -> float | None:
     """value as a float when it is a finite real >= 0 (Python or NumPy scalar, 0-d array, one-element
     tensor; not a bool), else None."""

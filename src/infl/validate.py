@@ -8,7 +8,6 @@ epsilon = -1/n perturbation, so
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -20,6 +19,7 @@ from torch.func import grad, vmap
 
 from .errors import InflError, InputError, warn
 from .influence import Influence, Solver
+from .objective import is_integer
 from .solvers import Exact
 from .train import minimize, weighted_risk
 
@@ -165,7 +165,7 @@ class DatamodelingScore:
 
 def random_subsets(n: int, subsets: int, fraction: float, seed: int) -> np.ndarray:
     """(subsets, n) bool masks, each keeping round(fraction * n) training points drawn without replacement."""
-    if not (isinstance(subsets, numbers.Integral) and not isinstance(subsets, bool) and subsets >= 3):
+    if not (is_integer(subsets) and subsets >= 3):
         raise InputError(f"subsets must be an integer >= 3 (a rank correlation needs several), got {subsets!r}")
     if not 0 < fraction < 1:
         raise InputError(f"fraction must lie strictly between 0 and 1 (the share of training points kept), got {fraction!r}")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from ..errors import InputError, warn
+from ..objective import is_integer
 from ..operators import Operator
 
 
@@ -54,7 +54,7 @@ def refine_count(refine: object) -> int:
 def count(value: object, name: str, meaning: str, low: int = 0) -> int:
     """value as an int if it is an integer >= low (a NumPy one too, not a bool), else an InputError naming `name`
     and what it counts."""
-    if isinstance(value, bool) or not (isinstance(value, numbers.Integral) and value >= low):
+    if not (is_integer(value) and value >= low):
         raise InputError(f"{name} must be an integer >= {low} ({meaning}), got {value!r}")
     return int(value)
 
