@@ -277,8 +277,7 @@ class Index:
         if record.get("rows") != [rows.start, rows.stop]:
             raise store.CorruptIndexError(
                 f"{self._chunk_record(c)} holds training rows {record.get('rows')}, but chunk {c} of this index is "
-                f"rows [{rows.start}, {rows.stop}]; run Index.build again with the same arguments: damaged files are "
-                "found and rewritten")
+                f"rows [{rows.start}, {rows.stop}]; {store.REPAIR}")
         return store.read_array(self.folder / GRADS, record)
 
     def test_grads(self, test: Any) -> Tensor:

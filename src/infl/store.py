@@ -24,6 +24,9 @@ class CorruptIndexError(InflError, OSError):
     """A file of an index folder does not match the checksum recorded when it was written."""
 
 
+REPAIR = "run Index.build again with the same arguments: damaged files are found and rewritten"
+
+
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -68,8 +71,7 @@ def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as error:
-        raise CorruptIndexError(f"{path} is missing or damaged ({type(error).__name__}: {error}); run Index.build "
-                                "again with the same arguments: damaged files are found and rewritten") from error
+        raise CorruptIndexError(f"{path} is missing or damaged ({type(error).__name__}: {error}); {REPAIR}") from error
 
 
 def write_array(path: Path, a: np.ndarray) -> dict:
@@ -85,8 +87,7 @@ def read_array(folder: Path, record: dict) -> np.ndarray:
     try:
         digest = _sha256_file(path)
     except FileNotFoundError as exc:
-        raise CorruptIndexError(f"{path} is missing although the index lists it as written; run Index.build "
-                                "again with the same arguments: damaged files are found and rewritten") from exc
+        raise CorruptIndexError(f"{path} is missing although the index lists it as written; {REPAIR}") from exc
     if digest != record["sha256"]:
         raise CorruptIndexError(f"{path} is corrupted: its SHA-256 differs from the one recorded when it was "
                                 "written. Run Index.build again with the same arguments: damaged files are found "
