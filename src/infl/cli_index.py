@@ -112,7 +112,8 @@ _SPELLINGS = {  # the library's advice, as the command line spells it (first mat
               ("Run Index.build", "Run infl index"), ("run Index.build", "run infl index")),
     "query": (("Use the model, data and settings it was built with, another folder, or force=True to rebuild it",
                "Leave out --l2 and --damping to use the index's own, pass the --data it was built on, or rebuild it "
-               "with infl index --force"), ("Index.build with force=True", "infl index --force"), ("force=True", "infl index --force"),
+               "with infl index --force"), ("Index.build with force=True", "infl index --force"),
+              ("force=True", "infl index --force"),
               ("Run Index.build with the same model, data and settings to resume it", "Run the same infl index "
                "command again (same --out, --data and options) to resume it"),
               ("Run Index.build", "Run infl index"), ("run Index.build", "run infl index"),

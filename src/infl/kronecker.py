@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
 from .inputs import batches
+from .linear import hook_input
 from .objective import Objective
 from .operators import batching_failed, output_hessians
 
@@ -164,11 +165,8 @@ def _own_their_gradients(obj: Objective, layers: list[Layer], probe: Tensor) -> 
 def _hooks(modules: dict[str, nn.Module], record) -> Iterator[None]:
     """Forward hooks calling record(name, x, out) on each module with its input x, passed by position or as
     `input=`; always removed. record may return a replacement output."""
-    def hook(mod, args, kwargs, out, name):
-        return record(name, args[0] if args else kwargs["input"], out)
-
-    handles = [m.register_forward_hook(lambda mod, args, kwargs, out, name=name: hook(mod, args, kwargs, out, name),
-                                       with_kwargs=True)
+    handles = [m.register_forward_hook(lambda mod, args, kwargs, out, name=name: record(name, hook_input(args, kwargs),
+                                                                                      out), with_kwargs=True)
                for name, m in modules.items()]
     try:
         yield

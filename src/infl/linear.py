@@ -50,8 +50,8 @@ class LinearObjective(Objective):
         if self.head is self.model:
             return X
         seen: list[Tensor] = []
-        handle = self.head.register_forward_hook(lambda m, args, kwargs, out: seen.append(_input(args, kwargs).detach()),
-                                                 with_kwargs=True)
+        handle = self.head.register_forward_hook(
+            lambda m, args, kwargs, out: seen.append(hook_input(args, kwargs).detach()), with_kwargs=True)
         try:
             with torch.no_grad():
                 self.model(X)
@@ -173,8 +173,9 @@ class LinearHessian(Operator):
                              self.gauss_newton)
 
 
-def _input(args: tuple, kwargs: dict) -> Tensor:
-    """A Linear's input from a forward hook's arguments, passed by position or as input=."""
+def hook_input(args: tuple, kwargs: dict) -> Tensor:
+    """A Linear's or Conv2d's input from a forward hook's arguments (with_kwargs=True), passed by position or as
+    input=."""
     return args[0] if args else kwargs["input"]
 
 
@@ -187,7 +188,7 @@ def make_objective(model: nn.Module, loss_fn: LossFn, l2: L2, probe: Tensor | No
     if head is None or probe is None:
         return Objective(model, loss_fn, l2)
     seen: list[tuple[Tensor, Tensor]] = []
-    handle = head.register_forward_hook(lambda m, args, kwargs, out: seen.append((_input(args, kwargs), out)),
+    handle = head.register_forward_hook(lambda m, args, kwargs, out: seen.append((hook_input(args, kwargs), out)),
                                         with_kwargs=True)
     try:
         with torch.no_grad():
