@@ -26,7 +26,7 @@ from .frozen import BinaryTask, cross_entropy, train_head
 from .influence import Influence
 from .losses import make_smooth_hinge
 from .rbf import rbf_svm, to_pm
-from .report import figure_png, image_tag, pixels_png, summary_section, train_grid, write_page
+from .report import figure_png, image_tag, pixels_png, summary_section, top_k, train_grid, write_page
 
 SVM, CNN = "RBF SVM", "CNN features + Linear"
 
@@ -42,8 +42,7 @@ class ModelView:
 
     def helpful(self, k: int) -> np.ndarray:
         """The k most helpful training indices (most negative I_up,loss); fewer if fewer scores are negative."""
-        order = np.argsort(self.scores, kind="stable")[:k]
-        return order[self.scores[order] < 0]
+        return top_k(self.scores, k)[1]
 
 
 @dataclass(frozen=True)
