@@ -77,9 +77,9 @@ def main(out: str, die: str) -> None:
     if die == "index":
         return lose_rank_1_mid_index(out)
     if die == "ekfac-one-point":
-        return ekfac_on_one_point(out, rank)
+        return finish(ekfac_on_one_point(out, rank))
     if die == "ekfac-disagree":
-        return ekfac_where_ranks_probe_differently(out, rank)
+        return finish(ekfac_where_ranks_probe_differently(out, rank))
     results = {}
     for make in (logreg, mlp):
         name = make.__name__
@@ -98,6 +98,18 @@ def main(out: str, die: str) -> None:
     results["index-budget"] = budget_build(os.path.join(os.path.dirname(out), "index-budget"), prob, rank)
     if rank == 0:
         np.savez(out, world=size, **results)
+    finish()
+
+
+def finish(_: object = None) -> None:
+    """Leave the process group together: a rank that exits while gloo still talks to it can abort at exit
+    ("terminate called without an active exception"), failing a run whose work was done."""
+    import torch.distributed
+
+    dist.barrier()
+    torch.distributed.destroy_process_group()
+    sys.stdout.flush(), sys.stderr.flush()
+    os._exit(0)  # no interpreter teardown, where gloo's threads can still abort the process
 
 
 def budget_build(folder: str, prob, rank: int) -> np.ndarray:
