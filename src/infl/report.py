@@ -29,7 +29,7 @@ from .validate import LeaveOneOut, correlations
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
 h1, h2, h3 { font-weight: 600; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
-.point { display: flex; gap: 2em; align-items: flex-start; margin-bottom: 2em; }
+.point { display: flex; gap: 2em; align-items: flex-start; margin-bottom: 2em; } .point > div { flex: 1; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, 8.5em); gap: .6em; margin-bottom: 1em; }
 figure { margin: 0; text-align: center; font-size: .8em; }
 img.pixels { width: 7em; height: 7em; image-rendering: pixelated; border: 1px solid #ddd; }
