@@ -1,5 +1,6 @@
 """Gauss-Newton curvature and the smooth hinge loss."""
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -160,8 +161,27 @@ def test_smooth_hinge_tends_to_hinge():
     y = torch.ones_like(s)
     for t, tol in ((0.1, 0.07), (1e-3, 7e-4)):
         assert (smooth_hinge(s, y, t) - torch.clamp(1 - s, min=0)).abs().max() <= tol
-    with pytest.raises(InputError, match="temperature t > 0"):
+    with pytest.raises(InputError, match="temperature t must be a finite number > 0"):
         make_smooth_hinge(0.0)
+
+
+def test_smooth_hinge_is_finite_at_extreme_margins_and_temperatures():
+    """(1 - s) / t overflowed to inf (a huge margin, or a tiny t) and gave an infinite loss; it is the hinge there.
+    The derivatives on the margin itself (s = 1) stay sigmoid(0) and sigmoid'(0) / t; a t below the dtype's
+    smallest normal number, or a bool, is refused."""
+    from torch.func import grad, hessian
+
+    for dtype, t in ((torch.float32, 1e-30), (torch.float64, 1e-300), (torch.float64, 0.1)):
+        s = torch.tensor([-1e10, 1e10], dtype=dtype)
+        torch.testing.assert_close(smooth_hinge(s, torch.ones_like(s), t), torch.tensor([1 + 1e10, 0.0], dtype=dtype))
+    one, t = torch.ones(1, dtype=torch.float64), 0.1
+    assert float(grad(lambda f: smooth_hinge(f, one, t).sum())(one)) == -0.5
+    assert float(hessian(lambda f: smooth_hinge(f, one, t).sum())(one)) == pytest.approx(0.25 / t)
+    with pytest.raises(InputError, match="below the smallest normal torch.float32"):
+        smooth_hinge(torch.zeros(2), torch.ones(2), 1e-46)
+    with pytest.raises(InputError, match="finite number > 0, got True"):
+        make_smooth_hinge(True)
+    assert smooth_hinge(one, one, np.float32(0.5)).item() == pytest.approx(0.5 * np.log(2))
 
 
 def test_svm_with_smooth_hinge_matches_dense_reference():

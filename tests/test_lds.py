@@ -29,6 +29,17 @@ def test_prediction_is_the_scaled_sum_over_each_subset():
     np.testing.assert_allclose(flipped.spearman, -1.0)
 
 
+def test_float32_predictions_do_not_round_the_retrained_losses():
+    """The retrained losses were stored in the predictions' dtype: float32 rounded 2 + 1e-7 x (prediction) to a few
+    values, and their ranks tied. They are kept in float64."""
+    scores = np.random.default_rng(0).normal(size=(3, 40))
+    masks = random_subsets(40, 30, 0.5, seed=0)
+    P = torch.tensor(scores @ masks.T / 40, dtype=torch.float32)
+    res = lds_of_predictions(P, masks, lambda index: 2 + 1e-7 * scores[:, index].sum(1) / 40)
+    assert res.actual.dtype == np.float64
+    np.testing.assert_allclose(res.spearman, 1.0)
+
+
 def squared(out, y):
     return 0.5 * (out.squeeze(-1) - y) ** 2
 

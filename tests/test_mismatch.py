@@ -115,11 +115,19 @@ def test_feature_values_keep_few_values_and_bin_the_rest_by_quantiles():
     ({"wrong": [12]}, "test index 12 is out of range for 12 test points"),
     ({"wrong": [0], "threshold": float("nan")}, "threshold must be a finite number > 0"),
     ({"wrong": [0], "k": 0}, "k must be an integer from 1"),
+    ({"wrong": [0], "threshold": True}, "threshold must be a finite number > 0"),
 ])
 def test_bad_input_is_refused(logreg, kwargs, message):
     inf = Influence(logreg.model, logreg.loss_fn, l2=logreg.l2).fit(logreg.train)
     with pytest.raises(InputError, match=message):
         find_drivers(inf, (logreg.Xt, logreg.yt), **kwargs)
+
+
+def test_numpy_numbers_are_accepted(logreg):
+    inf = Influence(logreg.model, logreg.loss_fn, l2=logreg.l2).fit(logreg.train)
+    plain = find_drivers(inf, (logreg.Xt, logreg.yt), wrong=[0], k=3, threshold=5.0)
+    numpy = find_drivers(inf, (logreg.Xt, logreg.yt), wrong=[0], k=np.int64(3), threshold=np.float32(5.0))
+    assert repr(plain) == repr(numpy)
 
 
 def test_cli_mismatch_flags_the_subgroup_and_writes_a_report(tmp_path):

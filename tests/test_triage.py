@@ -53,6 +53,10 @@ def test_flip_fraction_outside_open_interval_is_refused(fraction):
         check_fraction(fraction)
 
 
+def test_flip_fraction_may_be_a_numpy_number():
+    assert check_fraction(np.float32(0.25)) == 0.25 and check_fraction(np.float64(0.1)) == 0.1
+
+
 def test_single_class_cannot_be_flipped():
     with pytest.raises(InputError, match=r"needs at least 2 classes, got \[2\]"):
         flip_labels(np.full(10, 2), 0.2, 3, seed=0)

@@ -4,15 +4,36 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .errors import InputError
+from .objective import positive_number
 
 
 def cross_entropy(outputs: Tensor, targets: Tensor) -> Tensor:
     """Per-example multinomial logistic loss L(z, theta) of logits (b, classes) and labels (b,), shape (b,)."""
     return F.cross_entropy(outputs, targets, reduction="none")
+
+
+def temperature(t: object, name: str = "the smooth hinge's temperature t") -> float:
+    """t as a float when it is a finite number > 0 (Python, NumPy or one-element tensor), else an InputError."""
+    number = positive_number(t)
+    if number is None:
+        raise InputError(f"{name} must be a finite number > 0, got {t!r}")
+    return number
+
+
+def hinge_terms(margins: Tensor, t: float) -> Tensor:
+    """t * log(1 + exp((1 - margins) / t)), elementwise, without overflow: where (1 - m) / t > 20 it is 1 - m itself
+    (softplus with beta = 1 / t), so a huge margin or a tiny t gives the hinge's value, not inf.
+
+    t must be at least the dtype's smallest normal number, else 1 / t overflows (an InputError says so)."""
+    if t < torch.finfo(margins.dtype).tiny:
+        raise InputError(f"the smooth hinge's t = {t!r} is below the smallest normal {margins.dtype} number; "
+                         "use a larger t (the hinge is matched to within t log 2 anyway)")
+    return F.softplus(1 - margins, beta=1 / t)
 
 
 def smooth_hinge(outputs: Tensor, y: Tensor, t: float = 1e-3) -> Tensor:
@@ -22,14 +43,10 @@ def smooth_hinge(outputs: Tensor, y: Tensor, t: float = 1e-3) -> Tensor:
     Tends to the hinge max(0, 1 - s) as t -> 0 and is twice differentiable
     for t > 0, so influence functions apply (the paper's section 4.1).
     """
-    if not t > 0:
-        raise InputError(f"the smooth hinge needs a temperature t > 0, got {t!r}")
-    s = y * outputs.reshape(outputs.shape[0])
-    return t * F.softplus((1 - s) / t)
+    return hinge_terms(y * outputs.reshape(outputs.shape[0]), temperature(t))
 
 
 def make_smooth_hinge(t: float) -> Callable[[Tensor, Tensor], Tensor]:
     """loss_fn(outputs, y) = smooth_hinge(outputs, y, t), for infl.Influence."""
-    if not t > 0:
-        raise InputError(f"the smooth hinge needs a temperature t > 0, got {t!r}")
+    t = temperature(t)
     return lambda outputs, y: smooth_hinge(outputs, y, t)

@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import InputError
 from .influence import Influence
+from .objective import is_integer, positive_number
 
 
 @dataclass(frozen=True)
@@ -47,9 +48,9 @@ def find_drivers(inf: Influence, test: Any, wrong: Sequence[int], k: int = 20, t
     if wrong.min() < 0 or wrong.max() >= len(y):
         raise InputError(f"test index {int(wrong.max() if wrong.max() >= len(y) else wrong.min())} is out of range "
                          f"for {len(y)} test points (indices 0 to {len(y) - 1})")
-    if not (isinstance(threshold, (int, float)) and np.isfinite(threshold) and threshold > 0):
+    if positive_number(threshold) is None:
         raise InputError(f"threshold must be a finite number > 0 (a multiple of the mean |influence|), got {threshold!r}")
-    if not isinstance(k, int) or not 1 <= k <= inf.n_train:
+    if not (is_integer(k) and 1 <= k <= inf.n_train):
         raise InputError(f"k must be an integer from 1 to the {inf.n_train} training points, got {k!r}")
     scores = inf.scores((X[wrong], y[wrong])).cpu().numpy()
     size = np.abs(scores)

@@ -49,6 +49,12 @@ def nonnegative_number(value: object) -> float | None:
     return float(value) if ok else None
 
 
+def positive_number(value: object) -> float | None:
+    """value as a float when it is a finite real > 0 (as nonnegative_number takes them), else None."""
+    number = nonnegative_number(value)
+    return number if number else None
+
+
 def check_l2(l2: L2) -> L2:
     """l2 as a float when it is a number >= 0, or a mapping of such numbers and non-negative tensors
     (NumPy arrays become tensors), else an InputError."""

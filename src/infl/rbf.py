@@ -18,11 +18,12 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import InputError
 from .frozen import check_two_classes
+from .losses import hinge_terms
+from .objective import positive_number
 
 
 def squared_distances(X: Tensor, Y: Tensor) -> Tensor:
@@ -41,9 +42,9 @@ class RBFFeatures(nn.Module):
 
     def __init__(self, landmarks: Tensor, gamma: float, rtol: float = 1e-10) -> None:
         super().__init__()
-        if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma > 0):
+        if positive_number(gamma) is None:
             raise InputError(f"the RBF kernel width gamma must be a finite number > 0, got {gamma!r}")
-        self.gamma = float(gamma)
+        self.gamma = positive_number(gamma)
         L = landmarks.detach().to(torch.float64)
         s, U = torch.linalg.eigh(torch.exp(-self.gamma * squared_distances(L, L)))
         keep = s > rtol * s.max()
@@ -58,7 +59,7 @@ def _smooth_hinge_parts(f: Tensor, y: Tensor, t: float) -> tuple[Tensor, Tensor,
     """Loss, dL/df and d2L/df2 of SmoothHinge(y f, t), each (n,)."""
     u = (1 - y * f) / t
     sig = torch.sigmoid(u)
-    return t * F.softplus(u), -y * sig, sig * (1 - sig) / t
+    return hinge_terms(y * f, t), -y * sig, sig * (1 - sig) / t
 
 
 def rbf_svm(X: np.ndarray | Tensor, y: np.ndarray | Tensor, *, gamma: float | None = None, l2: float = 1e-3,

@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from .errors import InputError, warn
 from .influence import Influence
 from .inputs import to_tensors
+from .losses import hinge_terms, temperature
 
 DEFAULT_HINGE_T = 0.01
 """Smoothing of the hinge (SmoothHinge t) for LinearSVC(loss="hinge") and SGDClassifier(loss="hinge")."""
@@ -83,9 +84,8 @@ def squared_hinge_pm(outputs: Tensor, y: Tensor) -> Tensor:
 
 def smooth_hinge_pm(t: float) -> Callable[[Tensor, Tensor], Tensor]:
     """sum_k t log(1 + exp((1 - y_k f_k) / t)) per example (b,): SmoothHinge of MATH.md, one per class."""
-    if not (isinstance(t, (int, float)) and t > 0):
-        raise InputError(f"hinge_t (the smooth hinge's t) must be a number > 0, got {t!r}")
-    return lambda outputs, y: t * F.softplus((1 - y * outputs) / t).sum(1)
+    t = temperature(t, "hinge_t (the smooth hinge's t)")
+    return lambda outputs, y: hinge_terms(y * outputs, t).sum(1)
 
 
 def squared_error(outputs: Tensor, y: Tensor) -> Tensor:
@@ -166,6 +166,8 @@ def warn_if_not_converged(est: Any) -> None:
 
     n_iter, max_iter = getattr(est, "n_iter_", None), getattr(est, "max_iter", None)
     if n_iter is None or max_iter is None or np.max(np.atleast_1d(n_iter)) < max_iter:
+        return
+    if getattr(est, "tol", 0) is None:  # e.g. SGDClassifier(tol=None): max_iter epochs by design, no warning
         return
     warn(f"the {type(est).__name__} stopped at max_iter={max_iter} before converging (scikit-learn's "
          "ConvergenceWarning). Influence assumes its coefficients minimise the training objective; away from "
@@ -380,7 +382,13 @@ def _frame_values(frame: Any, names: np.ndarray | None, what: str) -> np.ndarray
     if text:
         raise InputError(f"{what} has columns that are not numbers: {text[:5]}; encode them as numbers (e.g. "
                          "pandas.get_dummies) as for the estimator")
-    return frame.to_numpy(dtype=np.float64, na_value=np.nan)
+    values = frame.to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row, col = np.argwhere(bad)[0]
+        raise InputError(f"{what} has {int(bad.sum())} missing or infinite cell(s), the first in column "
+                         f"{frame.columns[col]!r}, row {frame.index[row]!r}; fill or drop them, as for the estimator")
+    return values
 
 
 def from_sklearn(estimator: Any, X: Any, y: Any, *, hinge_t: float = DEFAULT_HINGE_T,

@@ -26,6 +26,7 @@ from .data import Split
 from .errors import InputError
 from .influence import Influence, Solver
 from .losses import cross_entropy
+from .objective import positive_number
 from .train import fit_logistic
 
 METHODS = ("self-influence", "training loss", "random")
@@ -70,9 +71,10 @@ class TriageRun:
 
 def check_fraction(fraction: float, name: str = "flip fraction") -> float:
     """`fraction` as a float in (0, 1), or an InputError naming the range."""
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
+    number = positive_number(fraction)
+    if number is None or not number < 1:
         raise InputError(f"{name} must be a number strictly between 0 and 1 (e.g. 0.1 for 10%), got {fraction!r}")
-    return float(fraction)
+    return number
 
 
 def check_seeds(seeds: Sequence[int]) -> list[int]:

@@ -77,6 +77,9 @@ def retrain_all(inf: Influence, indices: Sequence[int], tol: float = 1e-10, max_
     return out
 
 
+DIVERGED = 1e3  # a retraining whose gradient grows this much is diverging
+
+
 def newton_steps(inf: Influence, W: Tensor, solver: Solver, *, tol: float = 1e-10, max_iter: int = 50,
                  proximal: float = 0.0, done: Callable[[int], object] = lambda count: None) -> tuple[Tensor, Tensor]:
     """Retrain from theta_hat on each row of example weights W (k, n): Theta (k, p), converged (k,) bool.
@@ -88,6 +91,8 @@ def newton_steps(inf: Influence, W: Tensor, solver: Solver, *, tol: float = 1e-1
     influence with damping = proximal approximates when theta_hat is not a minimum. With
     P fixed every row is a smooth function of its weights, so differences between rows are
     not blurred by line searches or adaptive step sizes. done(count) reports converged rows.
+    With proximal > 0, fit `solver` on the curvature damped by proximal (damping=proximal), the
+    Hessian of that objective; a row whose gradient grows DIVERGED-fold is stopped, with a warning.
     """
     obj, X, y = inf.objective_, inf.X_train_, inf.y_train_
     start = obj.theta.detach()
@@ -95,16 +100,24 @@ def newton_steps(inf: Influence, W: Tensor, solver: Solver, *, tol: float = 1e-1
                       + 0.5 * proximal * (theta - start).square().sum()))
     Theta = start.expand(W.shape[0], -1).clone()
     converged = torch.zeros(W.shape[0], dtype=torch.bool)
-    active = torch.arange(W.shape[0])
+    active, first, diverged = torch.arange(W.shape[0]), None, 0
     for step in range(max_iter + 1):
         G = grads(Theta[active], W[active])
-        ok = (G.abs().amax(1) <= tol).cpu()
+        size = G.abs().amax(1).cpu()
+        first = size if first is None else first
+        ok, blown = size <= tol, ~(size <= DIVERGED * first[active])
         converged[active[ok]] = True
         done(int(ok.sum()))
-        active, G = active[~ok], G[~ok]
+        diverged += int(blown.sum())
+        keep = ~(ok | blown)
+        active, G = active[keep], G[keep]
         if not active.numel() or step == max_iter:
             break
         Theta[active] -= solver.solve(G)[0]
+    if diverged:
+        warn(f"newton_steps: {diverged} of {W.shape[0]} retrainings diverged (gradient {DIVERGED:g}x its start) and "
+             "were stopped: the solver's curvature is not that of the objective"
+             + (f"; fit it with damping = proximal = {proximal:g}" if proximal else "; fit it at theta_hat"))
     return Theta, converged
 
 
@@ -216,7 +229,7 @@ def lds_of_predictions(predicted: Tensor | np.ndarray, masks: np.ndarray, retrai
         raise InputError(f"predicted must be (m test points, {masks.shape[0]} subsets), got shape {P.shape}")
     _check_finite(P, "predictions")
     m = P.shape[0]
-    actual = np.empty_like(P)
+    actual = np.empty(P.shape)  # float64: the retrained losses keep their own precision, whatever P's
     for k, mask in enumerate(masks):
         out = _as_numpy(retrain_fn(np.flatnonzero(mask)))
         if out.shape != (m,):
