@@ -4,7 +4,7 @@
 The peers live in their own virtual environment (benchmarks/.peers-venv), created
 on first use; they are never dependencies of infl. Each method runs in its own
 subprocess so that its peak RSS is its own. Every peer's scores are converted to
-infl's convention (shared/MATH.md):
+infl's convention (docs/MATH.md):
 
     S[t, i] = I_up,loss(z_i, z_test_t) = -grad L(z_test_t)^T H^{-1} grad L(z_i),
 

@@ -90,6 +90,26 @@ def test_npz_files_with_force_and_no_images(tmp_path):
     _assert_self_contained((out / "report.html").read_text())  # d = 5 is no square: feature bar charts
     assert (out / "old.txt").exists()
     assert [hashlib.sha256(p.read_bytes()).hexdigest() for p in (train, test)] == before
+    again = _invoke("--train", str(train), "--test", str(test), "--loo", "0", "--out", str(out), "--force")
+    assert again.exit_code == 0, again.output
+    assert sorted(p.name for p in out.iterdir()) == ["old.txt", "report.html"]  # no loo.png left from the first run
+
+
+def test_library_advice_is_spelled_as_the_command_line_takes_it():
+    """The library's messages name Python arguments; the commands rewrite them into options they have (there is
+    no curvature option, and the command's convex model turns an indefinite Hessian into a scaling problem)."""
+    import torch
+
+    from infl.cli import spell
+    from infl.solvers.exact import _indefinite, _precision_fix
+
+    message = spell(str(_indefinite(torch.diag(torch.tensor([1.0, -2.0], dtype=torch.float64)), "hessian")))
+    assert "pass --damping 4 (any value above 2), or a larger --l2" in message and "standardise" in message
+    assert "curvature=" not in message and "damping=" not in message
+    assert spell(_precision_fix(torch.float64)).startswith("Add --damping (or a larger --l2)")
+    for solver in ("KFAC(refine=4)", "EKFAC(refine=4)", "Arnoldi(refine=5)"):  # the solvers' own advice
+        advice = f"{solver} (block CG steps on the true curvature) or solver='cg' solves it"
+        assert spell(advice) == "--solver exact or --solver cg solves it"
 
 
 def test_missing_file_is_a_clean_error(tmp_path):

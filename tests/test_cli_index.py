@@ -31,7 +31,8 @@ def built(tmp_path_factory):
 def test_index_then_query_matches_exact_scores(built) -> None:
     out, output = built
     assert "plan (budget 1,907 MiB" in output and "index of 1438 training points" in output
-    run = CliRunner().invoke(main, ["query", str(out), "--data", "digits", "--test-index", "5", "--top", "3"])
+    run = CliRunner().invoke(main, ["query", str(out), "--data", "digits", "--test-index", "5", "--top", "3",
+                                    "--test-index", "5"])  # a repeat is shown once
     assert run.exit_code == 0, run.output
     shown = [int(i) for i in re.findall(r"train\s+(\d+)", run.output)]
     split = load_data("digits", None, None, None, ())
@@ -110,6 +111,31 @@ def test_a_budget_too_small_lists_what_it_must_hold(tmp_path) -> None:
     assert "training data" in message and "curvature 650 x 650" in message and "listed in the plan" not in message
     assert re.search(r"raise --max-memory to at least \d+MiB or pass --project K", message), message
     assert "max_memory" not in message and "project=" not in message
+    assert not (tmp_path / "idx").exists()  # the folder it made, model included, is gone: nothing to resume
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-memory", "4XB"], "--max-memory must be a positive size"),
+    (["--project", "100000"], "--project (leave it out to store full gradients) must be an integer K with 1 <= K < p"),
+    (["--l2", "0"], "pass --damping 0.001, or --l2 > 0"),
+])
+def test_options_are_checked_before_the_training(tmp_path, monkeypatch, args, message) -> None:
+    """Checked only after the model was trained, these failed seconds (minutes on larger data) into the run and
+    left the folder behind with the model in it; --l2 0 without --damping was accepted and gave scores of 1e-32."""
+    monkeypatch.setattr("infl.cli_index.train_model", lambda *a: pytest.fail("trained before checking the options"))
+    run = CliRunner().invoke(main, ["index", "--data", "digits", "--out", str(tmp_path / "idx"), *args])
+    assert run.exit_code in (1, 2) and message in run.output.replace("\n", " "), run.output
+    assert not (tmp_path / "idx").exists()
+
+
+def test_query_of_a_build_killed_before_its_curvature_says_so(built, tmp_path) -> None:
+    out = tmp_path / "killed"
+    shutil.copytree(built[0], out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    (out / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    (out / "curvature.npy").unlink()
+    run = CliRunner().invoke(main, ["query", str(out), "--data", "digits", "--test-index", "0"])
+    assert run.exit_code == 1 and "is incomplete: its curvature factor was not written" in run.output, run.output
 
 
 def test_query_of_a_killed_build_reports_it_and_the_rerun_resumes(built, tmp_path) -> None:

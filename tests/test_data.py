@@ -273,13 +273,40 @@ def test_non_integer_labels(tmp_path):
         load_csv(path)
     with pytest.raises(DataError, match=r"labels must be integers, got non-integer values"):
         check_arrays(np.ones((2, 1)), np.array([0.5, 1.0]))
-    with pytest.raises(DataError, match=r"labels must be non-negative, got -1"):
-        check_arrays(np.ones((2, 1)), np.array([-1, 1]))
+    assert check_arrays(np.ones((2, 1)), np.array([-1, 1]))[1].tolist() == [-1, 1]  # the commands renumber them
+
+
+def test_the_commands_renumber_any_integer_labels(tmp_path):
+    """Labels 1 and 2 were renumbered to classes 0 and 1, but -1 and +1 were refused; both are renumbered."""
+    from click.testing import CliRunner
+
+    from infl.cli import main
+
+    rng = np.random.default_rng(0)
+    for name, n in (("train", 40), ("test", 6)):
+        y = np.where(np.arange(n) % 2, 1, -1)
+        rows = "\n".join(f"{a:.3f},{b:.3f},{c}" for (a, b), c in zip(rng.normal(size=(n, 2)) + y[:, None], y))
+        _write_csv(tmp_path / f"{name}.csv", f"a,b,label\n{rows}\n")
+    run = CliRunner().invoke(main, ["explain", "--train", str(tmp_path / "train.csv"), "--test",
+                                    str(tmp_path / "test.csv"), "--loo", "0", "--out", str(tmp_path / "out")])
+    assert run.exit_code == 0, run.output
+    assert "labels renumbered as classes 0..1 (-1 -> 0, 1 -> 1)" in run.output
 
 
 def test_fewer_than_two_classes(tmp_path):
     path = _write_csv(tmp_path / "d.csv", "a,label\n1,4\n2,4\n")
     with pytest.raises(DataError, match=r"at least 2 classes, got only \[4\]"):
+        load_csv(path)
+
+
+def test_csv_without_a_header_or_with_an_unnamed_index_column_is_refused(tmp_path):
+    """A header-less file was read with its first data row as column names (and --label-column 1 made that row a
+    header silently); pandas' default to_csv adds an unnamed row-index column, which was used as a feature."""
+    path = _write_csv(tmp_path / "d.csv", "0.5,1.5,0\n0.2,1.1,1\n")
+    with pytest.raises(DataError, match=r"first row holds only numbers, so the file has no header row"):
+        load_csv(path, label_column="0")
+    path = _write_csv(tmp_path / "i.csv", ",a,label\n0,1.5,0\n1,1.1,1\n")
+    with pytest.raises(DataError, match=r"column 1 has no name in the header .*to_csv\(index=False\)"):
         load_csv(path)
 
 

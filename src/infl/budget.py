@@ -112,10 +112,13 @@ def index_plan(budget: int | None, *, n: int, p: int, k: int, itemsize: int, dat
     return Plan(budget or 0, holds, writes, chunk_rows, grad_rows, product_rows, notes)
 
 
+HEADROOM = 1.05  # the smallest budget advised, over this run's need: a rerun's resident memory differs a little
+
+
 def _too_small(budget: int, fixed: dict[str, int], rows: int, projected: bool) -> str:
     """The refusal of a budget below the parts that cannot be chunked, each listed, and the fix."""
     parts = ", ".join(f"{what} {_mb(b)}" for what, b in fixed.items())
-    need = -(-(sum(fixed.values()) + rows) // 2**20)
+    need = -(-int(HEADROOM * (sum(fixed.values()) + rows)) // 2**20)  # the process's own memory varies by run
     fix = " or lower project" if projected else " or pass project=k to store projected gradients"
     return (f"max_memory={_mb(budget)} is too small: {parts} already need {_mb(sum(fixed.values()))}, and "
             f"{MIN_ROWS} rows of per-example gradients and curvature products another {_mb(rows)}; raise "

@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -86,17 +87,24 @@ class Clock:
 
 
 def prepare_out(out: Path, force: bool, inputs: Sequence[Path], names: Sequence[str] = (REPORT_NAME, LOO_FIGURE)) -> Path:
-    """Create the output folder; refuse a non-empty one without --force and never overwrite an input file
-    (`names`: the files the command writes there)."""
+    """Create the output folder; refuse a non-empty one without --force and never overwrite an input file.
+
+    `names`: the files the command writes there (glob patterns allowed). With --force, those already there are
+    removed first, so none is left from an earlier run (e.g. a figure this run does not make); others are kept.
+    """
     if out.exists() and not out.is_dir():
         raise click.ClickException(f"--out {out} is a file, not a folder; choose a folder name.")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise click.ClickException(f"output folder {out} is not empty; choose another --out, or pass --force to "
                                    f"write into it anyway (only {', '.join(names)} are replaced).")
-    targets = {(out / name).resolve() for name in names}
-    clash = [str(p) for p in inputs if p.resolve() in targets]
+    ours = [path for name in names for path in (out.glob(name) if out.is_dir() else ())]
+    clash = [str(p) for p in inputs if p.resolve() in {(out / name).resolve() for name in names}
+             or (p.resolve().parent == out.resolve() and any(p.match(name) for name in names))]
     if clash:
         raise click.ClickException(f"the output would overwrite the input file {clash[0]}; choose another --out.")
+    for path in ours:
+        if path.is_file():
+            path.unlink()
     missing = [folder for folder in (out, *out.parents) if not folder.exists()]  # deepest first
     out.mkdir(parents=True, exist_ok=True)
     _created.extend(missing)
@@ -338,27 +346,46 @@ def explain(**opts: object) -> None:
     run_command(_explain, opts)
 
 
-def _show_warning(message: Warning | str, category: type, filename: str, lineno: int, file=None, line=None) -> None:
-    """A warning as the command line shows it: `warning: message` on stderr, without a source line."""
-    click.echo(f"warning: {message}", err=True)
+SPELLINGS = (  # the library's advice as every command spells it: (regular expression, replacement), in order
+    (r"(?:EK-?FAC|KFAC|Arnoldi)\(refine=\d+\) \(block CG steps on the true curvature\) or solver='cg' solves it",
+     "--solver exact or --solver cg solves it"),
+    (r"solver='(\w+)'", r"--solver \1"),
+    (r"pass damping > (\S+) \(e\.g\. damping=([^)]+)\), or use curvature='gauss-newton'",
+     r"pass --damping \2 (any value above \1), or a larger --l2. The command's logistic regression is convex, so a "
+     "negative eigenvalue comes from rounding: standardise features of very different or very large sizes"),
+    (r"Add damping \(or a larger l2\)", "Add --damping (or a larger --l2)"),
+    (r"the optimum is not tight: raise max_iter", "the optimum is not tight: standardise features of very different "
+     "sizes (they slow L-BFGS), or raise --l2"),
+)
+
+
+def spell(message: str, spellings: Sequence[tuple[str, str]] = ()) -> str:
+    """A library message as the command line spells its advice: the command's own `spellings` (plain (python,
+    option) pairs, first match first), then SPELLINGS."""
+    for python, option in spellings:
+        message = message.replace(python, option)
+    for pattern, option in SPELLINGS:
+        message = re.sub(pattern, option, message)
+    return message
 
 
 def run_command(body, opts: dict, *, spellings: Sequence[tuple[str, str]] = (),
                 failed_io: str = "write the output") -> None:
     """body(opts), with infl's errors and failed file access (`cannot {failed_io}: ...`) turned into one-line
-    click errors; `spellings` (python, option) pairs rewrite the library's advice as the command spells it
-    (first match first). Output folders it made are removed again if it fails before writing into them."""
+    click errors, and warnings into `warning: ...` lines on stderr; the advice in both is spelled as the command
+    line takes it (`spell`). Output folders it made are removed again if it fails before writing into them."""
     _created.clear()  # folders made by an earlier command in this process are not this one's
+
+    def show(message: Warning | str, category: type, filename: str, lineno: int, file=None, line=None) -> None:
+        tqdm.write(f"warning: {spell(str(message), spellings)}", file=sys.stderr)  # on its own line, under a bar
+
     try:
         try:
             with warnings.catch_warnings():
-                warnings.showwarning = _show_warning
+                warnings.showwarning = show
                 body(opts)
         except InflError as error:
-            message = str(error)
-            for python, option in spellings:
-                message = message.replace(python, option)
-            raise click.ClickException(message) from error
+            raise click.ClickException(spell(str(error), spellings)) from error
         except BrokenPipeError:  # the reader of our output left (e.g. `| head`): stop quietly, as Python advises
             with contextlib.suppress(OSError, ValueError):  # a stdout without a file descriptor needs nothing
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -370,14 +397,19 @@ def run_command(body, opts: dict, *, spellings: Sequence[tuple[str, str]] = (),
         raise
 
 
-def _explain(opts: dict) -> None:
-    clock = Clock()
-    if opts["loo"] in (1, 2):
-        raise click.BadParameter("use 0 to skip, or at least 3 points for a correlation.", param_hint="--loo")
+def check_l2_damping(opts: dict) -> None:
+    """Refuse --l2 0 with --damping 0: the softmax model's Hessian is then singular."""
     if opts["l2"] == 0 and opts["damping"] == 0:
         raise click.BadParameter("0 with --damping 0 leaves the Hessian singular (softmax outputs do not change when "
                                  "the same vector is added to every class's weights); pass --damping 0.001, or --l2 > 0.",
                                  param_hint="--l2")
+
+
+def _explain(opts: dict) -> None:
+    clock = Clock()
+    if opts["loo"] in (1, 2):
+        raise click.BadParameter("use 0 to skip, or at least 3 points for a correlation.", param_hint="--loo")
+    check_l2_damping(opts)
     inputs = [Path(p) for p in (opts["train"], opts["test"], *opts["labels"]) if p is not None]
     out = prepare_out(opts["out"], opts["force"], inputs)
     with clock.stage("loading data"):

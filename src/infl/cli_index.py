@@ -6,6 +6,7 @@ training data is sharded across ranks and rank 0 prints.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import zipfile
 from pathlib import Path
@@ -16,9 +17,10 @@ import torch
 from torch import nn
 
 from . import dist, store
-from .cli import NONNEGATIVE, cross_entropy, load_data, run_command, train_model
+from .cli import NONNEGATIVE, check_l2_damping, cross_entropy, load_data, run_command, train_model
 from .data import BUILTINS, Split
-from .index import MAX_SEED, Index, require_complete
+from .budget import parse_bytes
+from .index import MAX_SEED, Index, check_project, require_complete
 from .influence import Influence
 
 MODEL = "model.npz"  # the trained nn.Linear's weight and bias, beside the index files
@@ -72,7 +74,24 @@ def _index(opts: dict) -> None:
     dist.init()
     out = opts["out"]
     _check_out(out, opts["force"])
+    check_l2_damping(opts)
     split = load_data(opts["data"], None, None, None, ())
+    p = (split.X_train.shape[1] + 1) * split.classes
+    check_project(opts["project"], p)  # before the training, as every other option
+    if opts["max_memory"] is not None:
+        parse_bytes(opts["max_memory"])
+    created = not out.exists()
+    try:
+        _build(opts, split, out)
+    except BaseException:
+        if created and dist.world()[0] == 0 and not (out / "manifest.json").exists():  # nothing but our model yet
+            (out / MODEL).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+
+
+def _build(opts: dict, split: Split, out: Path) -> None:
     fresh = not (out / "manifest.json").exists()  # a new or empty folder, or one holding only our model.npz
     resume = not fresh and not opts["force"] and (out / MODEL).exists()
     model = _linear(split, out) if resume else train_model(split, opts["l2"])  # a resume indexes the same model
@@ -106,7 +125,9 @@ def _check_out(out: Path, force: bool) -> None:
 
 _SPELLINGS = {  # the library's advice, as the command line spells it (first match first)
     "index": (("Index.build with force=True", "infl index --force"), ("force=True", "--force"),
-              ("pass project=k", "pass --project K"), ("lower project", "lower --project"),
+              ("pass project=k", "pass --project K"),
+              ("project must be None (store the full gradients) or an integer k with 1 <= k",
+               "--project (leave it out to store full gradients) must be an integer K with 1 <= K"), ("lower project", "lower --project"),
               ("raise max_memory", "raise --max-memory"), ("max_memory=", "--max-memory "),
               ("max_memory must", "--max-memory must"),
               ("Run Index.build", "Run infl index"), ("run Index.build", "run infl index")),
@@ -143,7 +164,7 @@ def query(**opts: object) -> None:
 
 
 def _query(opts: dict) -> None:
-    folder, test_index = opts["folder"], opts["test_index"]
+    folder, test_index = opts["folder"], list(dict.fromkeys(opts["test_index"]))  # each point once, as explain
     built = require_complete(folder)["config"]  # an unfinished or missing index says so before the model is looked for
     l2, damping = (built[key] if opts[key] is None else opts[key] for key in ("l2", "damping"))
     split = load_data(opts["data"], None, None, None, ())
@@ -152,7 +173,7 @@ def _query(opts: dict) -> None:
         raise click.ClickException(f"--test-index {bad[0]} is out of range: the test set has "
                                    f"{len(split.y_test)} points.")
     idx = Index.open(folder, Influence(_linear(split, folder), cross_entropy, l2=l2, damping=damping))
-    test = (torch.as_tensor(split.X_test[list(test_index)]), torch.as_tensor(split.y_test[list(test_index)]))
+    test = (torch.as_tensor(split.X_test[test_index]), torch.as_tensor(split.y_test[test_index]))
     for largest, title in ((True, "most harmful"), (False, "most helpful")):
         values, rows = idx.top_k(test, min(opts["top"], idx.n), largest=largest)
         for t, vals, rws in zip(test_index, values.tolist(), rows.tolist()):

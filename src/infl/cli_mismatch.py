@@ -28,7 +28,8 @@ from .mismatch_report import write_mismatch_report
                    "'feature 1', ...")
 @click.option("--l2", type=POSITIVE, default=0.01, show_default=True,
               help="Weight decay of the logistic regression.")
-@click.option("--solver", type=click.Choice(list(SOLVERS)), default="exact", show_default=True)
+@click.option("--solver", type=click.Choice(list(SOLVERS)), default="exact", show_default=True,
+              help="Inverse-Hessian-vector product method.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("infl-mismatch"), show_default=True,
               help="Output folder for report.html.")
 @click.option("--force", is_flag=True, help="Write into a non-empty output folder.")

@@ -20,7 +20,7 @@ from .attack_report import flip_fraction, write_attack_report
 from .behaviour import CNN, SVM, compare_behaviour, write_behaviour_report
 from .cli import POSITIVE, REPORT_NAME, SEED, Clock, prepare_out, run_command
 from .data import BUILTINS, load_builtin
-from .frozen import binary_task, default_cache, load_extractor, predict
+from .frozen import EPOCHS, binary_task, default_cache, load_extractor, predict
 
 
 def data_options(command):
@@ -31,7 +31,7 @@ def data_options(command):
         click.option("--digits", type=(int, int), default=(4, 9), show_default=True,
                      help="The two digit classes of the binary task (the others train the feature extractor)."),
         click.option("--seed", type=SEED, default=0, show_default=True, help="Seed of the extractor's training."),
-        click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True,
+        click.option("--epochs", type=click.IntRange(min=1), default=EPOCHS, show_default=True,
                      help="Training passes of the feature extractor."),
         click.option("--cache", type=click.Path(path_type=Path), default=None,
                      help=f"Folder caching the trained extractor [default: {default_cache()}]."),
@@ -81,7 +81,7 @@ def _attack(opts: dict) -> None:
     clock = Clock()
     radius = EIGHT_BIT if opts["radius"] is None else opts["radius"]
     budget = Budget(radius=radius, step=opts["step"], steps=opts["steps"])  # bad values raise InputError
-    out = prepare_out(opts["out"], opts["force"], (), (REPORT_NAME, "the PNG figures"))
+    out = prepare_out(opts["out"], opts["force"], (), (REPORT_NAME, "losses.png", "attack-*-*.png"))
     split = load_builtin(opts["data"])
     task = binary_task(split, opts["digits"])
     tests = check_test_index(opts["test_index"], len(task.y_test))
@@ -142,7 +142,7 @@ def behaviour(**opts) -> None:
 
 def _behaviour(opts: dict) -> None:
     clock = Clock()
-    out = prepare_out(opts["out"], opts["force"], (), (REPORT_NAME, "the PNG figures"))
+    out = prepare_out(opts["out"], opts["force"], (), (REPORT_NAME, "influence_vs_distance.png"))
     split = load_builtin(opts["data"])
     task = binary_task(split, opts["digits"])
     test = check_test_index((opts["test_index"],), len(task.y_test))[0]

@@ -245,8 +245,14 @@ def _rows(path: str | Path, header_only: bool = False) -> list[list[str]]:
 
 
 def _header(rows: list[list[str]], label_column: str, path: str | Path) -> list[str]:
-    """The header row's names, stripped; it must name `label_column` and no column twice."""
+    """The header row's names, stripped; it must name `label_column` and every column, none twice."""
     header = [name.strip() for name in rows[0]]
+    if all(_is_number(name) for name in header):
+        raise DataError(f"{path}: the first row holds only numbers, so the file has no header row; add one naming "
+                        f"the columns, with {label_column!r} for the labels.")
+    if "" in header:
+        raise DataError(f"{path}: column {header.index('') + 1} has no name in the header (a row index, as pandas' "
+                        "to_csv writes by default?); drop it (to_csv(index=False)) or name it.")
     if label_column not in header:
         raise DataError(
             f"{path}: no column {label_column!r}; the columns are {', '.join(map(repr, header))}. "
@@ -257,6 +263,14 @@ def _header(rows: list[list[str]], label_column: str, path: str | Path) -> list[
         raise DataError(f"{path}: the header names {', '.join(map(repr, duplicated))} more than once; "
                         "give every column its own name.")
     return header
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 MISSING = ("", "na", "n/a", "null", "none", "?", "-")  # cells that mark a missing value in CSV files
@@ -344,7 +358,7 @@ def check_arrays(X: np.ndarray, y: np.ndarray, source: str = "arrays", min_class
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Validate features X (n, ...) and labels y (n,); return X float64 (n, d), y int64 (n,).
 
-    Images (n, h, w) are flattened to rows; y must hold at least `min_classes` non-negative integer classes
+    Images (n, h, w) are flattened to rows; y must hold at least `min_classes` integer classes
     (2 for training data; 1 for test points, which may be a single point).
     """
     X, y = np.asarray(X), np.asarray(y)
@@ -371,14 +385,12 @@ def check_arrays(X: np.ndarray, y: np.ndarray, source: str = "arrays", min_class
 
 
 def _labels(y: np.ndarray, source: str, min_classes: int = 2) -> np.ndarray:
-    """Check that y (n,) holds at least `min_classes` non-negative integer classes; return int64."""
+    """Check that y (n,) holds at least `min_classes` integer classes (any integers, e.g. -1 and +1); return int64."""
     if not np.issubdtype(y.dtype, np.number):
         raise DataError(f"{source}: labels must be integers, got dtype {y.dtype}; map classes to 0..K-1.")
     if not np.isfinite(y).all() or not np.equal(np.mod(y, 1), 0).all():
         raise DataError(f"{source}: labels must be integers, got non-integer values; map classes to 0..K-1.")
     y = y.astype(np.int64)
-    if y.min() < 0:
-        raise DataError(f"{source}: labels must be non-negative, got {int(y.min())}; map classes to 0..K-1.")
     found = np.unique(y)
     if len(found) < min_classes:
         raise DataError(

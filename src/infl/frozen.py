@@ -27,6 +27,7 @@ from .errors import InputError, warn
 from .store import write_atomic
 
 FEATURES = 64
+EPOCHS = 3  # Adam passes over the other digits: the README's and the commands' default
 HEAD_TOL = 1e-9  # max |grad R| of the trained head
 
 
@@ -104,7 +105,7 @@ def check_two_classes(y: np.ndarray | Tensor, what: str = "training labels") -> 
 
 
 def train_extractor(X: np.ndarray, y: np.ndarray, image_shape: tuple[int, int], *, seed: int = 0,
-                    epochs: int = 4, batch_size: int = 64) -> DigitCNN:
+                    epochs: int = EPOCHS, batch_size: int = 64) -> DigitCNN:
     """A DigitCNN trained (Adam, float32, `epochs` passes, seeded) to classify (X, y), then frozen in float64."""
     check_two_classes(y, "extractor's training labels")
     torch.manual_seed(seed)
@@ -137,7 +138,7 @@ def default_cache() -> Path:
 
 
 def load_extractor(split: Split, digits: tuple[int, int], *, cache: str | Path | None = None, seed: int = 0,
-                   epochs: int = 4) -> tuple[DigitCNN, Path]:
+                   epochs: int = EPOCHS) -> tuple[DigitCNN, Path]:
     """The frozen extractor for a binary task: trained on the classes of `split` other than `digits`.
 
     Trained once and cached as a state dict under `cache` (default: default_cache()),

@@ -92,7 +92,7 @@ def _plain_l2(l2: Any) -> Any:
         for name, value in l2.items()}
 
 
-def _check_project(project: int | None, p: int) -> int | None:
+def check_project(project: int | None, p: int) -> int | None:
     """project as a Python int (or None), checked: 1 <= k < p."""
     if project is None:
         return None
@@ -142,7 +142,7 @@ class Index:
         inf = copy.copy(inf).prepare(train)  # the caller's Influence keeps its own fit
         obj, X, y = inf.objective_, inf.X_train_, inf.y_train_
         n, p = X.shape[0], obj.p
-        project, seed = _check_project(project, p), _check_seed(seed)
+        project, seed = check_project(project, p), _check_seed(seed)
         if chunk_rows is not None:
             if not (is_integer(chunk_rows) and chunk_rows >= 1):
                 raise InputError(f"chunk_rows must be an integer >= 1 or None (from max_memory), got {chunk_rows!r}")
@@ -377,10 +377,10 @@ def require_complete(folder: str | Path) -> dict:
 
 def _check_complete(folder: Path, manifest: dict) -> None:
     if not manifest["complete"]:
-        done = len(list((folder / GRADS).glob(f"{CHUNK_GLOB}.json")))
-        raise IncompleteIndexError(f"the index in {folder} is incomplete: {done} of {manifest['n_chunks']} "
-                                   "gradient chunks were written. Run Index.build with the same model, data and "
-                                   "settings to resume it")
+        done, total = len(list((folder / GRADS).glob(f"{CHUNK_GLOB}.json"))), manifest["n_chunks"]
+        missing = "its curvature factor was not" if done == total else f"{done} of {total} gradient chunks were"
+        raise IncompleteIndexError(f"the index in {folder} is incomplete: {missing} written. Run Index.build with "
+                                   "the same model, data and settings to resume it")
 
 
 def _compare(folder: Path, manifest: dict, config: dict, model: str, data: str | None) -> None:

@@ -73,8 +73,15 @@ class Exact:
             return True
         warn(f"exact: the Cholesky solve in {str(residual.dtype).removeprefix('torch.')} left a relative residual of "
              f"{worst:.2g} (above {at:.1g}): the curvature is too ill-conditioned for this precision, and the answers "
-             "may be far from the solve. Compute in float64 (model.double() and float64 data), or add damping")
+             f"may be far from the solve. {_precision_fix(residual.dtype)}")
         return False
+
+
+def _precision_fix(dtype: torch.dtype) -> str:
+    """What to do about a Cholesky solve that lost accuracy in `dtype`."""
+    if dtype != torch.float64:
+        return "Compute in float64 (model.double() and float64 data), or add damping"
+    return "Add damping (or a larger l2); with features of very different sizes, standardise them"
 
 
 def _indefinite(H: Tensor, what: str) -> CurvatureError:
