@@ -107,7 +107,7 @@ def run_as_is(split: Split, opts: dict, out: Path, clock: Clock) -> Path:
 @click.option("--seed", type=SEED, multiple=True, help="Seed of the flips (repeatable) [default: 0 1 2].")
 @click.option("--l2", type=POSITIVE, default=0.01, show_default=True,
               help="Weight decay of the logistic regression. Self-influence beats training loss only when l2 is "
-                   "small enough for the model to fit (memorise) the flipped labels; see README.")
+                   "small enough for the model to fit (memorise) the flipped labels; see docs/uses.md.")
 @click.option("--solver", type=click.Choice(list(SOLVERS)), default="exact", show_default=True,
               help="Inverse-Hessian-vector product method.")
 @click.option("--top", type=click.IntRange(min=1), default=16, show_default=True,

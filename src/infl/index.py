@@ -10,7 +10,7 @@ stored gradients (streamed chunk by chunk). With project=None the stored
 gradients are the full g_i (k = p) and the scores equal Influence.scores;
 with project=k both sides and the curvature are projected (infl.projection):
 the scores are those of the model restricted to a random k-dimensional
-parameter subspace, an approximation whose accuracy the README measures.
+parameter subspace, an approximation whose accuracy docs/scale.md measures.
 
 Folder layout (numpy .npy + JSON, readable without infl):
     manifest.json         format, configuration, fingerprints, n, p, k, chunk_rows, complete

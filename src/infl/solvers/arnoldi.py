@@ -39,8 +39,8 @@ class Arnoldi:
     trace of the remainder; tol: relative residual ||A u - lam u|| / lam each
     kept eigenpair must reach (default 1e-6; 0.1 with refine > 0, where the
     pairs only shape the preconditioner and the block CG steps do the solving:
-    far fewer Lanczos products for the same refined answer; see the README's
-    deep-network benchmark); block: vectors per product in the Lanczos
+    far fewer Lanczos products for the same refined answer; see docs/benchmarks.md,
+    the deep-network benchmark); block: vectors per product in the Lanczos
     iteration (default min(rank, 16));
     refine: steps of block CG on the operator preconditioned by the low-rank inverse
     (0, the default: none), then a closing step (infl.solvers.krylov.refine); the
