@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 
 import infl
@@ -73,3 +74,56 @@ def test_hooked_paths_leave_the_model_as_it_was(logreg):
     except infl.InputError:
         pass
     assert all(not m._forward_hooks for m in model.modules())
+
+
+def _reused_and_tied():
+    """A model that calls one Linear twice, and its head whose weight is also a second module's (tied); and the
+    same function written out by hand over theta = (W, b, V, c), the reference."""
+    torch.manual_seed(3)
+    inner, head = torch.nn.Linear(3, 3).double(), torch.nn.Linear(3, 3).double()
+    twin = torch.nn.Linear(3, 3).double()
+    twin.weight = head.weight  # a Parameter registered in two modules
+
+    class Model(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = torch.nn.Sequential(inner, torch.nn.Tanh(), inner, torch.nn.Tanh())
+            self.head, self.twin = head, twin
+
+        def forward(self, x):
+            h = self.body(x)
+            return self.head(h) + 0.5 * self.twin(torch.tanh(h))
+
+    def by_hand(theta, x):
+        W, b, V, c, d = theta[:9].view(3, 3), theta[9:12], theta[12:21].view(3, 3), theta[21:24], theta[24:27]
+        h = torch.tanh(torch.tanh(x @ W.T + b) @ W.T + b)
+        return h @ V.T + c + 0.5 * (torch.tanh(h) @ V.T + d)
+
+    return Model(), by_hand
+
+
+def test_a_reused_or_tied_module_is_differentiated_once_and_left_a_parameter():
+    """functional_call swapped a module reached by two names twice and left plain tensors in the model (training
+    it then failed: 'can't optimize a non-leaf Tensor'), and EK-FAC's layer search then raised a bare KeyError."""
+    import torch.nn.functional as F
+    from torch.func import grad, vmap
+
+    model, by_hand = _reused_and_tied()
+    params = list(model.parameters())
+    X, y = torch.randn(30, 3, dtype=torch.float64), torch.arange(30) % 3
+    theta = torch.cat([p.detach().reshape(-1) for p in params])
+    assert theta.numel() == 27  # body's W, b; head's V, c; twin's bias d
+    loss = lambda th, x, t: F.cross_entropy(by_hand(th, x), t, reduction="none")  # noqa: E731
+    l2, damping = 0.05, 3.0  # an untrained model: its Hessian is indefinite
+    H = torch.autograd.functional.hessian(lambda th: loss(th, X, y).mean() + 0.5 * l2 * th.square().sum(), theta)
+    G = vmap(grad(lambda th, x, t: loss(th, x[None], t[None])[0]), in_dims=(None, 0, 0))(theta, X, y)
+    reference = -G[:4] @ torch.linalg.solve(H + damping * torch.eye(27, dtype=H.dtype), G.T)
+    ce = lambda out, t: F.cross_entropy(out, t, reduction="none")  # noqa: E731
+    for solver in ("exact", "cg"):
+        inf = infl.Influence(model, ce, l2=l2, damping=damping, solver=solver, stationarity_tol=float("inf"))
+        torch.testing.assert_close(inf.fit((X, y)).scores((X[:4], y[:4])), reference, rtol=1e-6, atol=1e-8)
+        assert [type(p) for p in model.parameters()] == [torch.nn.Parameter] * 5
+        assert all(p is q for p, q in zip(model.parameters(), params)) and model.twin.weight is model.head.weight
+    torch.optim.SGD(model.parameters(), lr=0.1)  # still trainable
+    with pytest.warns(UserWarning, match="not in a factorable layer .*body.0.weight, body.0.bias"):
+        infl.Influence(model, ce, l2=l2, damping=damping, solver="ekfac", stationarity_tol=float("inf")).fit((X, y))

@@ -30,7 +30,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
+from torch.func import grad, vmap
 
 from .inputs import batches
 from .linear import hook_input
@@ -212,7 +212,7 @@ def _forward(obj: Objective, layers: list[Layer], X: Tensor) -> tuple[Tensor, Te
         return out.clone()  # an in-place op after the layer must not change the tensor we differentiate at
 
     with _hooks({layer.name: layer.module for layer in layers}, record), torch.enable_grad():
-        out = functional_call(obj.model, {**obj.fixed, **obj.unflatten(theta)}, (X,))
+        out = obj.outputs(theta, X)
     return (out, theta, [_inputs(layer, seen[layer.name][0]) for layer in layers],
             [seen[layer.name][1] for layer in layers])
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable, Mapping, Union
+from typing import Callable, Iterator, Mapping, Union
 
 import numpy as np
 import torch
@@ -33,6 +33,20 @@ a number or a tensor shaped like that parameter; trainable parameters not named 
 def is_integer(value: object) -> bool:
     """Whether value is an integer, a NumPy one too, and not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _attributes(model: nn.Module, named: Iterator[tuple[str, Tensor]]) -> list[tuple[str, Tensor]]:
+    """(name, tensor) for each module attribute holding one, once: a module reused (called or registered
+    twice) is one attribute under several names, and functional_call given two of them swaps it twice and
+    leaves a plain tensor in the model; a tensor shared by two modules is two attributes, both kept."""
+    seen, out = set(), []
+    for name, tensor in named:
+        prefix, _, attribute = name.rpartition(".")
+        key = (id(model.get_submodule(prefix)), attribute)
+        if key not in seen:
+            seen.add(key)
+            out.append((name, tensor))
+    return out
 
 
 def nonnegative_number(value: object) -> float | None:
@@ -169,8 +183,11 @@ class Objective:
         self.names = [n for n, _ in trainable]
         self.shapes = [p.shape for _, p in trainable]
         self.sizes = [p.numel() for _, p in trainable]
-        self.fixed = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
-        self.fixed.update({n: b for n, b in model.named_buffers()})
+        everything = _attributes(model, model.named_parameters(remove_duplicate=False))
+        self.fixed = {n: p.detach() for n, p in everything if not p.requires_grad}
+        self.fixed.update(_attributes(model, model.named_buffers(remove_duplicate=False)))
+        canonical = {id(p): n for n, p in trainable}
+        self.aliases = [(n, canonical[id(p)]) for n, p in everything if id(p) in canonical and n != canonical[id(p)]]
         self.theta = torch.cat([p.detach().reshape(-1) for _, p in trainable]).clone()
         self.dtype, self.device = self.theta.dtype, self.theta.device
         if not torch.isfinite(self.theta).all():
@@ -188,9 +205,14 @@ class Objective:
         chunks = torch.split(theta, self.sizes)
         return {n: c.view(s) for n, c, s in zip(self.names, chunks, self.shapes)}
 
+    def tensors(self, theta: Tensor) -> dict[str, Tensor]:
+        """Every parameter and buffer of the model by each of its names, the trainable ones from theta (p,)."""
+        own = self.unflatten(theta)
+        return {**self.fixed, **own, **{alias: own[name] for alias, name in self.aliases}}
+
     def outputs(self, theta: Tensor, X: Tensor) -> Tensor:
         """Model outputs for inputs X (b, ...) at parameters theta."""
-        return functional_call(self.model, {**self.fixed, **self.unflatten(theta)}, (X,))
+        return functional_call(self.model, self.tensors(theta), (X,), tie_weights=False)  # ties: `aliases`
 
     def losses(self, theta: Tensor, X: Tensor, y: Tensor) -> Tensor:
         """Per-example losses L(z_i, theta), shape (b,)."""
