@@ -35,6 +35,26 @@ def is_integer(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _padding_rows(model: nn.Module, trainable: list[tuple[str, Tensor]]) -> Tensor | None:
+    """(p,) bool, True on the padding rows of trainable nn.Embedding / nn.EmbeddingBag weights (theta order), or
+    None where there are none. Refuses scale_grad_by_freq, whose rescaled "gradient" is not the loss's."""
+    start, offsets = 0, {}
+    for _, p in trainable:
+        offsets[id(p)], start = start, start + p.numel()
+    dead = torch.zeros(start, dtype=torch.bool, device=trainable[0][1].device)
+    for name, m in model.named_modules():
+        if not (isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and id(m.weight) in offsets):
+            continue
+        if m.scale_grad_by_freq:
+            raise InputError(f"{name or 'the model'} is an embedding with scale_grad_by_freq=True: its gradient is "
+                             "rescaled by token counts, so it is not the loss's gradient; build it with "
+                             "scale_grad_by_freq=False for influence (the outputs are the same)")
+        if m.padding_idx is not None:
+            row = offsets[id(m.weight)] + (m.padding_idx % m.num_embeddings) * m.embedding_dim
+            dead[row:row + m.embedding_dim] = True
+    return dead if dead.any() else None
+
+
 def _attributes(model: nn.Module, named: Iterator[tuple[str, Tensor]]) -> list[tuple[str, Tensor]]:
     """(name, tensor) for each module attribute holding one, once: a module reused (called or registered
     twice) is one attribute under several names, and functional_call given two of them swaps it twice and
@@ -186,6 +206,7 @@ class Objective:
         everything = _attributes(model, model.named_parameters(remove_duplicate=False))
         self.fixed = {n: p.detach() for n, p in everything if not p.requires_grad}
         self.fixed.update(_attributes(model, model.named_buffers(remove_duplicate=False)))
+        self.dead = _padding_rows(model, trainable)
         canonical = {id(p): n for n, p in trainable}
         self.aliases = [(n, canonical[id(p)]) for n, p in everything if id(p) in canonical and n != canonical[id(p)]]
         self.theta = torch.cat([p.detach().reshape(-1) for _, p in trainable]).clone()
@@ -204,6 +225,14 @@ class Objective:
         """theta (p,) -> {parameter name: tensor of its shape}."""
         chunks = torch.split(theta, self.sizes)
         return {n: c.view(s) for n, c, s in zip(self.names, chunks, self.shapes)}
+
+    def live(self, V: Tensor) -> Tensor:
+        """V (..., p) with the padding rows of embeddings zeroed: the tangent of a forward-mode product.
+
+        Reverse mode gives those rows gradient 0 (PyTorch masks them), forward mode does not mask them; a
+        product of the two (a Hessian or Gauss-Newton product) is then not symmetric unless they are left out
+        of the tangent too. Their curvature is l2 alone, as their gradient is l2 * theta alone."""
+        return V if self.dead is None else V.masked_fill(self.dead, 0)
 
     def tensors(self, theta: Tensor) -> dict[str, Tensor]:
         """Every parameter and buffer of the model by each of its names, the trainable ones from theta (p,)."""
@@ -237,7 +266,7 @@ class Objective:
         formed, so it costs about k forward passes instead of b gradients of p numbers.
         """
         f = lambda theta: self.losses(theta, X, y)  # noqa: E731
-        return vmap(lambda t: jvp(f, (self.theta,), (t,))[1])(T)
+        return vmap(lambda t: jvp(f, (self.theta,), (t,))[1])(self.live(T))
 
     def input_grads(self, X: Tensor, y: Tensor, direction: Tensor) -> Tensor:
         """grad_x of (direction . grad_theta L((x, y), theta_hat)) per example, shaped like X."""
@@ -257,7 +286,7 @@ class Objective:
         def one(v: Tensor) -> Tensor:
             return jvp(lambda t: g(t, X, y), (self.theta,), (v,))[1]
 
-        return vmap(one)(V)
+        return vmap(one)(self.live(V))
 
     def check_loss(self, X: Tensor, y: Tensor) -> None:
         """Check on a batch that loss_fn returns one finite loss per example, that per-example gradients work,
