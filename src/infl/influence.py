@@ -197,7 +197,7 @@ class Influence:
         return self
 
     def _fit_solver(self, op: Operator, obj: Objective) -> None:
-        if isinstance(self.solver, LiSSA):  # l2 + damping bounds H's spectrum when the data part is PSD
+        if isinstance(self.solver, (LiSSA, Arnoldi)):  # l2 + damping bounds H's spectrum when the data part is PSD
             psd = self.curvature == "gauss-newton" or isinstance(obj, LinearObjective)
             self.solver.fit(op, floor=obj.l2_min + self.damping if psd else None)
         else:

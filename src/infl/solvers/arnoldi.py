@@ -27,6 +27,9 @@ from ..operators import Operator
 from .base import SolveInfo, check_count, count, refine_count, itemsize, measured, solved
 from .krylov import refine
 from .lanczos import basis_size, default_block, top_eigenpairs
+from .spectrum import smallest_eigenvalue
+
+BOTTOM_RATIO = 10  # a smallest eigenvalue this far below the dropped directions' mean warns
 
 
 PRECONDITIONER_TOL = 0.1  # eigenpairs that only shape refine's preconditioner need no more
@@ -73,8 +76,13 @@ class Arnoldi:
                     (basis + self.block) * op.p * s,
                 f"probes ({self.probes} x {op.p}), during fit": self.probes * op.p * itemsize(op)}
 
-    def fit(self, op: Operator) -> Arnoldi:
-        """Find the top eigenpairs of op and the mean eigenvalue of the rest."""
+    def fit(self, op: Operator, floor: float | None = None) -> Arnoldi:
+        """Find the top eigenpairs of op and the mean eigenvalue of the rest.
+
+        floor: a known lower bound on op's eigenvalues (l2 + damping for a positive semi-definite data part).
+        Unknown (None) and without refine, op's smallest eigenvalue is estimated (Lanczos, at most 200
+        products): the dropped directions all get their mean, and one far below it is inverted far too weakly,
+        by an error the measured residual understates; that warns, and a non-positive one is refused."""
         if self.rank >= op.p:
             raise InputError(f"Arnoldi rank {self.rank} must be below the number of parameters p = {op.p}; "
                              f"use rank <= {op.p - 1}, or solver='exact' (on the command line: --solver exact) for "
@@ -103,7 +111,24 @@ class Arnoldi:
         rest = min(rest, float(lam[-1]))  # within the eigenpairs' tolerance above it: the smallest kept one
         self.lam_rest = rest
         self.captured_ = float(lam.sum()) / (float(lam.sum()) + max(rest_trace, 0.0))
+        self.floor_ = floor
+        self.bottom_ = floor if floor is not None or self.refine else self._check_bottom(op)
         return self
+
+    def _check_bottom(self, op: Operator) -> float:
+        """op's smallest eigenvalue (estimated from above); CurvatureError if <= 0, a warning if far below the
+        dropped directions' mean, the eigenvalue the low-rank inverse gives them all."""
+        low, _ = smallest_eigenvalue(op, 1.01 * float(self.lam[0]), seed=self.seed)
+        noise = 100 * torch.finfo(self.lam.dtype).eps * float(self.lam[0])  # 0 to this precision (singular)
+        if low < -noise:
+            raise CurvatureError(f"the curvature has an eigenvalue of about {low:.3g} <= 0 (Lanczos estimate): it is "
+                                 f"not positive definite. Add damping > {-low:.3g}, or use curvature='gauss-newton'")
+        if low < self.lam_rest / BOTTOM_RATIO:
+            warn(f"Arnoldi: the curvature has an eigenvalue of about {low:.3g}, "
+                 f"{self.lam_rest / max(low, noise):.3g}x below the {self.lam_rest:.3g} its dropped directions are all "
+                 "given: along such directions the answers are that much too small, and the measured residual "
+                 "understates the error. Pass refine=5 (block CG steps on the true curvature), or use solver='cg'")
+        return low
 
     def _top_eigenpairs(self, op: Operator) -> tuple[Tensor, Tensor]:
         lam, U, converged = top_eigenpairs(op, self.rank, tol=self.tol, block=self.block, seed=self.seed)
@@ -129,7 +154,9 @@ class Arnoldi:
         """X (k, p) ~= A^{-1} b for each row b of B (k, p)."""
         note = (f"rank {self.rank}: top eigenvalues {float(self.lam[0]):.3g}..{float(self.lam[-1]):.3g} carry "
                 f"{100 * self.captured_:.1f}% of the trace; the other {self.op.p - self.rank} directions are "
-                f"treated as one eigenvalue {self.lam_rest:.3g}")
+                f"treated as one eigenvalue {self.lam_rest:.3g}"
+                + (f"; smallest eigenvalue about {self.bottom_:.3g} (Lanczos)" if self.floor_ is None and not self.refine
+                   else ""))
         if self.refine:
             return refine(self.op, B, self.refine, self.inverse, self.name, note)
         X = self.inverse(B)
