@@ -124,8 +124,9 @@ class Arnoldi:
             raise CurvatureError(f"the curvature has an eigenvalue of about {low:.3g} <= 0 (Lanczos estimate): it is "
                                  f"not positive definite. Add damping > {-low:.3g}, or use curvature='gauss-newton'")
         if low < self.lam_rest / BOTTOM_RATIO:
-            warn(f"Arnoldi: the curvature has an eigenvalue of about {low:.3g}, "
-                 f"{self.lam_rest / max(low, noise):.3g}x below the {self.lam_rest:.3g} its dropped directions are all "
+            found = (f"an eigenvalue of about {low:.3g}, {self.lam_rest / low:.3g}x" if low > noise else
+                     f"an eigenvalue of 0 to this precision (estimate {low:.2g}), far")
+            warn(f"Arnoldi: the curvature has {found} below the {self.lam_rest:.3g} its dropped directions are all "
                  "given: along such directions the answers are that much too small, and the measured residual "
                  "understates the error. Pass refine=5 (block CG steps on the true curvature), or use solver='cg'")
         return low
