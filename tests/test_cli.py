@@ -100,6 +100,7 @@ def test_library_advice_is_spelled_as_the_command_line_takes_it():
     no curvature option, and the command's convex model turns an indefinite Hessian into a scaling problem)."""
     import torch
 
+    import infl
     from infl.cli import spell
     from infl.solvers.exact import _indefinite, _precision_fix
 
@@ -107,6 +108,15 @@ def test_library_advice_is_spelled_as_the_command_line_takes_it():
     assert "pass --damping 4 (any value above 2), or a larger --l2" in message and "standardise" in message
     assert "curvature=" not in message and "damping=" not in message
     assert spell(_precision_fix(torch.float64)).startswith("Add --damping (or a larger --l2)")
+    from infl.operators import Dense
+
+    with pytest.raises(infl.InputError) as rank:
+        infl.Arnoldi(rank=10).fit(Dense(torch.eye(5, dtype=torch.float64)))
+    assert spell(str(rank.value)).endswith("use rank <= 4, or --solver exact for the whole spectrum, which is cheap "
+                                           "at this size")  # once: 'or --solver exact (on the command line: ...)'
+    lissa = spell("LiSSA: ... so the series cannot converge. Add damping > 0.3, or use curvature='gauss-newton'")
+    assert "Add --damping above 0.3, or a larger --l2" in lissa and "curvature=" not in lissa
+    assert "max_params" not in spell("Use solver='cg' (matrix-free), or raise max_params if the memory is there")
     for solver in ("KFAC(refine=4)", "EKFAC(refine=4)", "Arnoldi(refine=5)"):  # the solvers' own advice
         advice = f"{solver} (block CG steps on the true curvature) or solver='cg' solves it"
         assert spell(advice) == "--solver exact or --solver cg solves it"

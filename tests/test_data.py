@@ -304,7 +304,9 @@ def test_csv_without_a_header_or_with_an_unnamed_index_column_is_refused(tmp_pat
     header silently); pandas' default to_csv adds an unnamed row-index column, which was used as a feature."""
     path = _write_csv(tmp_path / "d.csv", "0.5,1.5,0\n0.2,1.1,1\n")
     with pytest.raises(DataError, match=r"first row holds only numbers, so the file has no header row"):
-        load_csv(path, label_column="0")
+        load_csv(path, label_column="1")
+    named = _write_csv(tmp_path / "n.csv", "0,1,2\n0.5,1.5,0\n0.2,1.1,1\n")  # pandas' header for an array
+    assert load_csv(named, label_column="2")[1].tolist() == [0, 1]
     path = _write_csv(tmp_path / "i.csv", ",a,label\n0,1.5,0\n1,1.1,1\n")
     with pytest.raises(DataError, match=r"column 1 has no name in the header .*to_csv\(index=False\)"):
         load_csv(path)

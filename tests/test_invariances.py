@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.utils.parametrize
 
 import infl
 
@@ -169,3 +170,49 @@ def test_an_embeddings_padding_row_is_a_constant_in_every_product():
     with pytest.raises(infl.InputError, match="scale_grad_by_freq=True"):
         infl.Influence(torch.nn.Sequential(torch.nn.Embedding(6, 3, scale_grad_by_freq=True), torch.nn.Flatten(),
                                            torch.nn.Linear(12, 2)), ce).fit((X, y))
+    scaled = torch.nn.Embedding(6, 3, padding_idx=0)  # its weight computed from another: the row cannot be held
+    torch.nn.utils.parametrize.register_parametrization(scaled, "weight", _Double())
+    with pytest.raises(infl.InputError, match="padding_idx under a parametrization"):
+        infl.Influence(torch.nn.Sequential(scaled, torch.nn.Flatten(), torch.nn.Linear(12, 2)), ce).fit((X, y))
+
+
+class _Double(torch.nn.Module):
+    def forward(self, w):
+        return 2 * w
+
+
+def test_a_padding_row_tied_to_an_output_layer_trains_there():
+    """A language model's embedding tied to its output layer: the padding row is a constant in the lookup only and
+    a parameter of the output layer. Zeroing it in every tangent (the first fix) mixed two functions (6% off)."""
+    import torch.nn.functional as F
+    from torch.func import grad, vmap
+
+    torch.manual_seed(1)
+    emb, out = torch.nn.Embedding(6, 3, padding_idx=0).double(), torch.nn.Linear(3, 6).double()
+    out.weight = emb.weight
+
+    class Tied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb, self.out = emb, out
+
+        def forward(self, x):
+            return self.out(torch.tanh(self.emb(x)).mean(1))
+
+    X, y = torch.randint(0, 6, (40, 4)), torch.arange(40) % 6
+    ce = lambda o, t: F.cross_entropy(o, t, reduction="none")  # noqa: E731
+    l2, damping = 0.05, 1.0
+    E0 = emb.weight.detach()
+    theta = torch.cat([E0.reshape(-1), out.bias.detach()])
+
+    def loss(th, tokens, t):
+        E, c = th[:18].view(6, 3), th[18:]
+        lookup = torch.cat([E0[:1], E[1:]])  # the padding row a constant here only
+        return ce(torch.tanh(lookup[tokens]).mean(1) @ E.T + c, t)
+
+    H = torch.autograd.functional.hessian(lambda th: loss(th, X, y).mean() + 0.5 * l2 * th.square().sum(), theta)
+    G = vmap(grad(lambda th, x, t: loss(th, x[None], t[None])[0]), in_dims=(None, 0, 0))(theta, X, y)
+    reference = -G[:3] @ torch.linalg.solve(H + damping * torch.eye(24, dtype=H.dtype), G.T)
+    for solver in ("exact", "cg"):
+        inf = infl.Influence(Tied(), ce, l2=l2, damping=damping, solver=solver, stationarity_tol=float("inf"))
+        torch.testing.assert_close(inf.fit((X, y)).scores((X[:3], y[:3])), reference, rtol=1e-6, atol=1e-8)

@@ -164,6 +164,22 @@ def test_lissa_estimates_its_floor_where_l2_does_not_bound_the_hessian(mlp):
     assert ggn.solver.floor == mlp.l2 and not ggn.solver.estimated_
 
 
+def test_a_linear_model_with_a_loss_not_convex_in_its_outputs_has_no_floor_from_l2(logreg):
+    """l2 + damping bounds a linear model's Hessian only for a loss convex in the outputs. With log(1 + r^2) the
+    Hessian is indefinite; LiSSA and Arnoldi took l2 as the floor and answered; now they refuse, as exact does.
+    Cross-entropy keeps its free floor."""
+    cauchy = lambda out, t: torch.log1p((out.squeeze(1) - t).square())  # noqa: E731
+    model = torch.nn.Linear(logreg.X.shape[1], 1).double()
+    with torch.no_grad():
+        model.weight.fill_(0.3)
+    y = 3 * logreg.X[:, 0] - 2.0
+    for solver in (infl.Exact(), LiSSA(), infl.Arnoldi(rank=2)):
+        with pytest.raises(CurvatureError, match="not positive definite|<= 0"):
+            infl.Influence(model, cauchy, l2=0.01, solver=solver, stationarity_tol=float("inf")).fit((logreg.X, y))
+    convex = infl.Influence(logreg.model, logreg.loss_fn, l2=logreg.l2, solver=LiSSA()).fit(logreg.train)
+    assert convex.solver.floor == logreg.l2 and not convex.solver.estimated_
+
+
 def test_lissa_says_when_its_estimated_floor_has_not_settled():
     """A log-spread spectrum (1e-3..10, p = 500): Lanczos overestimates the smallest eigenvalue and its Ritz
     residual says so; LiSSA warns, notes it, and does not report convergence."""

@@ -346,13 +346,21 @@ def explain(**opts: object) -> None:
     run_command(_explain, opts)
 
 
-SPELLINGS = (  # the library's advice as every command spells it: (regular expression, replacement), in order
+SPELLINGS = (  # the library's advice as every command spells it: (regular expression, replacement), in order;
+    # the commands train a convex logistic regression and take each solver's defaults
     (r"(?:EK-?FAC|KFAC|Arnoldi)\(refine=\d+\) \(block CG steps on the true curvature\) or solver='cg' solves it",
      "--solver exact or --solver cg solves it"),
     (r"solver='(\w+)'", r"--solver \1"),
     (r"pass damping > (\S+) \(e\.g\. damping=([^)]+)\), or use curvature='gauss-newton'",
      r"pass --damping \2 (any value above \1), or a larger --l2. The command's logistic regression is convex, so a "
      "negative eigenvalue comes from rounding: standardise features of very different or very large sizes"),
+    (r"([Aa])dd damping(?: > ([^\s,]+))?,? or use curvature='gauss-newton'",
+     lambda m: f"{m.group(1)}dd --damping{' above ' + m.group(2) if m.group(2) else ''}, or a larger --l2 (the command's "
+               "logistic regression is convex, so this comes from rounding: standardise the features)"),
+    (r"pass damping > (\S+) to the Influence, or use curvature='gauss-newton'",
+     r"pass --damping above \1, or a larger --l2 (the command's logistic regression is convex, so this comes "
+     "from rounding: standardise the features)"),
+    (r", or raise max_params if the memory is there", ""),
     (r"Add damping \(or a larger l2\)", "Add --damping (or a larger --l2)"),
     (r"the optimum is not tight: raise max_iter", "the optimum is not tight: standardise features of very different "
      "sizes (they slow L-BFGS), or raise --l2"),

@@ -14,7 +14,7 @@ from . import dist
 from .errors import CurvatureError, InputError, NotFittedError, warn
 from .grads import directional_pays, iter_directional, iter_grads, stack_grads, sum_grad
 from .inputs import batches, to_tensors
-from .linear import LinearObjective, check_curvature, curvature_operator, make_objective
+from .linear import LinearHessian, check_curvature, curvature_operator, make_objective
 from .objective import L2, LossFn, Objective, check_l2, describe_l2, is_integer, nonnegative_number
 from .operators import Operator
 from .solvers import CG, EKFAC, KFAC, Arnoldi, Exact, LiSSA, SolveInfo
@@ -198,7 +198,7 @@ class Influence:
 
     def _fit_solver(self, op: Operator, obj: Objective) -> None:
         if isinstance(self.solver, (LiSSA, Arnoldi)):  # l2 + damping bounds H's spectrum when the data part is PSD
-            psd = self.curvature == "gauss-newton" or isinstance(obj, LinearObjective)
+            psd = self.curvature == "gauss-newton" or _convex_linear(op)
             self.solver.fit(op, floor=obj.l2_min + self.damping if psd else None)
         else:
             self.solver.fit(op)
@@ -365,3 +365,16 @@ class Influence:
         if not hasattr(self, "info_"):
             raise NotFittedError("no solve has run yet; call scores(), s_test() or up_params() first")
         return self.info_
+
+
+def _convex_linear(op: Operator) -> bool:
+    """Whether op (damped or not) is a linear model's Hessian whose loss is convex in the outputs (every output
+    Hessian Lambda_i positive semi-definite, checked on every process's rows), so l2 + damping bounds its spectrum;
+    a loss such as log(1 + r^2) is not, and its Hessian can be indefinite even for a linear model."""
+    while not isinstance(op, LinearHessian) and hasattr(op, "op"):
+        op = op.op
+    if not isinstance(op, LinearHessian):
+        return False
+    low = float(torch.linalg.eigvalsh(op.Lam).min()) if op.Lam.numel() else 0.0
+    size = float(op.Lam.abs().max()) if op.Lam.numel() else 0.0
+    return not dist.maximum(int(low < -100 * torch.finfo(op.Lam.dtype).eps * size))

@@ -35,24 +35,35 @@ def is_integer(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _padding_rows(model: nn.Module, trainable: list[tuple[str, Tensor]]) -> Tensor | None:
-    """(p,) bool, True on the padding rows of trainable nn.Embedding / nn.EmbeddingBag weights (theta order), or
-    None where there are none. Refuses scale_grad_by_freq, whose rescaled "gradient" is not the loss's."""
-    start, offsets = 0, {}
-    for _, p in trainable:
-        offsets[id(p)], start = start, start + p.numel()
-    dead = torch.zeros(start, dtype=torch.bool, device=trainable[0][1].device)
+def _padding_rows(model: nn.Module, attributes: list[tuple[str, Tensor]]) -> list[tuple[str, Tensor]]:
+    """(attribute name, (rows, 1) bool mask of the padding row) for each trainable nn.Embedding / EmbeddingBag
+    weight with a padding_idx. PyTorch gives that row gradient 0 in the lookup in reverse mode but not in forward
+    mode, so the lookup must see it as a constant (a weight tied to another layer still trains there). Refuses
+    scale_grad_by_freq, whose rescaled gradient is not the loss's, and a padding row under a parametrization."""
+    from torch.nn.utils import parametrize
+
+    out = []
     for name, m in model.named_modules():
-        if not (isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and id(m.weight) in offsets):
+        if not isinstance(m, (nn.Embedding, nn.EmbeddingBag)):
+            continue
+        if parametrize.is_parametrized(m, "weight") and m.padding_idx is not None \
+                and any(p.requires_grad for p in m.parametrizations.weight.parameters()):
+            raise InputError(f"{name} is an embedding with padding_idx under a parametrization: its padding row "
+                             "cannot be held constant in the lookup; freeze it (requires_grad=False) or remove the "
+                             "parametrization for influence")
+        if not m.weight.requires_grad:
             continue
         if m.scale_grad_by_freq:
             raise InputError(f"{name or 'the model'} is an embedding with scale_grad_by_freq=True: its gradient is "
                              "rescaled by token counts, so it is not the loss's gradient; build it with "
                              "scale_grad_by_freq=False for influence (the outputs are the same)")
-        if m.padding_idx is not None:
-            row = offsets[id(m.weight)] + (m.padding_idx % m.num_embeddings) * m.embedding_dim
-            dead[row:row + m.embedding_dim] = True
-    return dead if dead.any() else None
+        if m.padding_idx is None:
+            continue
+        own = next(n for n, t in attributes if t is m.weight and model.get_submodule(n.rpartition(".")[0]) is m)
+        mask = torch.zeros(m.num_embeddings, 1, dtype=torch.bool, device=m.weight.device)
+        mask[m.padding_idx] = True
+        out.append((own, mask))
+    return out
 
 
 def _attributes(model: nn.Module, named: Iterator[tuple[str, Tensor]]) -> list[tuple[str, Tensor]]:
@@ -204,9 +215,9 @@ class Objective:
         self.shapes = [p.shape for _, p in trainable]
         self.sizes = [p.numel() for _, p in trainable]
         everything = _attributes(model, model.named_parameters(remove_duplicate=False))
+        self.padded = _padding_rows(model, everything)
         self.fixed = {n: p.detach() for n, p in everything if not p.requires_grad}
         self.fixed.update(_attributes(model, model.named_buffers(remove_duplicate=False)))
-        self.dead = _padding_rows(model, trainable)
         canonical = {id(p): n for n, p in trainable}
         self.aliases = [(n, canonical[id(p)]) for n, p in everything if id(p) in canonical and n != canonical[id(p)]]
         self.theta = torch.cat([p.detach().reshape(-1) for _, p in trainable]).clone()
@@ -226,18 +237,13 @@ class Objective:
         chunks = torch.split(theta, self.sizes)
         return {n: c.view(s) for n, c, s in zip(self.names, chunks, self.shapes)}
 
-    def live(self, V: Tensor) -> Tensor:
-        """V (..., p) with the padding rows of embeddings zeroed: the tangent of a forward-mode product.
-
-        Reverse mode gives those rows gradient 0 (PyTorch masks them), forward mode does not mask them; a
-        product of the two (a Hessian or Gauss-Newton product) is then not symmetric unless they are left out
-        of the tangent too. Their curvature is l2 alone, as their gradient is l2 * theta alone."""
-        return V if self.dead is None else V.masked_fill(self.dead, 0)
-
     def tensors(self, theta: Tensor) -> dict[str, Tensor]:
         """Every parameter and buffer of the model by each of its names, the trainable ones from theta (p,)."""
         own = self.unflatten(theta)
-        return {**self.fixed, **own, **{alias: own[name] for alias, name in self.aliases}}
+        out = {**self.fixed, **own, **{alias: own[name] for alias, name in self.aliases}}
+        for name, pad in self.padded:  # a constant in the lookup, as reverse mode treats it (forward mode does not)
+            out[name] = torch.where(pad, out[name].detach(), out[name])
+        return out
 
     def outputs(self, theta: Tensor, X: Tensor) -> Tensor:
         """Model outputs for inputs X (b, ...) at parameters theta."""
@@ -266,7 +272,7 @@ class Objective:
         formed, so it costs about k forward passes instead of b gradients of p numbers.
         """
         f = lambda theta: self.losses(theta, X, y)  # noqa: E731
-        return vmap(lambda t: jvp(f, (self.theta,), (t,))[1])(self.live(T))
+        return vmap(lambda t: jvp(f, (self.theta,), (t,))[1])(T)
 
     def input_grads(self, X: Tensor, y: Tensor, direction: Tensor) -> Tensor:
         """grad_x of (direction . grad_theta L((x, y), theta_hat)) per example, shaped like X."""
@@ -286,7 +292,7 @@ class Objective:
         def one(v: Tensor) -> Tensor:
             return jvp(lambda t: g(t, X, y), (self.theta,), (v,))[1]
 
-        return vmap(one)(self.live(V))
+        return vmap(one)(V)
 
     def check_loss(self, X: Tensor, y: Tensor) -> None:
         """Check on a batch that loss_fn returns one finite loss per example, that per-example gradients work,

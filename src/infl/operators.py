@@ -142,7 +142,7 @@ class GaussNewton(Hessian):
         obj = self.obj
         f = lambda theta: obj.outputs(theta, X)  # noqa: E731
         F0, pullback = vjp(f, obj.theta)
-        JV = vmap(lambda v: jvp(f, (obj.theta,), (v,))[1])(obj.live(V))  # (k, b, *out)
+        JV = vmap(lambda v: jvp(f, (obj.theta,), (v,))[1])(V)  # (k, b, *out)
         b, m = F0.shape[0], F0[0].numel()
         Lam = output_hessians(obj.loss_fn, F0, y)
         U = torch.einsum("bcm,kbm->kbc", Lam, JV.reshape(V.shape[0], b, m)).reshape(JV.shape)

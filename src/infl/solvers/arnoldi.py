@@ -85,7 +85,7 @@ class Arnoldi:
         by an error the measured residual understates; that warns, and a non-positive one is refused."""
         if self.rank >= op.p:
             raise InputError(f"Arnoldi rank {self.rank} must be below the number of parameters p = {op.p}; "
-                             f"use rank <= {op.p - 1}, or solver='exact' (on the command line: --solver exact) for "
+                             f"use rank <= {op.p - 1}, or solver='exact' for "
                              "the whole spectrum, which is cheap at this size")
         self.op = op
         lam, U = self._top_eigenpairs(op)
