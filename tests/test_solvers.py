@@ -352,6 +352,8 @@ def test_arnoldi_warns_when_an_eigenvalue_lies_far_below_the_dropped_mean_and_re
     with pytest.warns(UserWarning, match=r"eigenvalue of about 0.0001, [\d.]+x below .*Pass refine=5"):
         solver = infl.Arnoldi(rank=5).fit(A)
     assert solver.bottom_ == pytest.approx(1e-4, rel=1e-3)
+    estimate = "smallest-eigenvalue estimate where the floor is unknown (Lanczos basis 100 x 47), during fit"
+    assert solver.footprint(A)[estimate] == 102 * 47 * 8 and estimate not in infl.Arnoldi(refine=2).footprint(A)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         infl.Arnoldi(rank=5, refine=3).fit(A)

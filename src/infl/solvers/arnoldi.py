@@ -27,7 +27,7 @@ from ..operators import Operator
 from .base import SolveInfo, check_count, count, refine_count, itemsize, measured, solved
 from .krylov import refine
 from .lanczos import basis_size, default_block, top_eigenpairs
-from .spectrum import smallest_eigenvalue
+from .spectrum import bottom_footprint, smallest_eigenvalue
 
 BOTTOM_RATIO = 10  # a smallest eigenvalue this far below the dropped directions' mean warns
 
@@ -74,7 +74,8 @@ class Arnoldi:
         return {f"eigenvectors ({r} x {op.p})": r * op.p * s,
                 f"Lanczos basis ({basis} x {op.p}) and a block product ({self.block} x {op.p}), during fit":
                     (basis + self.block) * op.p * s,
-                f"probes ({self.probes} x {op.p}), during fit": self.probes * op.p * itemsize(op)}
+                f"probes ({self.probes} x {op.p}), during fit": self.probes * op.p * itemsize(op),
+                **({} if self.refine else bottom_footprint(op))}
 
     def fit(self, op: Operator, floor: float | None = None) -> Arnoldi:
         """Find the top eigenpairs of op and the mean eigenvalue of the rest.

@@ -17,7 +17,7 @@ from torch import Tensor
 from ..errors import CurvatureError, DivergenceError, InputError, warn
 from ..operators import Operator
 from .base import SolveInfo, check_count, count, itemsize, measured, solved, unit_rows
-from .spectrum import smallest_eigenvalue, top_eigenvalue
+from .spectrum import bottom_footprint, smallest_eigenvalue, top_eigenvalue
 
 
 SETTLED = 0.1  # an estimated floor counts as settled when its Ritz residual is within this fraction of it
@@ -60,7 +60,7 @@ class LiSSA:
 
     def footprint(self, op: Operator) -> dict[str, int]:
         """Bytes held, by item: the recursion's vectors per right-hand side (nothing is kept between solves)."""
-        return {f"per right-hand side (4 vectors of {op.p})": 4 * op.p * itemsize(op)}
+        return {f"per right-hand side (4 vectors of {op.p})": 4 * op.p * itemsize(op), **bottom_footprint(op)}
 
     def fit(self, op: Operator, floor: float | None = None) -> LiSSA:
         """Choose scale and depth for op; floor is a known lower bound on its eigenvalues (None: unknown, so

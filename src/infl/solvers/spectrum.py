@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 
 from ..operators import Operator
+from .base import itemsize
 from .lanczos import top_eigenpairs
 
 
@@ -38,12 +39,21 @@ class _Reflected(Operator):
         return self.c * V - self.op.matmat(V)
 
 
+BOTTOM_BASIS = 100  # Lanczos vectors held while estimating the smallest eigenvalue
+
+
+def bottom_footprint(op: Operator) -> dict[str, int]:
+    """Bytes held while smallest_eigenvalue runs (where a solver's floor is unknown), as a footprint item."""
+    return {f"smallest-eigenvalue estimate where the floor is unknown (Lanczos basis {BOTTOM_BASIS} x {op.p}), "
+            "during fit": (BOTTOM_BASIS + 2) * op.p * itemsize(op)}
+
+
 def smallest_eigenvalue(op: Operator, c: float, seed: int = 0) -> tuple[float, float]:
     """A's smallest eigenvalue estimated from above (a Ritz value) by Lanczos on c I - A, c about A's largest
     eigenvalue (at most 200 products: a basis of 100, up to 50 thick restarts), and the Ritz pair's residual
     ||A u - lam u||: some eigenvalue of A lies within it of the estimate, and a residual far below the estimate
     means the estimate has settled (Krylov methods cannot certify that no smaller eigenvalue exists)."""
     shifted = _Reflected(op, c)
-    lam, U, _ = top_eigenpairs(shifted, 1, tol=1e-8, block=1, max_dim=100, seed=seed, max_restarts=50)
+    lam, U, _ = top_eigenpairs(shifted, 1, tol=1e-8, block=1, max_dim=BOTTOM_BASIS, seed=seed, max_restarts=50)
     estimate = c - float(lam[0])
     return estimate, float((op.matmat(U) - estimate * U).norm())
