@@ -1,6 +1,7 @@
 """Batch size, data order, self-influence as the pairwise diagonal, dtype, and an untouched model."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -216,3 +217,23 @@ def test_a_padding_row_tied_to_an_output_layer_trains_there():
     for solver in ("exact", "cg"):
         inf = infl.Influence(Tied(), ce, l2=l2, damping=damping, solver=solver, stationarity_tol=float("inf"))
         torch.testing.assert_close(inf.fit((X, y)).scores((X[:3], y[:3])), reference, rtol=1e-6, atol=1e-8)
+
+
+def test_a_layer_without_forward_mode_is_refused_with_the_way_that_works():
+    """nn.EmbeddingBag has no forward-mode AD. The refusal advised solver='ekfac' too, whose residual check takes
+    curvature products and then failed with a bare NotImplementedError at the first query."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.EmbeddingBag(6, 3, mode="mean"), torch.nn.Linear(3, 2)).double()
+    X, y = torch.randint(0, 6, (30, 4)), torch.arange(30) % 2
+    ce = lambda o, t: F.cross_entropy(o, t, reduction="none")  # noqa: E731
+    advice = r"(?s)lacks .*use curvature='gauss-newton' with solver='exact' \(the other solvers"
+    with pytest.raises(infl.InputError, match=advice):
+        infl.Influence(model, ce, l2=0.1, solver="cg", stationarity_tol=float("inf")).fit((X, y))
+    ekfac = infl.Influence(model, ce, l2=0.1, curvature="gauss-newton", solver="ekfac", stationarity_tol=float("inf"))
+    with pytest.raises(infl.InputError, match=advice), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ekfac.fit((X, y)).scores((X[:2], y[:2]))
+    exact = infl.Influence(model, ce, l2=0.1, curvature="gauss-newton", solver="exact", stationarity_tol=float("inf"))
+    assert exact.fit((X, y)).scores((X[:2], y[:2])).shape == (2, 30)

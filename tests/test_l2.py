@@ -69,9 +69,17 @@ def test_unpenalised_bias_scores_match_leave_one_out():
 
 
 @pytest.mark.filterwarnings("ignore:the model is not at a stationary point")
-def test_lissa_floor_is_the_smallest_l2(logreg):
-    with pytest.raises(infl.InputError, match="smallest l2"):
+def test_lissa_refuses_the_singular_hessian_an_unpenalised_softmax_bias_leaves(logreg):
+    """The smallest l2 is 0, which bounds nothing, so LiSSA estimates the floor: 0 to rounding (the softmax does not
+    change when one constant is added to every bias), refused with the fix."""
+    refused = r"eigenvalue of about \S+ (<= 0|\(0 to this precision\)).*Add damping"
+    with pytest.raises(infl.CurvatureError, match=refused):
         infl.Influence(logreg.model, logreg.loss_fn, l2={"weight": 0.05}, solver="lissa").fit(logreg.train)
+    from infl.operators import Dense
+
+    singular = torch.diag(torch.tensor([2.0, 1.0, 1e-15], dtype=torch.float64))  # positive, but 0 to rounding
+    with pytest.raises(infl.CurvatureError, match=refused):  # a tiny positive estimate was taken as the floor
+        infl.LiSSA().fit(Dense(singular))
 
 
 @pytest.mark.parametrize("l2, match", [

@@ -187,6 +187,17 @@ def test_unconverged_fit_warns_what_it_means():
         from_sklearn(sgd, Xb, yb, hinge_t=np.float32(0.01))  # scikit-learn does not warn here, so neither do we
 
 
+def test_lissa_on_an_unpenalised_intercept_estimates_its_floor():
+    """l2 is 0 on the intercept, so l2 + damping = 0 bounds nothing: LiSSA was handed 0 as its floor and refused
+    ('cannot choose its depth'); it now estimates the smallest eigenvalue and matches the exact solve."""
+    X, y, Xt, yt = breast_cancer(100)
+    est = LogisticRegression(tol=1e-10, max_iter=10_000).fit(X, y)
+    exact = from_sklearn(est, X, y).scores((Xt[:3], yt[:3]))
+    lissa = from_sklearn(est, X, y, solver=infl.LiSSA())
+    assert lissa.solver.estimated_
+    torch.testing.assert_close(lissa.scores((Xt[:3], yt[:3])), exact, rtol=0, atol=1e-4 * float(exact.abs().max()))
+
+
 def test_labels_the_estimator_never_saw_are_refused():
     X, y, Xt, _ = breast_cancer(100)
     inf = from_sklearn(LogisticRegression(tol=1e-10).fit(X, y), X, y)

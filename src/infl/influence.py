@@ -183,13 +183,8 @@ class Influence:
         """Read the training data, build the curvature operator and prepare the solver."""
         self.prepare(train)
         op, obj = self.operator_, self.objective_
-        try:
-            with self._curvature_advice():
-                self._fit_solver(op, obj)
-        except NotImplementedError as exc:  # an operation without forward-mode AD (curvature products use it)
-            raise InputError(f"the curvature products need forward-mode AD, which an operation in this model lacks "
-                             f"({exc}); use curvature='gauss-newton' with solver='exact' or 'ekfac', or freeze the "
-                             "layer (requires_grad=False)") from exc
+        with self._curvature_advice():
+            self._fit_solver(op, obj)
         self.curvature_: Operator = op
         sh = self.shard_
         self.train_grads_ = (stack_grads(self.objective_, self.X_train_[sh], self.y_train_[sh], self.batch_size, sh.start)
@@ -199,15 +194,22 @@ class Influence:
     def _fit_solver(self, op: Operator, obj: Objective) -> None:
         if isinstance(self.solver, (LiSSA, Arnoldi)):  # l2 + damping bounds H's spectrum when the data part is PSD
             psd = self.curvature == "gauss-newton" or _convex_linear(op)
-            self.solver.fit(op, floor=obj.l2_min + self.damping if psd else None)
+            floor = obj.l2_min + self.damping  # 0 (e.g. an unpenalised intercept) bounds nothing: estimate then
+            self.solver.fit(op, floor=floor if psd and floor > 0 else None)
         else:
             self.solver.fit(op)
 
     @contextlib.contextmanager
     def _curvature_advice(self) -> Iterator[None]:
-        """A solver's CurvatureError without the advice to use Gauss-Newton when it is the curvature in use."""
+        """A solver's CurvatureError without the advice to use Gauss-Newton when it is the curvature in use; a
+        model without forward-mode AD (curvature products use it) named with the way around it."""
         try:
             yield
+        except NotImplementedError as exc:
+            raise InputError(f"the curvature products need forward-mode AD, which an operation in this model lacks "
+                             f"({exc}); use curvature='gauss-newton' with solver='exact' (the other solvers, and "
+                             "EK-FAC's residual check, take curvature products), or freeze the layer "
+                             "(requires_grad=False)") from exc
         except CurvatureError as error:
             if self.curvature != "gauss-newton" or GAUSS_NEWTON_ADVICE not in str(error):
                 raise

@@ -78,10 +78,11 @@ class LiSSA:
         """A's smallest eigenvalue by Lanczos (from above) and whether it has settled to within SETTLED of itself;
         CurvatureError if it is not positive, a warning (and converged=False later) if it has not settled."""
         lam, residual = smallest_eigenvalue(self.op, self.scale_, seed=self.seed)
-        if lam <= 0:
+        if lam <= 100 * torch.finfo(self.op.dtype).eps * self.scale_:  # <= 0, or 0 to this precision (singular)
+            size = "<= 0" if lam <= 0 else "(0 to this precision)"
             raise CurvatureError(
-                f"LiSSA: the curvature has an eigenvalue of about {lam:.3g} <= 0 (Lanczos estimate), so the series "
-                f"cannot converge. Add damping > {-lam:.3g}, or use curvature='gauss-newton'")
+                f"LiSSA: the curvature has an eigenvalue of about {lam:.3g} {size} (Lanczos estimate), so the series "
+                f"cannot converge. Add damping > {max(0.0, -lam):.3g}, or use curvature='gauss-newton'")
         settled = residual <= SETTLED * lam
         if not settled:
             warn(f"LiSSA: the estimate {lam:.3g} of the curvature's smallest eigenvalue has not settled (Ritz "
