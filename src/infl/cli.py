@@ -355,8 +355,8 @@ SPELLINGS = (  # the library's advice as every command spells it: (regular expre
      r"pass --damping \2 (any value above \1), or a larger --l2. The command's logistic regression is convex, so a "
      "negative eigenvalue comes from rounding: standardise features of very different or very large sizes"),
     (r"([Aa])dd damping(?: > ([^\s,]+))?,? or use curvature='gauss-newton'",
-     lambda m: f"{m.group(1)}dd --damping{' above ' + m.group(2) if m.group(2) else ''}, or a larger --l2 (the command's "
-               "logistic regression is convex, so this comes from rounding: standardise the features)"),
+     lambda m: f"{m.group(1)}dd --damping{' above ' + m.group(2) if m.group(2) else ''}, or a larger --l2 (the "
+               "command's logistic regression is convex, so this comes from rounding: standardise the features)"),
     (r"pass damping > (\S+) to the Influence, or use curvature='gauss-newton'",
      r"pass --damping above \1, or a larger --l2 (the command's logistic regression is convex, so this comes "
      "from rounding: standardise the features)"),

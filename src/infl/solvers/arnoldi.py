@@ -113,8 +113,12 @@ class Arnoldi:
         self.lam_rest = rest
         self.captured_ = float(lam.sum()) / (float(lam.sum()) + max(rest_trace, 0.0))
         self.floor_ = floor
-        self.bottom_ = floor if floor is not None or self.refine else self._check_bottom(op)
+        self.bottom_ = self._check_bottom(op) if self._estimated() else floor
         return self
+
+    def _estimated(self) -> bool:
+        """Whether fit estimated the smallest eigenvalue (no floor given, no refine)."""
+        return self.floor_ is None and not self.refine
 
     def _check_bottom(self, op: Operator) -> float:
         """op's smallest eigenvalue (estimated from above); CurvatureError if <= 0, a warning if far below the
@@ -157,8 +161,7 @@ class Arnoldi:
         note = (f"rank {self.rank}: top eigenvalues {float(self.lam[0]):.3g}..{float(self.lam[-1]):.3g} carry "
                 f"{100 * self.captured_:.1f}% of the trace; the other {self.op.p - self.rank} directions are "
                 f"treated as one eigenvalue {self.lam_rest:.3g}"
-                + (f"; smallest eigenvalue about {self.bottom_:.3g} (Lanczos)" if self.floor_ is None and not self.refine
-                   else ""))
+                + (f"; smallest eigenvalue about {self.bottom_:.3g} (Lanczos)" if self._estimated() else ""))
         if self.refine:
             return refine(self.op, B, self.refine, self.inverse, self.name, note)
         X = self.inverse(B)
