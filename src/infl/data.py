@@ -247,7 +247,7 @@ def _rows(path: str | Path, header_only: bool = False) -> list[list[str]]:
 def _header(rows: list[list[str]], label_column: str, path: str | Path) -> list[str]:
     """The header row's names, stripped; it must name `label_column` and every column, none twice."""
     header = [name.strip() for name in rows[0]]
-    if label_column not in header and all(_is_number(name) for name in header):
+    if label_column not in header and all(_is_float(name) for name in header):
         raise DataError(f"{path}: the first row holds only numbers, so the file has no header row; add one naming "
                         f"the columns, with {label_column!r} for the labels.")
     if "" in header:
@@ -263,14 +263,6 @@ def _header(rows: list[list[str]], label_column: str, path: str | Path) -> list[
         raise DataError(f"{path}: the header names {', '.join(map(repr, duplicated))} more than once; "
                         "give every column its own name.")
     return header
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 MISSING = ("", "na", "n/a", "null", "none", "?", "-")  # cells that mark a missing value in CSV files
