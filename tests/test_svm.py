@@ -8,7 +8,7 @@ import torch
 
 import infl
 from infl.errors import InputError
-from infl.losses import make_smooth_hinge
+from infl.losses import make_smooth_hinge, smooth_hinge
 from infl.objective import Objective
 from infl.svm import fit_hinge_svm, kkt_violation, retrain_hinge_without
 from infl.train import minimize
@@ -101,3 +101,17 @@ def test_hinge_fit_rejects_bad_input():
     with pytest.raises(InputError, match="l2 > 0"):
         fit_hinge_svm(X, y, 0.0)
     assert kkt_violation(X, y, np.full(10, 0.1), 0.1, np.zeros(10)) > 0  # a = 0 is not optimal here
+
+
+@pytest.mark.parametrize("loss_fn", [make_smooth_hinge(0.1), smooth_hinge])
+def test_smooth_hinge_refuses_zero_one_labels(loss_fn):
+    """A 0 label gives a constant loss t log(1 + e^(1/t)) with zero gradient: the point would silently drop out."""
+    X, y = blobs(10, 0)
+    model = torch.nn.Linear(4, 1).double()
+    train = (torch.tensor(X), torch.tensor(y))
+    zero_one = (train[0], (train[1] > 0).double())
+    with pytest.raises(InputError, match="labels -1 and \\+1.*2 \\* y - 1"):
+        infl.Influence(model, loss_fn, l2=0.1).fit(zero_one)
+    inf = infl.Influence(model, loss_fn, l2=0.1, stationarity_tol=float("inf")).fit(train)
+    with pytest.raises(InputError, match="labels -1 and \\+1"):
+        inf.scores((train[0][:3], torch.tensor([1.0, 0.0, -1.0], dtype=torch.float64)))

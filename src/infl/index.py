@@ -287,7 +287,7 @@ class Index:
         if list(X.shape[1:]) != self.manifest["x_shape"]:
             raise InputError(f"test inputs have per-example shape {tuple(X.shape[1:])} but the index was built "
                              f"on inputs shaped {tuple(self.manifest['x_shape'])}")
-        self.objective.check_loss(X[:2], y[:2])
+        self.objective.check_loss(X, y)
         out = torch.empty(X.shape[0], self.k, dtype=self.objective.dtype, device=self.objective.device)
         for rows in batches(X.shape[0], self.batch_size):  # memory: batch_size full gradients, m projected
             out[rows] = self.projection.apply(self.objective.per_example_grads(X[rows], y[rows]))

@@ -125,7 +125,7 @@ class Influence:
             raise InputError("the model has no parameters with requires_grad=True; nothing to differentiate")
         X, y = to_tensors(train, trainable[0].dtype, trainable[0].device, "train")
         obj = make_objective(self.model, self.loss_fn, self.l2, probe=X[:2])
-        obj.check_loss(X[:2], y[:2])
+        obj.check_loss(X, y)
         return obj, X, y
 
     def _read(self, train: Any) -> None:
@@ -244,7 +244,7 @@ class Influence:
         if X.shape[1:] != self.X_train_.shape[1:]:
             raise InputError(f"test inputs have per-example shape {tuple(X.shape[1:])} but the training inputs have "
                              f"{tuple(self.X_train_.shape[1:])}; give test data shaped like the training data")
-        self.objective_.check_loss(X[:2], y[:2])
+        self.objective_.check_loss(X, y)
         return X, y
 
     # ------------------------------------------------------------- queries

@@ -46,7 +46,20 @@ def smooth_hinge(outputs: Tensor, y: Tensor, t: float = 1e-3) -> Tensor:
     return hinge_terms(y * outputs.reshape(outputs.shape[0]), temperature(t))
 
 
+def check_plus_minus_one(y: Tensor) -> None:
+    """An InputError unless every label in y is -1 or +1 (a 0/1 label would give every 0 the constant loss)."""
+    bad = torch.unique(y[(y != 1) & (y != -1)])
+    if bad.numel():
+        raise InputError(f"the smooth hinge needs labels -1 and +1, got {bad[:5].tolist()}; "
+                         "map 0/1 labels with y = 2 * y - 1")
+
+
+smooth_hinge.check_targets = check_plus_minus_one  # read by Objective.check_loss on all targets
+
+
 def make_smooth_hinge(t: float) -> Callable[[Tensor, Tensor], Tensor]:
-    """loss_fn(outputs, y) = smooth_hinge(outputs, y, t), for infl.Influence."""
+    """loss_fn(outputs, y) = smooth_hinge(outputs, y, t), for infl.Influence; labels -1 and +1."""
     t = temperature(t)
-    return lambda outputs, y: smooth_hinge(outputs, y, t)
+    loss = lambda outputs, y: smooth_hinge(outputs, y, t)  # noqa: E731
+    loss.check_targets = check_plus_minus_one
+    return loss

@@ -295,8 +295,13 @@ class Objective:
         return vmap(one)(V)
 
     def check_loss(self, X: Tensor, y: Tensor) -> None:
-        """Check on a batch that loss_fn returns one finite loss per example, that per-example gradients work,
-        and that each example's loss is the same in the batch as alone (it depends on that example only)."""
+        """Check all targets y (n, ...) with loss_fn.check_targets(y) if the loss has one, then on the first two
+        examples that loss_fn returns one finite loss per example, that per-example gradients work, and that
+        each example's loss is the same in the batch as alone (it depends on that example only)."""
+        check_targets = getattr(self.loss_fn, "check_targets", None)
+        if check_targets is not None:
+            check_targets(y)
+        X, y = X[:2], y[:2]
         try:
             out = self.losses(self.theta, X, y)
         except Exception as exc:  # the user's model or loss failed: say where
