@@ -70,6 +70,19 @@ def ekfac_where_ranks_probe_differently(out: str, rank: int) -> None:
         f.write(",".join(layer.name for layer in inf.solver.factors.layers))
 
 
+def halves_per_rank(out: str, rank: int) -> None:
+    """Each rank passes only its own half of the data (a common torchrun habit): every rank must refuse."""
+    prob = mlp()
+    half = slice(rank * 20, (rank + 1) * 20)
+    try:
+        infl.Influence(prob.model, prob.loss_fn, l2=prob.l2).fit((prob.train[0][half], prob.train[1][half]))
+        message = "fitted"
+    except infl.InputError as error:
+        message = str(error)
+    with open(f"{out}.{rank}", "w") as f:
+        f.write(message)
+
+
 def main(out: str, die: str) -> None:
     rank, size = dist.init(timeout_s=60)
     if die == "start" and rank == 1:
@@ -78,6 +91,8 @@ def main(out: str, die: str) -> None:
         return lose_rank_1_mid_index(out)
     if die == "ekfac-one-point":
         return finish(ekfac_on_one_point(out, rank))
+    if die == "halves":
+        return finish(halves_per_rank(out, rank))
     if die == "ekfac-disagree":
         return finish(ekfac_where_ranks_probe_differently(out, rank))
     results = {}
@@ -89,6 +104,10 @@ def main(out: str, die: str) -> None:
             results[f"{name}-{solver_name}"] = inf.scores(prob.test).numpy()
             if solver_name == "cg":  # the collective path: every rank solves the same right-hand sides
                 results[f"{name}-{solver_name}-self"] = inf.self_influence().numpy()
+    prob = logreg()  # 1 training point: rank 0 holds no rows of the linear model's cached features
+    one = (prob.train[0][:1], prob.train[1][:1])
+    results["logreg-one-point"] = infl.Influence(prob.model, prob.loss_fn, l2=prob.l2, stationarity_tol=float("inf")) \
+        .fit(one).scores(prob.test).numpy()
     prob = mlp()
     for project in (None, 12):  # chunks written per rank, curvature all-reduced
         folder = os.path.join(os.path.dirname(out), f"index-{project}")

@@ -50,6 +50,22 @@ def test_two_processes_equal_one(two_ranks, problem, solver) -> None:
         assert np.abs(got - ref).max() <= 1e-6 * np.abs(ref).max(), key
 
 
+def test_a_process_without_rows_of_a_linear_model_adds_nothing(two_ranks) -> None:
+    prob = logreg()
+    one = (prob.train[0][:1], prob.train[1][:1])
+    ref = infl.Influence(prob.model, prob.loss_fn, l2=prob.l2, stationarity_tol=float("inf")).fit(one)
+    ref = ref.scores(prob.test).numpy()
+    np.testing.assert_allclose(two_ranks["logreg-one-point"], ref, rtol=1e-10, atol=1e-12)
+
+
+def test_processes_given_different_data_refuse(tmp_path) -> None:
+    run = torchrun(str(HERE / "dist_worker.py"), str(tmp_path / "said"), "halves", timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    for rank in (0, 1):
+        assert "training data differ between processes" in (tmp_path / f"said.{rank}").read_text()
+        assert "same full training set" in (tmp_path / f"said.{rank}").read_text()
+
+
 @pytest.mark.parametrize("project", [None, 12, "budget"])
 def test_index_built_by_two_processes_equals_one(two_ranks, tmp_path, project) -> None:
     """Including a build under a tight memory budget where the two processes hold different amounts."""

@@ -68,6 +68,32 @@ def maximum(value: int) -> int:
     return int(all_sum(each).max())
 
 
+def check_same_data(X: Tensor, y: Tensor) -> None:
+    """An InputError on every rank unless every rank holds the same training data X (n, ...), y (n, ...):
+    the same n and the same checksum (sums of the rows, plain and weighted by position). No-op in one process."""
+    rank, size = world()
+    if size == 1:
+        return
+    mine, rank0 = _checksum(X, y), _checksum(X, y)
+    broadcast_(rank0, 0)
+    same = torch.equal(mine, rank0)
+    if maximum(int(not same)):
+        if int(rank0[0]) != X.shape[0]:
+            detail = f"rank {rank} has {X.shape[0]} rows, rank 0 {int(rank0[0])}"
+        else:
+            detail = "another rank's differ from rank 0's" if same else f"rank {rank}'s differ from rank 0's"
+        raise InputError(f"the training data differ between processes ({detail}); pass every process the same full "
+                         "training set, in the same order: infl splits the rows between the processes itself")
+
+
+def _checksum(X: Tensor, y: Tensor) -> Tensor:
+    """(5,) float64: n, then the sum of X's and y's row sums, plain and weighted by row position 1..n."""
+    position = torch.arange(1, X.shape[0] + 1, dtype=torch.float64, device=X.device)
+    rows = [t.reshape(t.shape[0], -1).double().sum(1) for t in (X, y.to(X.device))]
+    sums = [x for r in rows for x in (r.sum(), (r * position).sum())]
+    return torch.stack([position.new_tensor(float(X.shape[0])), *sums])
+
+
 def broadcast_(t: Tensor, src: int = 0) -> Tensor:
     """Overwrite t in place with rank src's t (no-op without a process group)."""
     if world()[1] > 1:

@@ -132,6 +132,7 @@ class Influence:
         """Validate the model and training data; set objective_, X_train_, y_train_ and this rank's shard_."""
         self.__dict__.pop("curvature_", None)  # a failed re-fit must not leave the old solver usable
         self.objective_, self.X_train_, self.y_train_ = self._validated(train)
+        dist.check_same_data(self.X_train_, self.y_train_)
         self.shard_ = dist.shard(self.X_train_.shape[0])
 
     def _operator(self) -> Operator:

@@ -119,6 +119,7 @@ class LinearHessian(Operator):
             self.name = "gauss-newton"
         if cache is None:
             parts = [(obj.features(X[r]), obj.out_hessians(X[r], y[r])) for r in batches(X.shape[0], batch_size)]
+            parts = parts or [(X.new_zeros(0, obj.d), X.new_zeros(0, obj.C, obj.C))]  # a process with no rows
             cache = (torch.cat([a for a, _ in parts]), torch.cat([m for _, m in parts]))
             if gauss_newton:
                 cache = (cache[0], psd_part(cache[1]))
