@@ -54,6 +54,9 @@ def test_index_refuses_a_foreign_folder_and_query_another_setting(tmp_path) -> N
     assert run.exit_code != 0 and "l2: index 0.01, now 0.1" in run.output
     assert "infl index --force" in run.output and "force=True" not in run.output  # the CLI's spelling of the fix
     assert "Leave out --l2 and --damping" in run.output
+    run = CliRunner().invoke(main, ["index", "--data", "digits", "--out", str(out), "--project", "40", "--l2", "0.1"])
+    assert run.exit_code != 0 and "l2: index 0.01, now 0.1" in run.output
+    assert "stationary" not in run.output  # the saved model checked against the other l2 warns for nothing
 
 
 def test_query_uses_the_l2_the_index_was_built_with_and_stops_quietly_on_a_closed_pipe(tmp_path) -> None:

@@ -248,3 +248,15 @@ def test_memory_budget_sets_chunks_and_refuses_too_little(tmp_path, capsys) -> N
         Index.build(influence(prob), tmp_path / "idx", prob.train, max_memory="1MB", verbose=False)
     Index.build(influence(prob), tmp_path / "ok", prob.train, max_memory="4GB")
     assert "plan (budget 3,815 MiB" in capsys.readouterr().err
+
+
+def test_resuming_with_another_loss_or_forward_is_refused(tmp_path) -> None:
+    """Parameters, data and settings match, so only the stored gradients can tell: mixing would be silent."""
+    prob = logreg()
+    Index.build(influence(prob), tmp_path / "idx", prob.train, chunk_rows=20, verbose=False)
+    doubled = infl.Influence(prob.model, lambda out, y: 2 * prob.loss_fn(out, y), l2=prob.l2)
+    with pytest.raises(IndexMismatchError, match="gradients of training rows 0-1 differ.*loss_fn or forward code"):
+        Index.build(doubled, tmp_path / "idx", prob.train, verbose=False)
+    idx = Index.build(doubled, tmp_path / "idx", prob.train, force=True, verbose=False)
+    fresh = Index.build(doubled, tmp_path / "fresh", prob.train, chunk_rows=20, verbose=False)
+    torch.testing.assert_close(idx.scores(prob.test), fresh.scores(prob.test), rtol=1e-9, atol=1e-12)

@@ -28,6 +28,7 @@ import copy
 import hashlib
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -139,7 +140,9 @@ class Index:
         resumed: finished chunks are kept as they are.
         """
         folder = Path(folder)
-        inf = copy.copy(inf).prepare(train)  # the caller's Influence keeps its own fit
+        with warnings.catch_warnings(record=True) as held:  # shown once the folder is known to match: a model
+            warnings.simplefilter("always")                 # checked against other settings warns for nothing
+            inf = copy.copy(inf).prepare(train)  # the caller's Influence keeps its own fit
         obj, X, y = inf.objective_, inf.X_train_, inf.y_train_
         n, p = X.shape[0], obj.p
         project, seed = check_project(project, p), _check_seed(seed)
@@ -151,6 +154,10 @@ class Index:
         manifest = _manifest(inf, X, y, project, seed)
         rank, size = dist.world()
         resumed = _existing(folder, manifest, force)
+        if resumed is not None and not cls(folder, resumed, obj, torch.empty(0))._same_gradients(X, y, force):
+            resumed = None  # force: start afresh
+        for caught in held:
+            warnings.warn_explicit(caught.message, caught.category, caught.filename, caught.lineno)
         itemsize = obj.theta.element_size()
         plan = index_plan(parse_bytes(max_memory) if max_memory is not None else None, n=n, p=p, k=k,
                           itemsize=itemsize, data_bytes=X.nbytes + y.nbytes, projected=project is not None,
@@ -209,6 +216,28 @@ class Index:
             warn(f"recomputing a damaged index chunk: {error}")
             return False
         return True
+
+    def _same_gradients(self, X: Tensor, y: Tensor, force: bool) -> bool:
+        """Whether the stored gradients of the first two training rows (chunk 0, if written) are those of this model
+        and loss (relative difference <= sqrt(eps)); a parameters fingerprint cannot see another loss_fn or
+        forward code. An IndexMismatchError, or False with force."""
+        if not self._chunk_record(0).exists():
+            return True
+        try:
+            stored = torch.as_tensor(self._read_chunk(0)[:2]).to(self.objective.device)
+        except store.CorruptIndexError:
+            return True  # recomputed when resumed
+        now = self.projection.apply(self.objective.per_example_grads(X[:2], y[:2]))
+        gap = float((now - stored).norm() / stored.norm().clamp_min(torch.finfo(stored.dtype).tiny))
+        if gap <= torch.finfo(stored.dtype).eps ** 0.5:
+            return True
+        if force:
+            return False
+        raise IndexMismatchError(
+            f"the index in {self.folder} was built for another setup: the stored gradients of training rows 0-1 "
+            f"differ from this model's and loss's by {gap:.3g} (relative), though parameters, data and settings "
+            "match: another loss_fn or forward code. Use the ones it was built with, another folder, or force=True "
+            "to rebuild it")
 
     def _write_curvature(self, op: Any, product_rows: int) -> Tensor:
         """The Cholesky factor of P (H + damping) P^T: read back if written intact, else computed (collectively)
