@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from infl.data import DataError, Split, check_arrays, load_builtin, load_csv, load_file, load_idx, load_npz
+from infl.data import DataError, Split, check_arrays, csv_features, load_builtin, load_csv, load_file, load_idx, load_npz
 
 
 # --- helpers that build small files in tmp_path ---------------------------------------
@@ -322,6 +322,16 @@ def test_csv_line_numbers_count_blank_lines(tmp_path):
     path = _write_csv(tmp_path / "d.csv", "a,label\n1,0\n\n2,1\nx,1\n")
     with pytest.raises(DataError, match=r"line 5: 'x'"):
         load_csv(path)
+
+
+def test_csv_nan_and_blank_files_are_named_by_file_line(tmp_path):
+    """A NaN or overflowing cell was reported by 0-based data row, missing-value words by file line."""
+    path = _write_csv(tmp_path / "d.csv", "\n\na,b,label\n1,2,0\n\n3,1e400,1\n4,nan,0\n")
+    with pytest.raises(DataError, match=r"column 'b' has 2 NaN or infinite value\(s\) \(first on line 6: '1e400'\)"):
+        load_csv(path)
+    with pytest.raises(DataError, match=r"the file is empty"):
+        load_csv(_write_csv(tmp_path / "blank.csv", "\n \n,\n"))
+    assert csv_features(_write_csv(tmp_path / "lead.csv", "\na,label\n1,0\n2,1\n")) == ["a"]
 
 
 def test_csv_ragged_row(tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import functools
 import gzip
+import itertools
 import math
 import struct
 import zipfile
@@ -221,8 +222,9 @@ def csv_features(path: str | Path, label_column: str = "label") -> list[str]:
 def _read_csv(path: str | Path, label_column: str) -> tuple[list[str], tuple[int, ...], list[list[str]]]:
     """Header names, the line number of each data row, and the rows; checked for shape and the label column."""
     rows = _rows(path)
-    header = _header(rows, label_column, path)
-    numbered = [(line, row) for line, row in enumerate(rows[1:], start=2) if row]  # skip blank lines
+    first = next(i for i, row in enumerate(rows) if not _blank(row))  # the header: the first row with content
+    header = _header(rows[first:], label_column, path)
+    numbered = [(line, row) for line, row in enumerate(rows[first + 1:], start=first + 2) if row]  # skip blank lines
     lines, body = tuple(line for line, _ in numbered), [row for _, row in numbered]
     for line, row in zip(lines, body):
         if len(row) != len(header):
@@ -236,12 +238,17 @@ def _rows(path: str | Path, header_only: bool = False) -> list[list[str]]:
     try:
         with path.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle)
-            rows = [row for row in [next(reader, None)] if row is not None] if header_only else list(reader)
+            rows = list(itertools.islice(itertools.dropwhile(_blank, reader), 1)) if header_only else list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"{path}: not a readable UTF-8 CSV file ({error}); re-export it as CSV.") from error
-    if not rows:
+    if all(map(_blank, rows)):
         raise DataError(f"{path}: the file is empty; expected a header row and data rows.")
     return rows
+
+
+def _blank(row: list[str]) -> bool:
+    """Whether a CSV row has no content (an empty line, or only empty cells)."""
+    return not any(cell.strip() for cell in row)
 
 
 def _header(rows: list[list[str]], label_column: str, path: str | Path) -> list[str]:
@@ -269,9 +276,9 @@ MISSING = ("", "na", "n/a", "null", "none", "?", "-")  # cells that mark a missi
 
 
 def _numeric(column: tuple[str, ...], name: str, lines: tuple[int, ...], path: Path) -> np.ndarray:
-    """Parse one CSV column as float64 (n,), or raise naming the first bad cell and its line."""
+    """Parse one CSV column as float64 (n,), or raise naming the first bad (or NaN / infinite) cell and its line."""
     try:
-        return np.asarray(column, dtype=np.float64)
+        values = np.asarray(column, dtype=np.float64)
     except ValueError:
         missing = [(i, c) for i, c in zip(lines, column) if c.strip().lower() in MISSING]
         if missing:
@@ -282,6 +289,12 @@ def _numeric(column: tuple[str, ...], name: str, lines: tuple[int, ...], path: P
             f"{path}: non-numeric column {name!r} (line {line}: {cell!r}); features must be numbers "
             "(encode or drop the column) and labels integers 0..K-1 (map class names to integers)."
         ) from None
+    bad = ~np.isfinite(values)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise DataError(f"{path}: column {name!r} has {int(bad.sum())} NaN or infinite value(s) (first on line "
+                        f"{lines[first]}: {column[first]!r}); impute or drop those rows.")
+    return values
 
 
 def _is_float(text: str) -> bool:
