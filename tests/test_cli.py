@@ -95,6 +95,65 @@ def test_npz_files_with_force_and_no_images(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["old.txt", "report.html"]  # no loo.png left from the first run
 
 
+@pytest.mark.parametrize("failure", ["--test-index=9999", "interrupt"])
+def test_a_failed_forced_run_puts_back_what_it_would_replace(tmp_path, monkeypatch, failure):
+    """--force replaces the command's files only once the new run has succeeded: an error or Ctrl-C leaves the
+    previous results as they were (and nothing of the failed run)."""
+    train, test = _blobs(tmp_path / "train.npz", 60), _blobs(tmp_path / "test.npz", 15, seed=1)
+    out = tmp_path / "out"
+    first = _invoke("--train", str(train), "--test", str(test), "--loo", "4", "--out", str(out))
+    assert first.exit_code == 0, first.output
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["loo.png", "report.html"]
+    args = ["--train", str(train), "--test", str(test), "--loo", "0", "--out", str(out), "--force"]
+    if failure == "interrupt":  # after the new report is written, before the command returns
+        import infl.cli
+
+        write = infl.cli.write_explain_report
+
+        def write_then_interrupt(*a, **k):
+            write(*a, **k)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(infl.cli, "write_explain_report", write_then_interrupt)
+    else:
+        args.append(failure)
+    result = _invoke(*args)
+    assert result.exit_code != 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_solver_knob_advice_becomes_options_the_command_has(tmp_path):
+    """The commands run each solver with its defaults: advice to raise a Python knob (rank, depth, refine, scale)
+    is spelled as a --solver choice, from the solvers' real messages."""
+    import warnings
+
+    import torch
+
+    import infl
+    from infl.cli import spell
+
+    X, y = torch.randn(80, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), torch.arange(80) % 3
+    model = torch.nn.Linear(12, 3).double()
+    said = []
+    for solver in [infl.LiSSA(depth=2), infl.LiSSA(max_depth=3), infl.LiSSA(scale=1e-4),
+                   infl.Arnoldi(rank=3, refine=1), infl.EKFAC(refine=1)]:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                infl.Influence(model, infl.losses.cross_entropy, l2=0.01, solver=solver,
+                               stationarity_tol=float("inf")).fit((X, y)).scores((X[:3], y[:3]))
+            except infl.InflError as error:
+                said.append(str(error))
+        said += [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+    assert len(said) >= 5
+    for message in map(spell, said):
+        assert "--solver" in message and not re.search(r"\b(?:Raise|raise) (?:depth|max_depth|refine|scale|tol)", message)
+    result = _invoke("--train", str(_blobs(tmp_path / "train.npz", 60)), "--test", str(_blobs(tmp_path / "t.npz", 9)),
+                     "--solver", "arnoldi", "--loo", "0", "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1 and "use --solver exact" in result.output and "rank <=" not in result.output
+
+
 def test_library_advice_is_spelled_as_the_command_line_takes_it():
     """The library's messages name Python arguments; the commands rewrite them into options they have (there is
     no curvature option, and the command's convex model turns an indefinite Hessian into a scaling problem)."""
@@ -112,8 +171,7 @@ def test_library_advice_is_spelled_as_the_command_line_takes_it():
 
     with pytest.raises(infl.InputError) as rank:
         infl.Arnoldi(rank=10).fit(Dense(torch.eye(5, dtype=torch.float64)))
-    assert spell(str(rank.value)).endswith("use rank <= 4, or --solver exact for the whole spectrum, which is cheap "
-                                           "at this size")  # once: 'or --solver exact (on the command line: ...)'
+    assert spell(str(rank.value)).endswith("use --solver exact (the whole spectrum, cheap at this size)")  # no --rank
     lissa = spell("LiSSA: ... so the series cannot converge. Add damping > 0.3, or use curvature='gauss-newton'")
     assert "Add --damping above 0.3, or a larger --l2" in lissa and "curvature=" not in lissa
     assert "max_params" not in spell("Use solver='cg' (matrix-free), or raise max_params if the memory is there")

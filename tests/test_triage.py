@@ -156,6 +156,14 @@ def test_cli_triage_as_is_ranks_given_labels(tmp_path):
     assert "first 4 training points to check" in result.stdout
 
 
+@pytest.mark.parametrize("option", [["--flip", "0.2"], ["--seed", "3"]])
+def test_cli_as_is_refuses_the_options_of_flipping(tmp_path, option):
+    """They were ignored without a word: a user asking for 20% flips got the labels ranked as given."""
+    result = _invoke("--data", "digits", "--as-is", *option, "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2 and f"{option[0]} applies only when labels are flipped" in result.output
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("flip", ["0", "1", "-0.2", "nan", "inf"])
 def test_cli_bad_flip_fraction_is_a_clean_error(tmp_path, flip):
     result = _invoke("--data", "digits", "--flip", flip, "--out", str(tmp_path / "o"))

@@ -12,6 +12,7 @@ import importlib
 import math
 import os
 import re
+import shutil
 import sys
 import time
 import warnings
@@ -90,7 +91,8 @@ def prepare_out(out: Path, force: bool, inputs: Sequence[Path], names: Sequence[
     """Create the output folder; refuse a non-empty one without --force and never overwrite an input file.
 
     `names`: the files the command writes there (glob patterns allowed). With --force, those already there are
-    removed first, so none is left from an earlier run (e.g. a figure this run does not make); others are kept.
+    set aside (into out/.infl-replaced) so none is left from an earlier run (e.g. a figure this run does not
+    make): deleted once the command succeeds, put back if it fails (run_command). Other files are kept.
     """
     if out.exists() and not out.is_dir():
         raise click.ClickException(f"--out {out} is a file, not a folder; choose a folder name.")
@@ -102,16 +104,49 @@ def prepare_out(out: Path, force: bool, inputs: Sequence[Path], names: Sequence[
              or (p.resolve().parent == out.resolve() and any(p.match(name) for name in names))]
     if clash:
         raise click.ClickException(f"the output would overwrite the input file {clash[0]}; choose another --out.")
-    for path in ours:
-        if path.is_file():
-            path.unlink()
+    if (out / SET_ASIDE).is_dir():  # left by a run that was killed: its files are the last complete results
+        _put_back(out, names)
+    _set_aside(out, [path for path in ours if path.is_file()], names)
     missing = [folder for folder in (out, *out.parents) if not folder.exists()]  # deepest first
     out.mkdir(parents=True, exist_ok=True)
     _created.extend(missing)
     return out
 
 
+SET_ASIDE = ".infl-replaced"  # where --force keeps the files it replaces until the command succeeds
 _created: list[Path] = []  # output folders this command made, deepest first
+_replaced: list[tuple[Path, Sequence[str]]] = []  # (output folder, the command's file names) with files set aside
+
+
+def _set_aside(out: Path, paths: Sequence[Path], names: Sequence[str]) -> None:
+    if paths:
+        (out / SET_ASIDE).mkdir(exist_ok=True)
+        for path in paths:
+            path.replace(out / SET_ASIDE / path.name)
+        _replaced.append((out, names))
+
+
+def _put_back(out: Path, names: Sequence[str]) -> None:
+    """Replace the command's files in out (written by a failed run) by those set aside."""
+    for path in [path for name in names for path in out.glob(name) if path.is_file()]:
+        path.unlink()
+    for path in (out / SET_ASIDE).iterdir():
+        path.replace(out / path.name)
+    (out / SET_ASIDE).rmdir()
+
+
+def _finish_outputs(succeeded: bool) -> None:
+    """After a command: drop the files it replaced (success) or restore them, and remove the output folders it
+    made that are still empty (failure)."""
+    for out, names in _replaced:
+        with contextlib.suppress(OSError):
+            if succeeded:
+                shutil.rmtree(out / SET_ASIDE)
+            else:
+                _put_back(out, names)
+    _replaced.clear()
+    if not succeeded:
+        _remove_empty_created()
 
 
 def _remove_empty_created() -> None:
@@ -328,7 +363,7 @@ def main() -> None:
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True,
               help="Harmful and helpful training points shown per test point.")
 @click.option("--loo", type=click.IntRange(min=0), default=30, show_default=True,
-              help="Training points removed and retrained on for the first test point (0 skips).")
+              help="Training points removed and retrained on for the first test point: 0 skips, else at least 3.")
 @click.option("--l2", type=NONNEGATIVE, default=0.01, show_default=True, help="Weight decay of training.")
 @click.option("--damping", type=NONNEGATIVE, default=0.0, show_default=True, help="Added to the Hessian only (not to training).")
 @click.option("--solver", type=click.Choice(list(SOLVERS)), default="exact", show_default=True,
@@ -350,6 +385,14 @@ SPELLINGS = (  # the library's advice as every command spells it: (regular expre
     # the commands train a convex logistic regression and take each solver's defaults
     (r"(?:EK-?FAC|KFAC|Arnoldi)\(refine=\d+\) \(block CG steps on the true curvature\) or solver='cg' solves it",
      "--solver exact or --solver cg solves it"),
+    (r"use rank <= \d+, or solver='exact' for the whole spectrum, which is cheap at this size",
+     "use --solver exact (the whole spectrum, cheap at this size)"),
+    (r"(?:Raise depth, repeats or batch_size|Raise refine \(e\.g\. refine=\d+\)|Raise tol, lower rank), or (?:use "
+     r"solver='cg'|pass refine > 0 \(CG steps correct it\))", "Use --solver cg or --solver exact"),
+    (r"Raise (?:max_depth or damping|scale \(e\.g\. scale=[^)]*\), raise batch_size), or (?:use solver='cg'|add "
+     r"damping)", "Add --damping, or use --solver cg or --solver exact"),
+    (r"Add damping, raise probes, or use solver='cg'", "Add --damping, or use --solver cg or --solver exact"),
+    (r"raise max_iter or the preconditioner rank, or add damping", "add --damping, or use --solver exact"),
     (r"solver='(\w+)'", r"--solver \1"),
     (r"pass damping > (\S+) \(e\.g\. damping=([^)]+)\), or use curvature='gauss-newton'",
      r"pass --damping \2 (any value above \1), or a larger --l2. The command's logistic regression is convex, so a "
@@ -381,8 +424,10 @@ def run_command(body, opts: dict, *, spellings: Sequence[tuple[str, str]] = (),
                 failed_io: str = "write the output") -> None:
     """body(opts), with infl's errors and failed file access (`cannot {failed_io}: ...`) turned into one-line
     click errors, and warnings into `warning: ...` lines on stderr; the advice in both is spelled as the command
-    line takes it (`spell`). Output folders it made are removed again if it fails before writing into them."""
+    line takes it (`spell`). If it fails (or is interrupted), the output folders it made are removed again when
+    still empty, and the files --force replaced are put back."""
     _created.clear()  # folders made by an earlier command in this process are not this one's
+    _replaced.clear()
 
     def show(message: Warning | str, category: type, filename: str, lineno: int, file=None, line=None) -> None:
         tqdm.write(f"warning: {spell(str(message), spellings)}", file=sys.stderr)  # on its own line, under a bar
@@ -400,9 +445,10 @@ def run_command(body, opts: dict, *, spellings: Sequence[tuple[str, str]] = (),
             sys.exit(1)
         except OSError as error:
             raise click.ClickException(f"cannot {failed_io}: {error}") from error
-    except Exception:
-        _remove_empty_created()
+    except BaseException:  # errors, Ctrl-C, and the quiet exit of a closed pipe
+        _finish_outputs(succeeded=False)
         raise
+    _finish_outputs(succeeded=True)
 
 
 def check_l2_damping(opts: dict) -> None:

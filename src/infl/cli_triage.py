@@ -127,7 +127,12 @@ def triage_command(**opts: object) -> None:
 
 def _triage(opts: dict) -> None:
     clock = Clock()
-    if not opts["as_is"]:
+    if opts["as_is"]:
+        given = click.get_current_context().get_parameter_source("flip") == click.core.ParameterSource.COMMANDLINE
+        if given or opts["seed"]:
+            raise click.UsageError(f"{'--flip' if given else '--seed'} applies only when labels are flipped; "
+                                   "--as-is ranks the labels as given: drop one of the two.")
+    else:
         check_fraction(opts["flip"], "--flip")
     inputs = [Path(p) for p in (opts["train"], opts["test"], *opts["labels"]) if p is not None]
     out = prepare_out(opts["out"], opts["force"], inputs, OUTPUTS)

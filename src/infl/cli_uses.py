@@ -101,6 +101,9 @@ def _attack(opts: dict) -> None:
     if not tests:
         rng = np.random.default_rng(opts["seed"])
         tests = sorted(rng.choice(correct, size=min(opts["tests"], len(correct)), replace=False).tolist())
+        if opts["tests"] > len(correct):
+            click.echo(f"note: --tests {opts['tests']} is more than the {len(correct)} correctly classified test "
+                       f"images; attacking all {len(correct)}", err=True)
     wrong = [t for t in tests if predicted[t] != task.y_test[t]]
     if wrong:
         raise click.BadParameter(f"test point {wrong[0]} is already misclassified; attack a correctly classified "
