@@ -260,3 +260,14 @@ def test_resuming_with_another_loss_or_forward_is_refused(tmp_path) -> None:
     idx = Index.build(doubled, tmp_path / "idx", prob.train, force=True, verbose=False)
     fresh = Index.build(doubled, tmp_path / "fresh", prob.train, chunk_rows=20, verbose=False)
     torch.testing.assert_close(idx.scores(prob.test), fresh.scores(prob.test), rtol=1e-9, atol=1e-12)
+
+
+def test_a_resume_says_it_keeps_the_folders_chunks_and_products_fit_k(tmp_path) -> None:
+    prob = logreg()
+    Index.build(influence(prob), tmp_path / "idx", prob.train, chunk_rows=20, verbose=False)
+    with pytest.warns(UserWarning, match="chunk_rows=7 is not used: .* its own 20 rows per chunk"):
+        Index.build(influence(prob), tmp_path / "idx", prob.train, chunk_rows=7, verbose=False)
+    from infl.budget import index_plan
+
+    plan = index_plan(2**33, n=100, p=1000, k=12, itemsize=8, data_bytes=0, projected=True, baseline=0)
+    assert plan.product_rows == 12  # only k products are taken; the plan held 256 rows of them

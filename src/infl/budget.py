@@ -97,7 +97,7 @@ def index_plan(budget: int | None, *, n: int, p: int, k: int, itemsize: int, dat
     if room < MIN_ROWS * (per_grad + per_product):
         raise InputError(_too_small(budget or 0, fixed, MIN_ROWS * (per_grad + per_product), projected))
     grad_rows = max(1, min(grad_rows, room // 4 // per_grad))
-    product_rows = max(1, min(256, room // 4 // per_product))
+    product_rows = max(1, min(256, k, room // 4 // per_product))  # k products form the k x k curvature
     if chunk_rows is None:  # at least two chunks per process, so that all of them work
         chunk_rows = max(1, min(-(-n // (2 * world)), min(room // 4, CHUNK_BYTES) // (k * itemsize)))
     grad_rows = min(grad_rows, chunk_rows)  # gradients are computed chunk by chunk: never more rows

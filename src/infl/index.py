@@ -156,6 +156,9 @@ class Index:
         resumed = _existing(folder, manifest, force)
         if resumed is not None and not cls(folder, resumed, obj, torch.empty(0))._same_gradients(X, y, force):
             resumed = None  # force: start afresh
+        if resumed is not None and chunk_rows not in (None, resumed["chunk_rows"]):
+            warn(f"chunk_rows={chunk_rows} is not used: the index in {folder} is resumed with its own "
+                 f"{resumed['chunk_rows']} rows per chunk (force=True rebuilds it with {chunk_rows})")
         for caught in held:
             warnings.warn_explicit(caught.message, caught.category, caught.filename, caught.lineno)
         itemsize = obj.theta.element_size()
