@@ -43,6 +43,13 @@ def test_index_then_query_matches_exact_scores(built) -> None:
     assert shown == order[:3].tolist() + order[::-1][:3].tolist()
 
 
+def test_query_takes_the_data_the_index_was_built_on(built) -> None:
+    out, _ = built
+    plain = CliRunner().invoke(main, ["query", str(out), "--test-index", "5", "--top", "3"])
+    named = CliRunner().invoke(main, ["query", str(out), "--data", "digits", "--test-index", "5", "--top", "3"])
+    assert plain.exit_code == 0 and plain.output == named.output, plain.output
+
+
 def test_index_refuses_a_foreign_folder_and_query_another_setting(tmp_path) -> None:
     (tmp_path / "mine.txt").write_text("keep")
     run = CliRunner().invoke(main, ["index", "--data", "digits", "--out", str(tmp_path)])

@@ -99,7 +99,7 @@ def _build(opts: dict, split: Split, out: Path) -> None:
         dist.broadcast_(p.data)
     if dist.world()[0] == 0 and not resume:  # saved first, so a killed build resumes with these very weights
         out.mkdir(parents=True, exist_ok=True)
-        store.write_atomic(out / MODEL, _npz(model))
+        store.write_atomic(out / MODEL, _npz(model, split.name))
     dist.barrier()
     inf = Influence(model, cross_entropy, l2=opts["l2"], damping=opts["damping"])
     train = (torch.as_tensor(split.X_train), torch.as_tensor(split.y_train))
@@ -143,16 +143,24 @@ _SPELLINGS = {  # the library's advice, as the command line spells it (first mat
 }
 
 
-def _npz(model: nn.Linear) -> bytes:
+def _npz(model: nn.Linear, data: str) -> bytes:
+    """model.npz: the weights, and the name of the built-in data set it was trained on (for infl query)."""
     buf = io.BytesIO()
-    np.savez(buf, weight=model.weight.detach().numpy(), bias=model.bias.detach().numpy())
+    np.savez(buf, weight=model.weight.detach().numpy(), bias=model.bias.detach().numpy(), data=np.array(data))
     return buf.getvalue()
+
+
+def _built_on(folder: Path) -> str:
+    """The built-in data set named in the folder's model.npz; mnist for a folder written without the name."""
+    with contextlib.suppress(ValueError, OSError, KeyError, zipfile.BadZipFile), np.load(folder / MODEL) as npz:
+        return str(npz["data"])
+    return "mnist"
 
 
 @click.command(short_help="Most harmful and helpful training points of test points, from an index.")
 @click.argument("folder", type=click.Path(path_type=Path, exists=True, file_okay=False))
-@click.option("--data", type=click.Choice(BUILTINS), default="mnist", show_default=True,
-              help="The built-in data set the index was built on (for the test points).")
+@click.option("--data", type=click.Choice(BUILTINS), default=None,
+              help="The built-in data set of the test points [default: the one the index was built on].")
 @click.option("--test-index", type=int, multiple=True, required=True, help="Test point (repeatable).")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Points shown per side.")
 @click.option("--l2", type=NONNEGATIVE, help="As for `infl index` [default: the index's own].")
@@ -168,7 +176,7 @@ def _query(opts: dict) -> None:
     folder, test_index = opts["folder"], list(dict.fromkeys(opts["test_index"]))  # each point once, as explain
     built = require_complete(folder)["config"]  # an unfinished or missing index says so before the model is looked for
     l2, damping = (built[key] if opts[key] is None else opts[key] for key in ("l2", "damping"))
-    split = load_data(opts["data"], None, None, None, ())
+    split = load_data(opts["data"] or _built_on(folder), None, None, None, ())
     bad = [t for t in test_index if not 0 <= t < len(split.y_test)]
     if bad:
         raise click.ClickException(f"--test-index {bad[0]} is out of range: the test set has "
