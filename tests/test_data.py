@@ -8,7 +8,8 @@ import struct
 import numpy as np
 import pytest
 
-from infl.data import DataError, Split, check_arrays, csv_features, load_builtin, load_csv, load_file, load_idx, load_npz
+from infl.data import (DataError, Split, check_arrays, csv_features, load_builtin, load_csv, load_file, load_idx,
+                       load_npz)
 
 
 # --- helpers that build small files in tmp_path ---------------------------------------

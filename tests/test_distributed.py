@@ -59,6 +59,7 @@ def test_a_process_without_rows_of_a_linear_model_adds_nothing(two_ranks) -> Non
 
 
 def test_processes_given_different_data_refuse(tmp_path) -> None:
+    """... but the same data in another memory layout (summed in another order) is accepted."""
     run = torchrun(str(HERE / "dist_worker.py"), str(tmp_path / "said"), "halves", timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     for rank in (0, 1):

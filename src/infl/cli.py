@@ -99,13 +99,13 @@ def prepare_out(out: Path, force: bool, inputs: Sequence[Path], names: Sequence[
     if out.is_dir() and any(out.iterdir()) and not force:
         raise click.ClickException(f"output folder {out} is not empty; choose another --out, or pass --force to "
                                    f"write into it anyway (only {', '.join(names)} are replaced).")
-    ours = [path for name in names for path in (out.glob(name) if out.is_dir() else ())]
     clash = [str(p) for p in inputs if p.resolve() in {(out / name).resolve() for name in names}
              or (p.resolve().parent == out.resolve() and any(p.match(name) for name in names))]
     if clash:
         raise click.ClickException(f"the output would overwrite the input file {clash[0]}; choose another --out.")
     if (out / SET_ASIDE).is_dir():  # left by a run that was killed: its files are the last complete results
         _put_back(out, names)
+    ours = [path for name in names for path in (out.glob(name) if out.is_dir() else ())]
     _set_aside(out, [path for path in ours if path.is_file()], names)
     missing = [folder for folder in (out, *out.parents) if not folder.exists()]  # deepest first
     out.mkdir(parents=True, exist_ok=True)
@@ -390,9 +390,9 @@ SPELLINGS = (  # the library's advice as every command spells it: (regular expre
     (r"(?:Raise depth, repeats or batch_size|Raise refine \(e\.g\. refine=\d+\)|Raise tol, lower rank), or (?:use "
      r"solver='cg'|pass refine > 0 \(CG steps correct it\))", "Use --solver cg or --solver exact"),
     (r"Raise (?:max_depth or damping|scale \(e\.g\. scale=[^)]*\), raise batch_size), or (?:use solver='cg'|add "
-     r"damping)", "Add --damping, or use --solver cg or --solver exact"),
-    (r"Add damping, raise probes, or use solver='cg'", "Add --damping, or use --solver cg or --solver exact"),
-    (r"raise max_iter or the preconditioner rank, or add damping", "add --damping, or use --solver exact"),
+     r"damping)", "Use --solver cg or --solver exact"),
+    (r"Add damping, raise probes, or use solver='cg'", "Use --solver cg or --solver exact"),
+    (r"raise max_iter or the preconditioner rank, or add damping", "use --solver exact"),
     (r"solver='(\w+)'", r"--solver \1"),
     (r"pass damping > (\S+) \(e\.g\. damping=([^)]+)\), or use curvature='gauss-newton'",
      r"pass --damping \2 (any value above \1), or a larger --l2. The command's logistic regression is convex, so a "

@@ -28,7 +28,6 @@ import copy
 import hashlib
 import json
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -140,10 +139,8 @@ class Index:
         resumed: finished chunks are kept as they are.
         """
         folder = Path(folder)
-        with warnings.catch_warnings(record=True) as held:  # shown once the folder is known to match: a model
-            warnings.simplefilter("always")                 # checked against other settings warns for nothing
-            inf = copy.copy(inf).prepare(train)  # the caller's Influence keeps its own fit
-        obj, X, y = inf.objective_, inf.X_train_, inf.y_train_
+        inf = copy.copy(inf)  # the caller's Influence keeps its own fit
+        obj, X, y = inf._validated(train)  # prepared (stationarity warning) only once the folder matches
         n, p = X.shape[0], obj.p
         project, seed = check_project(project, p), _check_seed(seed)
         if chunk_rows is not None:
@@ -151,7 +148,7 @@ class Index:
                 raise InputError(f"chunk_rows must be an integer >= 1 or None (from max_memory), got {chunk_rows!r}")
             chunk_rows = int(chunk_rows)
         k = project or p
-        manifest = _manifest(inf, X, y, project, seed)
+        manifest = _manifest(inf, obj, X, y, project, seed)
         rank, size = dist.world()
         resumed = _existing(folder, manifest, force)
         if resumed is not None and not cls(folder, resumed, obj, torch.empty(0))._same_gradients(X, y, force):
@@ -159,8 +156,9 @@ class Index:
         if resumed is not None and chunk_rows not in (None, resumed["chunk_rows"]):
             warn(f"chunk_rows={chunk_rows} is not used: the index in {folder} is resumed with its own "
                  f"{resumed['chunk_rows']} rows per chunk (force=True rebuilds it with {chunk_rows})")
-        for caught in held:
-            warnings.warn_explicit(caught.message, caught.category, caught.filename, caught.lineno)
+        del obj, X, y
+        inf.prepare(train)
+        obj, X, y = inf.objective_, inf.X_train_, inf.y_train_
         itemsize = obj.theta.element_size()
         plan = index_plan(parse_bytes(max_memory) if max_memory is not None else None, n=n, p=p, k=k,
                           itemsize=itemsize, data_bytes=X.nbytes + y.nbytes, projected=project is not None,
@@ -221,7 +219,7 @@ class Index:
         return True
 
     def _same_gradients(self, X: Tensor, y: Tensor, force: bool) -> bool:
-        """Whether the stored gradients of the first two training rows (chunk 0, if written) are those of this model
+        """Whether the stored gradients of the first (two) training rows (chunk 0, if written) are those of this model
         and loss (relative difference <= sqrt(eps)); a parameters fingerprint cannot see another loss_fn or
         forward code. An IndexMismatchError, or False with force."""
         if not self._chunk_record(0).exists():
@@ -230,14 +228,15 @@ class Index:
             stored = torch.as_tensor(self._read_chunk(0)[:2]).to(self.objective.device)
         except store.CorruptIndexError:
             return True  # recomputed when resumed
-        now = self.projection.apply(self.objective.per_example_grads(X[:2], y[:2]))
+        rows = stored.shape[0]  # 1 when chunks hold one row
+        now = self.projection.apply(self.objective.per_example_grads(X[:rows], y[:rows]))
         gap = float((now - stored).norm() / stored.norm().clamp_min(torch.finfo(stored.dtype).tiny))
         if gap <= torch.finfo(stored.dtype).eps ** 0.5:
             return True
         if force:
             return False
         raise IndexMismatchError(
-            f"the index in {self.folder} was built for another setup: the stored gradients of training rows 0-1 "
+            f"the index in {self.folder} was built for another setup: the stored gradients of the first training rows "
             f"differ from this model's and loss's by {gap:.3g} (relative), though parameters, data and settings "
             "match: another loss_fn or forward code. Use the ones it was built with, another folder, or force=True "
             "to rebuild it")
@@ -364,9 +363,8 @@ class Index:
         return out
 
 
-def _manifest(inf: Any, X: Tensor, y: Tensor, project: int | None, seed: int) -> dict:
+def _manifest(inf: Any, obj: Objective, X: Tensor, y: Tensor, project: int | None, seed: int) -> dict:
     """The manifest of a pending build: format, configuration, fingerprints and shapes (chunking added later)."""
-    obj = inf.objective_
     return {"format": FORMAT, "version": VERSION, "config": _config(inf, project, seed),
             "fingerprint": {"model": model_fingerprint(obj), "data": data_fingerprint(X, y)},
             "n": X.shape[0], "p": obj.p, "k": project or obj.p, "x_shape": list(X.shape[1:]),
