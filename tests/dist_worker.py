@@ -79,6 +79,14 @@ def halves_per_rank(out: str, rank: int) -> None:
         message = "fitted"
     except infl.InputError as error:
         message = str(error)
+    folder = f"{out}-index"  # resuming a finished index with each rank's own half: refused alike on every rank,
+    Index.build(infl.Influence(prob.model, prob.loss_fn, l2=prob.l2), folder, prob.train, verbose=False)
+    try:  # before the folder checks (which would fail on one rank only, leaving the other in a collective)
+        Index.build(infl.Influence(prob.model, prob.loss_fn, l2=prob.l2), folder,
+                    (prob.train[0][half], prob.train[1][half]), verbose=False)
+        message += " | index built"
+    except infl.InputError as error:
+        message += " | " + str(error)
     X, y = prob.train  # the same data, laid out differently on rank 1 (summed in another order): accepted
     X = X.T.contiguous().T if rank == 1 else X
     infl.Influence(prob.model, prob.loss_fn, l2=prob.l2).fit((X, y))

@@ -31,6 +31,9 @@ def _echo(text: str) -> None:
         click.echo(text)
 
 
+UNREADABLE = (ValueError, OSError, KeyError, EOFError, TypeError, AttributeError, zipfile.BadZipFile)  # np.load's
+
+
 def _linear(split: Split, folder: Path) -> nn.Linear:
     """The model saved in the index folder, as nn.Linear(d, classes) float64."""
     path = folder / MODEL
@@ -39,7 +42,7 @@ def _linear(split: Split, folder: Path) -> nn.Linear:
     try:
         with np.load(path) as npz:
             saved = {"weight": npz["weight"], "bias": npz["bias"]}
-    except (ValueError, OSError, KeyError, zipfile.BadZipFile) as error:
+    except UNREADABLE as error:
         raise click.ClickException(f"cannot read the model in {path} ({error}); rebuild the index with "
                                    f"`infl index --out {folder} --force`.") from error
     model = nn.Linear(split.X_train.shape[1], split.classes).double()
@@ -152,7 +155,7 @@ def _npz(model: nn.Linear, data: str) -> bytes:
 
 def _built_on(folder: Path) -> str:
     """The built-in data set named in the folder's model.npz; mnist for a folder written without the name."""
-    with contextlib.suppress(ValueError, OSError, KeyError, zipfile.BadZipFile), np.load(folder / MODEL) as npz:
+    with contextlib.suppress(*UNREADABLE), np.load(folder / MODEL) as npz:
         return str(npz["data"])
     return "mnist"
 

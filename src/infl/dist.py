@@ -17,6 +17,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from .errors import InputError
+from .inputs import data_fingerprint
 from .operators import Operator
 
 DEFAULT_TIMEOUT_S = 300
@@ -69,33 +70,26 @@ def maximum(value: int) -> int:
 
 
 def check_same_data(X: Tensor, y: Tensor) -> None:
-    """An InputError on every rank unless every rank holds the same training data X (n, ...), y (n, ...):
-    the same n and the same checksums (sums of the rows, plain and weighted by position) to a relative 1e-9 of
-    their scale (summation order varies with memory layout and threads). No-op in one process."""
+    """An InputError on every rank unless every rank holds the same training data X (n, ...), y (n, ...): the
+    same SHA-256 of shapes and values (integers compared as int64). No-op in one process."""
     rank, size = world()
     if size == 1:
         return
-    mine = _checksum(X, y)
+    mine = _digest(X, y)
     rank0 = broadcast_(mine.clone(), 0)
-    same = int(rank0[0, 0]) == X.shape[0] and bool(((mine[0] - rank0[0]).abs() <= 1e-9 * rank0[1]).all())
+    same = torch.equal(mine, rank0)
     if maximum(int(not same)):
-        if int(rank0[0, 0]) != X.shape[0]:
-            detail = f"rank {rank} has {X.shape[0]} rows, rank 0 {int(rank0[0, 0])}"
-        else:
-            detail = "another rank's differ from rank 0's" if same else f"rank {rank}'s differ from rank 0's"
+        detail = "another rank's differ from rank 0's" if same else f"rank {rank}'s differ from rank 0's"
         raise InputError(f"the training data differ between processes ({detail}); pass every process the same full "
                          "training set, in the same order: infl splits the rows between the processes itself")
 
 
-def _checksum(X: Tensor, y: Tensor) -> Tensor:
-    """(2, 5) float64: row 0 holds n, then the sums of X's and y's row sums, plain and weighted by row position
-    1..n; row 1 the same of the rows' absolute sums (the scale each is compared at)."""
-    position = torch.arange(1, X.shape[0] + 1, dtype=torch.float64, device=X.device)
-    flat = [t.reshape(t.shape[0], -1).double() for t in (X, y.to(X.device))]
-    sums = [x for t in flat for x in (t.sum(1).sum(), (t.sum(1) * position).sum())]
-    scales = [x for t in flat for x in (t.abs().sum(1).sum(), (t.abs().sum(1) * position).sum())]
-    n = position.new_tensor(float(X.shape[0]))
-    return torch.stack([torch.stack([n, *sums]), torch.stack([n, *scales])])
+def _digest(X: Tensor, y: Tensor) -> Tensor:
+    """The data's SHA-256 (32 bytes as int64, on the collectives' device); integer tensors hashed as int64."""
+    canon = [t.long() if not (t.is_floating_point() or t.is_complex()) else t for t in (X, y)]
+    digest = bytes.fromhex(data_fingerprint(*canon))
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    return torch.tensor(list(digest), dtype=torch.int64, device=device)
 
 
 def broadcast_(t: Tensor, src: int = 0) -> Tensor:

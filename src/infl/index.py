@@ -38,7 +38,7 @@ from tqdm import tqdm
 from . import dist, store
 from .budget import current_rss, index_plan, parse_bytes
 from .errors import CurvatureError, InflError, InputError, warn
-from .inputs import batches, to_tensors
+from .inputs import batches, data_fingerprint, to_tensors
 from .linear import make_objective
 from .objective import Objective, is_integer
 from .projection import Identity, Projection
@@ -65,15 +65,6 @@ def model_fingerprint(obj: Objective) -> str:
     for name in sorted(obj.fixed):
         h.update(name.encode())
         h.update(obj.fixed[name].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def data_fingerprint(X: Tensor, y: Tensor, rows: int = 4096) -> str:
-    """SHA-256 of the training inputs and targets (shape, dtype and values), read `rows` at a time."""
-    h = hashlib.sha256(f"{tuple(X.shape)}{X.dtype}{tuple(y.shape)}{y.dtype}".encode())
-    for part in (X, y):
-        for r in batches(part.shape[0], rows):
-            h.update(part[r].detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 
@@ -141,6 +132,7 @@ class Index:
         folder = Path(folder)
         inf = copy.copy(inf)  # the caller's Influence keeps its own fit
         obj, X, y = inf._validated(train)  # prepared (stationarity warning) only once the folder matches
+        dist.check_same_data(X, y)  # before the folder checks, which read each rank's own data
         n, p = X.shape[0], obj.p
         project, seed = check_project(project, p), _check_seed(seed)
         if chunk_rows is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Iterator
 
 import numpy as np
@@ -77,3 +78,12 @@ def batches(n: int, batch_size: int) -> Iterator[slice]:
     """Consecutive slices covering range(n), each at most batch_size long."""
     for start in range(0, n, batch_size):
         yield slice(start, min(start + batch_size, n))
+
+
+def data_fingerprint(X: Tensor, y: Tensor, rows: int = 4096) -> str:
+    """SHA-256 of the training inputs and targets (shape, dtype and values), read `rows` at a time."""
+    h = hashlib.sha256(f"{tuple(X.shape)}{X.dtype}{tuple(y.shape)}{y.dtype}".encode())
+    for part in (X, y):
+        for r in batches(part.shape[0], rows):
+            h.update(part[r].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())  # any dtype's bytes
+    return h.hexdigest()
