@@ -142,6 +142,9 @@ def test_bad_python_api_input_is_refused_by_name(small):
            (lambda: att.attack(x[:10], y, [0]), "the test image has 10 pixels"),
            (lambda: att.attack(x, y, [1.7]), "training indices must be integers"),
            (lambda: flip_fractions(att, task.X_test, task.y_test, [len(task.y_test)], (1,)), "test indices must be in"),
+           (lambda: flip_fractions(att, task.X_test, task.y_test, [0], (-1,)), "counts must be .* from 1 to 120"),
+           (lambda: att.attack(x, _wrong_label(att, x, y), [0]),
+            "already misclassified .* attack a correctly classified"),
            (lambda: HeadAttack(att.extractor, np.where(np.arange(task.X_train.size).reshape(task.X_train.shape) == 0,
                                                        np.nan, task.X_train), task.y_train), "1 NaN or infinite pixels"),
            (lambda: HeadAttack(torch.nn.Linear(task.X_train.shape[1], 3).double(), task.X_train, task.y_train),
@@ -151,6 +154,13 @@ def test_bad_python_api_input_is_refused_by_name(small):
             call()
     for label in (torch.tensor(y), np.array(y), np.int64(y)):  # a 0-d tensor or array is a label too
         assert (att.rank(x, label) == att.rank(x, y)).all()
+
+
+def _wrong_label(att: HeadAttack, x, y: int) -> int:
+    """The label the model does not predict for x: attacking with it starts misclassified (counted as a flip)."""
+    with torch.no_grad():
+        predicted = int(att.model()(torch.as_tensor(x)[None]).argmax(1)[0])
+    return 1 - predicted
 
 
 def test_single_class_and_bad_pixels_are_refused():

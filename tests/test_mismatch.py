@@ -116,6 +116,8 @@ def test_feature_values_keep_few_values_and_bin_the_rest_by_quantiles():
     ({"wrong": [0], "threshold": float("nan")}, "threshold must be a finite number > 0"),
     ({"wrong": [0], "k": 0}, "k must be an integer from 1"),
     ({"wrong": [0], "threshold": True}, "threshold must be a finite number > 0"),
+    ({"wrong": np.arange(12) < 3}, "not a mask; pass np.flatnonzero"),  # read as indices 0 and 1 before
+    ({"wrong": [1.7]}, "integer test indices"),
 ])
 def test_bad_input_is_refused(logreg, kwargs, message):
     inf = Influence(logreg.model, logreg.loss_fn, l2=logreg.l2).fit(logreg.train)

@@ -156,6 +156,21 @@ def test_cli_triage_as_is_ranks_given_labels(tmp_path):
     assert "first 4 training points to check" in result.stdout
 
 
+def test_flip_labels_and_check_claim_refuse_what_they_cannot_mean():
+    from infl.errors import InputError
+    from infl.triage import check_claim, flip_labels
+
+    for labels, classes in (([0, 1] * 10, 2.5), ([0.0, 1.0] * 10, 2), ([0, 3] * 10, 2)):
+        with pytest.raises(InputError, match="integer labels 0..classes-1"):
+            flip_labels(np.array(labels), 0.5, classes, 0)
+    with pytest.raises(InputError, match="at least one TriageRun"):
+        check_claim([])
+    run = type("Run", (), {"checked": np.round(np.arange(101) * 0.01, 2)})()  # held vacuously over no fraction
+    for up_to in (-1, float("nan"), 0.001, 2):
+        with pytest.raises(InputError, match=r"up_to must be a fraction of the data in \[0.01, 1\]"):
+            check_claim([run], up_to)
+
+
 @pytest.mark.parametrize("option", [["--flip", "0.2"], ["--seed", "3"]])
 def test_cli_as_is_refuses_the_options_of_flipping(tmp_path, option):
     """They were ignored without a word: a user asking for 20% flips got the labels ranked as given."""

@@ -216,6 +216,10 @@ class HeadAttack:
         lo, hi = budget.bounds(X0)
         result = AttackResult(test_index, int(y_test), index.numpy(), X0.numpy().copy(), X0.numpy().copy())
         loss, pred = self.test_loss(theta, x, y)
+        if pred != int(y_test):  # it would count as flipped before any step
+            which = f"test point {test_index}" if test_index >= 0 else "the test point"
+            raise InputError(f"{which} is already misclassified (predicted {pred}, label {int(y_test)}); attack a "
+                             "correctly classified test point")
         result.losses.append(loss), result.predictions.append(pred)
         for _ in range(budget.steps):
             pert = self.i_pert_loss(A, X, theta, x, y, index)  # (k, d): n * d(retrained test loss) / d x_i
@@ -238,6 +242,8 @@ def flip_fractions(attacker: HeadAttack, X_test: np.ndarray, y_test: np.ndarray,
     Returns {count: [AttackResult per test point]}; the flip fraction for a count is
     the mean of result.flipped. progress() is called once per attack.
     """
+    if not counts or not all(is_integer(c) and 1 <= c <= attacker.n for c in counts):
+        raise InputError(f"counts must be numbers of training points, integers from 1 to {attacker.n}, got {counts!r}")
     out: dict[int, list[AttackResult]] = {c: [] for c in counts}
     bad = [t for t in test_indices if not (isinstance(t, numbers.Integral) and 0 <= t < len(y_test))]
     if bad:

@@ -42,7 +42,14 @@ class Drivers:
 def find_drivers(inf: Influence, test: Any, wrong: Sequence[int], k: int = 20, threshold: float = 10.0) -> Drivers:
     """The training points driving the predictions on test[wrong] (test: (X, y) arrays, wrong: indices)."""
     X, y = test
-    wrong = np.asarray(wrong, dtype=np.int64).reshape(-1)
+    if len(X) != len(y):
+        raise InputError(f"test inputs and labels differ in length ({len(X)} and {len(y)}); pass one label per input")
+    wrong = np.asarray(wrong).reshape(-1)
+    if wrong.dtype == bool:
+        raise InputError("wrong must be test indices, not a mask; pass np.flatnonzero(mask)")
+    if wrong.size and wrong.dtype.kind not in "iu":
+        raise InputError(f"wrong must be integer test indices, got {wrong.dtype} values {wrong[:5].tolist()}")
+    wrong = wrong.astype(np.int64)
     if not wrong.size:
         raise InputError("there are no wrong test predictions to explain; the model gets every test point right")
     if wrong.min() < 0 or wrong.max() >= len(y):

@@ -26,7 +26,7 @@ from .data import Split
 from .errors import InputError
 from .influence import Influence, Solver
 from .losses import cross_entropy
-from .objective import positive_number
+from .objective import is_integer, positive_number
 from .train import fit_logistic
 
 METHODS = ("self-influence", "training loss", "random")
@@ -89,6 +89,10 @@ def flip_labels(y: np.ndarray, fraction: float, classes: int, seed: int) -> tupl
     """(noisy labels (n,), flipped indices (k,)): round(fraction * n) points drawn without replacement
     each get a different class drawn uniformly from the other classes - 1. y is not modified."""
     fraction = check_fraction(fraction)
+    y = np.asarray(y)
+    if not (is_integer(classes) and y.dtype.kind in "iu" and y.size and 0 <= y.min() and y.max() < classes):
+        raise InputError(f"flip_labels needs integer labels 0..classes-1 and classes an integer above the largest, "
+                         f"got classes={classes!r} and labels {np.unique(y)[:10].tolist()}")
     if classes < 2 or len(np.unique(y)) < 2:
         raise InputError(f"flipping labels needs at least 2 classes, got {np.unique(y).tolist()}; "
                          "give data with two or more classes")
@@ -258,8 +262,13 @@ class Claim:
 
 def check_claim(runs: Sequence[TriageRun], up_to: float = CLAIM_UP_TO) -> Claim:
     """Self-influence against training loss at every checked fraction in (0, up_to], mean over seeds."""
+    if not runs:
+        raise InputError("check_claim needs at least one TriageRun (from triage())")
     checked = runs[0].checked
-    keep = (checked > 0) & (checked <= up_to + 1e-9)
+    keep = (checked > 0) & (checked <= (positive_number(up_to) or 0) + 1e-9)
+    if not keep.any() or up_to > 1:  # over no fraction the claim would hold vacuously
+        raise InputError(f"up_to must be a fraction of the data in [{checked[checked > 0].min():g}, 1], the checked "
+                         f"fractions it covers (e.g. 0.3), got {up_to!r}")
     margin = np.mean([r.found["self-influence"] - r.found["training loss"] for r in runs], axis=0)
     return Claim(checked[keep], margin[keep])
 
