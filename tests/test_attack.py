@@ -145,6 +145,8 @@ def test_bad_python_api_input_is_refused_by_name(small):
            (lambda: flip_fractions(att, task.X_test, task.y_test, [0], (-1,)), "counts must be .* from 1 to 120"),
            (lambda: att.attack(x, _wrong_label(att, x, y), [0]),
             "already misclassified .* attack a correctly classified"),
+           (lambda: HeadAttack(att.extractor, task.X_train, task.y_train + 0.5), "one class index .* float64 labels"),
+           (lambda: HeadAttack(att.extractor, task.X_train, task.y_train[1:]), "labels for"),
            (lambda: HeadAttack(att.extractor, np.where(np.arange(task.X_train.size).reshape(task.X_train.shape) == 0,
                                                        np.nan, task.X_train), task.y_train), "1 NaN or infinite pixels"),
            (lambda: HeadAttack(torch.nn.Linear(task.X_train.shape[1], 3).double(), task.X_train, task.y_train),

@@ -125,6 +125,17 @@ def test_bad_input_is_refused(logreg, kwargs, message):
         find_drivers(inf, (logreg.Xt, logreg.yt), **kwargs)
 
 
+def test_over_represented_refuses_rows_it_cannot_read():
+    X = np.arange(20.0).reshape(10, 2)
+    for top, words in (([10], "row indices in 0..9"), ([-1], "row indices"), ([0.5], "row indices")):
+        with pytest.raises(InputError, match=words):
+            over_represented(X, top)
+    with pytest.raises(InputError, match="bins must be an integer >= 1"):
+        over_represented(X, [0, 1], bins=0)
+    with pytest.raises(InputError, match=r"shape \(n, d\)"):
+        over_represented(X[:, 0], [0, 1])
+
+
 def test_numpy_numbers_are_accepted(logreg):
     inf = Influence(logreg.model, logreg.loss_fn, l2=logreg.l2).fit(logreg.train)
     plain = find_drivers(inf, (logreg.Xt, logreg.yt), wrong=[0], k=3, threshold=5.0)

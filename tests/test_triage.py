@@ -165,6 +165,10 @@ def test_flip_labels_and_check_claim_refuse_what_they_cannot_mean():
             flip_labels(np.array(labels), 0.5, classes, 0)
     with pytest.raises(InputError, match="at least one TriageRun"):
         check_claim([])
+    from infl.triage import check_seeds
+
+    with pytest.raises(InputError, match="integers >= 0"):
+        check_seeds([-1])
     run = type("Run", (), {"checked": np.round(np.arange(101) * 0.01, 2)})()  # held vacuously over no fraction
     for up_to in (-1, float("nan"), 0.001, 2):
         with pytest.raises(InputError, match=r"up_to must be a fraction of the data in \[0.01, 1\]"):

@@ -138,7 +138,11 @@ class HeadAttack:
         if isinstance(l2, bool) or not (isinstance(l2, numbers.Real) and math.isfinite(l2) and l2 > 0):
             raise InputError(f"l2 must be a finite number > 0 (it makes the head's problem strictly convex), got {l2!r}")
         X = _pixels(X_train, "training images")
-        self.y = torch.as_tensor(np.array(y_train, dtype=np.int64))
+        labels = np.asarray(y_train).reshape(-1)
+        if labels.dtype.kind not in "iu" or labels.size != X.shape[0] or (labels.size and labels.min() < 0):
+            raise InputError(f"training labels must be one class index (an integer >= 0) per image: got {labels.size} "
+                             f"{labels.dtype} labels for {X.shape[0]} images")
+        self.y = torch.as_tensor(labels.astype(np.int64))
         check_two_classes(self.y)
         self.extractor, self.X, self.l2 = extractor, X, float(l2)
         self.A = features(extractor, X)

@@ -97,7 +97,13 @@ def over_represented(X: np.ndarray, top: Sequence[int], names: Sequence[str] | N
                      min_count: int = 2, most: int = 10) -> list[Overrepresented]:
     """Feature values (X (n, d) training features) most over-represented among the rows `top`, by
     lift = share among top / share in training, held by at least min_count of them; at most `most`."""
-    top = np.asarray(top, dtype=np.int64)
+    X, top = np.asarray(X), np.asarray(top).reshape(-1)
+    if X.ndim != 2:
+        raise InputError(f"X must be the training features, shape (n, d), got shape {X.shape}")
+    if top.dtype.kind not in "iu" or not top.size or top.min() < 0 or top.max() >= len(X):
+        raise InputError(f"top must be training row indices in 0..{len(X) - 1}, got {top[:5].tolist()}")
+    if not (is_integer(bins) and bins >= 1):
+        raise InputError(f"bins must be an integer >= 1, got {bins!r}")
     names = list(names) if names is not None else [f"feature {j}" for j in range(X.shape[1])]
     if len(names) != X.shape[1]:
         raise InputError(f"got {len(names)} feature names for {X.shape[1]} features; give one name per column")
