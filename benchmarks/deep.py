@@ -13,7 +13,7 @@ Pearson and Spearman correlation with the reference (mean over test points, and
 over all pairs).
 
 Methods: cg (Nystrom rank 200, tol 1e-6), cg-ekfac (EK-FAC preconditioner; not run by default),
-arnoldi (rank 100), ekfac, kfac, and ekfac-refineK / arnoldi-refineK: the
+arnoldi (rank 100), ekfac, kfac, and ekfac-refineK / arnoldi-refineK (arnoldiR-refineK: rank R): the
 factored or low-rank inverse followed by K steps of block CG on the Gauss-Newton
 matrix preconditioned by it (infl.EKFAC(refine=K), infl.Arnoldi(refine=K)).
 
@@ -85,9 +85,10 @@ def run_one(method: str, out: Path, l2: float, tests: int) -> None:
     model, train, test = task(out, l2, tests)
     torch.func.vmap(torch.func.grad(lambda x: (x * x).sum()))(torch.ones(2, 2))  # lazy imports: untimed
     solver = {"reference": infl.CG(tol=1e-10, max_iter=5000), "cg-ekfac": infl.CG(preconditioner="ekfac")}.get(method, method)
-    if "-refine" in method:
+    if "-refine" in method:  # ekfac-refineK, arnoldi-refineK, arnoldiR-refineK (rank R)
         base, steps = method.split("-refine")
-        solver = {"ekfac": infl.EKFAC, "arnoldi": infl.Arnoldi}[base](refine=int(steps))
+        rank = {"rank": int(base[len("arnoldi"):])} if base[len("arnoldi"):].isdigit() else {}
+        solver = {"ekfac": infl.EKFAC, "arnoldi": infl.Arnoldi}[base.rstrip("0123456789")](refine=int(steps), **rank)
     t0 = time.perf_counter()
     inf = infl.Influence(model, cross_entropy, l2=l2, solver=solver, curvature="gauss-newton", stationarity_tol=1e-3)
     S = inf.fit(train).scores(test)
