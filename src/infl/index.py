@@ -131,8 +131,8 @@ class Index:
         """
         folder = Path(folder)
         inf = copy.copy(inf)  # the caller's Influence keeps its own fit
-        obj, X, y = inf._validated(train)  # prepared (stationarity warning) only once the folder matches
-        dist.check_same_data(X, y)  # before the folder checks, which read each rank's own data
+        inf._read(train)  # validated, and the same on every rank, before the folder checks
+        obj, X, y = inf.objective_, inf.X_train_, inf.y_train_
         n, p = X.shape[0], obj.p
         project, seed = check_project(project, p), _check_seed(seed)
         if chunk_rows is not None:
@@ -140,7 +140,7 @@ class Index:
                 raise InputError(f"chunk_rows must be an integer >= 1 or None (from max_memory), got {chunk_rows!r}")
             chunk_rows = int(chunk_rows)
         k = project or p
-        manifest = _manifest(inf, obj, X, y, project, seed)
+        manifest = _manifest(inf, X, y, project, seed)
         rank, size = dist.world()
         resumed = _existing(folder, manifest, force)
         if resumed is not None and not cls(folder, resumed, obj, torch.empty(0))._same_gradients(X, y, force):
@@ -148,9 +148,7 @@ class Index:
         if resumed is not None and chunk_rows not in (None, resumed["chunk_rows"]):
             warn(f"chunk_rows={chunk_rows} is not used: the index in {folder} is resumed with its own "
                  f"{resumed['chunk_rows']} rows per chunk (force=True rebuilds it with {chunk_rows})")
-        del obj, X, y
-        inf.prepare(train)
-        obj, X, y = inf.objective_, inf.X_train_, inf.y_train_
+        inf._prepare_read()  # the stationarity warning only now that the folder matches
         itemsize = obj.theta.element_size()
         plan = index_plan(parse_bytes(max_memory) if max_memory is not None else None, n=n, p=p, k=k,
                           itemsize=itemsize, data_bytes=X.nbytes + y.nbytes, projected=project is not None,
@@ -355,8 +353,9 @@ class Index:
         return out
 
 
-def _manifest(inf: Any, obj: Objective, X: Tensor, y: Tensor, project: int | None, seed: int) -> dict:
+def _manifest(inf: Any, X: Tensor, y: Tensor, project: int | None, seed: int) -> dict:
     """The manifest of a pending build: format, configuration, fingerprints and shapes (chunking added later)."""
+    obj = inf.objective_
     return {"format": FORMAT, "version": VERSION, "config": _config(inf, project, seed),
             "fingerprint": {"model": model_fingerprint(obj), "data": data_fingerprint(X, y)},
             "n": X.shape[0], "p": obj.p, "k": project or obj.p, "x_shape": list(X.shape[1:]),

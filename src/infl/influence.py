@@ -169,6 +169,10 @@ class Influence:
         for gradients and curvature; sums are all-reduced (infl.dist).
         """
         self._read(train)
+        return self._prepare_read()
+
+    def _prepare_read(self) -> Influence:
+        """prepare's work on the data _read has set: the stationarity check and the curvature operator."""
         obj, X, y, sh = self.objective_, self.X_train_, self.y_train_, self.shard_
         total = dist.all_sum(sum_grad(obj, X[sh], y[sh], self.batch_size, sh.start))
         self.grad_norm_ = float((total / X.shape[0] + obj.l2 * obj.theta).norm())
