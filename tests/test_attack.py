@@ -141,6 +141,8 @@ def test_bad_python_api_input_is_refused_by_name(small):
            (lambda: att.attack(x * 255, y, [0]), r"test image must have pixels in \[0, 1\]"),
            (lambda: att.attack(x[:10], y, [0]), "the test image has 10 pixels"),
            (lambda: att.attack(x, y, [1.7]), "training indices must be integers"),
+           (lambda: att.attack(x, y, [-1]), r"training indices must be in 0..119 \(120 rows\), got \[-1\]"),
+           (lambda: att.attack(x, y, []), "no training indices given"),
            (lambda: flip_fractions(att, task.X_test, task.y_test, [len(task.y_test)], (1,)), "test indices must be in"),
            (lambda: flip_fractions(att, task.X_test, task.y_test, [0], (-1,)), "counts must be .* from 1 to 120"),
            (lambda: att.attack(x, _wrong_label(att, x, y), [0]),

@@ -112,12 +112,12 @@ def test_feature_values_keep_few_values_and_bin_the_rest_by_quantiles():
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"wrong": []}, "no wrong test predictions"),
-    ({"wrong": [12]}, "test index 12 is out of range for 12 test points"),
+    ({"wrong": [12]}, r"wrong \(test indices\) must be in 0..11 \(12 rows\), got \[12\]"),
     ({"wrong": [0], "threshold": float("nan")}, "threshold must be a finite number > 0"),
     ({"wrong": [0], "k": 0}, "k must be an integer from 1"),
     ({"wrong": [0], "threshold": True}, "threshold must be a finite number > 0"),
     ({"wrong": np.arange(12) < 3}, "not a mask; pass np.flatnonzero"),  # read as indices 0 and 1 before
-    ({"wrong": [1.7]}, "integer test indices"),
+    ({"wrong": [1.7]}, r"wrong \(test indices\) must be integers"),
 ])
 def test_bad_input_is_refused(logreg, kwargs, message):
     inf = Influence(logreg.model, logreg.loss_fn, l2=logreg.l2).fit(logreg.train)
@@ -127,7 +127,8 @@ def test_bad_input_is_refused(logreg, kwargs, message):
 
 def test_over_represented_refuses_rows_it_cannot_read():
     X = np.arange(20.0).reshape(10, 2)
-    for top, words in (([10], "row indices in 0..9"), ([-1], "row indices"), ([0.5], "row indices")):
+    for top, words in (([10], r"row indices\) must be in 0..9"), ([-1], "must be in 0..9"), ([0.5], "must be integers"),
+                       ([True], "not a mask"), ([], "top is empty")):
         with pytest.raises(InputError, match=words):
             over_represented(X, top)
     with pytest.raises(InputError, match="bins must be an integer >= 1"):

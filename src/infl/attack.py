@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from .errors import InputError
 from .frozen import FEATURES, check_two_classes, cross_entropy, features, fit_head, head_model
 from .influence import Influence
+from .inputs import row_indices
 from .objective import Objective, is_integer
 
 EIGHT_BIT = 0.5 / 255 * (1 - 1e-6)  # strictly inside half a grey level: rounding to 8 bits gives the original
@@ -208,12 +209,9 @@ class HeadAttack:
         step, projection onto the allowed set, exact retraining of the head. Stops early
         once the prediction flips (unless stop_on_flip=False).
         """
-        given = np.asarray(train_indices).reshape(-1)
-        if given.size and given.dtype.kind not in "iu":
-            raise InputError(f"training indices must be integers, got {given.dtype} values {given[:5].tolist()}")
-        index = torch.as_tensor(given.astype(np.int64))
-        if index.numel() == 0 or index.min() < 0 or index.max() >= self.n:
-            raise InputError(f"training indices must be in 0..{self.n - 1}, got {index.tolist()[:5]}")
+        index = torch.as_tensor(row_indices(train_indices, self.n, "training indices"))
+        if not index.numel():
+            raise InputError("no training indices given; pass the rows to perturb (e.g. the top of rank())")
         x, y = self._test(x_test, y_test)
         X, A, theta = self.X.clone(), self.A.clone(), self.theta.clone()
         X0 = self.X[index]
@@ -249,10 +247,7 @@ def flip_fractions(attacker: HeadAttack, X_test: np.ndarray, y_test: np.ndarray,
     if not counts or not all(is_integer(c) and 1 <= c <= attacker.n for c in counts):
         raise InputError(f"counts must be numbers of training points, integers from 1 to {attacker.n}, got {counts!r}")
     out: dict[int, list[AttackResult]] = {c: [] for c in counts}
-    bad = [t for t in test_indices if not (isinstance(t, numbers.Integral) and 0 <= t < len(y_test))]
-    if bad:
-        raise InputError(f"test indices must be in 0..{len(y_test) - 1}, got {bad[:5]}")
-    for t in test_indices:
+    for t in row_indices(test_indices, len(y_test), "test indices").tolist():
         order = attacker.rank(X_test[t], int(y_test[t]))
         for c in counts:
             out[c].append(attacker.attack(X_test[t], int(y_test[t]), order[:c], budget, test_index=t))

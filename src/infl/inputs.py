@@ -87,3 +87,18 @@ def data_fingerprint(X: Tensor, y: Tensor, rows: int = 4096) -> str:
         for r in batches(part.shape[0], rows):
             h.update(part[r].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())  # any dtype's bytes
     return h.hexdigest()
+
+
+def row_indices(values: Any, n: int, what: str) -> np.ndarray:
+    """values (any shape) as int64 indices into n rows, flattened; InputError naming `what` for a boolean
+    mask, non-integer values or an index outside 0..n-1 (no negative indexing: -1 is more often a bug)."""
+    given = np.asarray(values.cpu() if isinstance(values, Tensor) else values).reshape(-1)
+    if given.dtype == bool:
+        raise InputError(f"{what} must be indices, not a mask; pass np.flatnonzero(mask)")
+    if given.size and given.dtype.kind not in "iu":
+        raise InputError(f"{what} must be integers, got {given.dtype} values {given[:5].tolist()}")
+    index = given.astype(np.int64)
+    bad = index[(index < 0) | (index >= n)]
+    if bad.size:
+        raise InputError(f"{what} must be in 0..{n - 1} ({n} rows), got {bad[:5].tolist()}")
+    return index

@@ -20,6 +20,7 @@ import numpy as np
 
 from .errors import InputError
 from .influence import Influence
+from .inputs import row_indices
 from .objective import is_integer, positive_number
 
 
@@ -44,17 +45,9 @@ def find_drivers(inf: Influence, test: Any, wrong: Sequence[int], k: int = 20, t
     X, y = test
     if len(X) != len(y):
         raise InputError(f"test inputs and labels differ in length ({len(X)} and {len(y)}); pass one label per input")
-    wrong = np.asarray(wrong).reshape(-1)
-    if wrong.dtype == bool:
-        raise InputError("wrong must be test indices, not a mask; pass np.flatnonzero(mask)")
-    if wrong.size and wrong.dtype.kind not in "iu":
-        raise InputError(f"wrong must be integer test indices, got {wrong.dtype} values {wrong[:5].tolist()}")
-    wrong = wrong.astype(np.int64)
+    wrong = row_indices(wrong, len(y), "wrong (test indices)")
     if not wrong.size:
         raise InputError("there are no wrong test predictions to explain; the model gets every test point right")
-    if wrong.min() < 0 or wrong.max() >= len(y):
-        raise InputError(f"test index {int(wrong.max() if wrong.max() >= len(y) else wrong.min())} is out of range "
-                         f"for {len(y)} test points (indices 0 to {len(y) - 1})")
     if positive_number(threshold) is None:
         raise InputError(f"threshold must be a finite number > 0 (a multiple of the mean |influence|), got {threshold!r}")
     if not (is_integer(k) and 1 <= k <= inf.n_train):
@@ -97,11 +90,12 @@ def over_represented(X: np.ndarray, top: Sequence[int], names: Sequence[str] | N
                      min_count: int = 2, most: int = 10) -> list[Overrepresented]:
     """Feature values (X (n, d) training features) most over-represented among the rows `top`, by
     lift = share among top / share in training, held by at least min_count of them; at most `most`."""
-    X, top = np.asarray(X), np.asarray(top).reshape(-1)
+    X = np.asarray(X)
     if X.ndim != 2:
         raise InputError(f"X must be the training features, shape (n, d), got shape {X.shape}")
-    if top.dtype.kind not in "iu" or not top.size or top.min() < 0 or top.max() >= len(X):
-        raise InputError(f"top must be training row indices in 0..{len(X) - 1}, got {top[:5].tolist()}")
+    top = row_indices(top, len(X), "top (training row indices)")
+    if not top.size:
+        raise InputError("top is empty; pass the training rows to summarise (e.g. Drivers.top)")
     if not (is_integer(bins) and bins >= 1):
         raise InputError(f"bins must be an integer >= 1, got {bins!r}")
     names = list(names) if names is not None else [f"feature {j}" for j in range(X.shape[1])]
