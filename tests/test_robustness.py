@@ -99,6 +99,30 @@ def test_a_random_forward_pass_is_refused_with_the_fix(logreg):
         infl.Influence(model, logreg.loss_fn, l2=0.01).fit(logreg.train)
 
 
+class _Recurrent(nn.Module):
+    """Token ids -> GRU -> logits; explicit_h0 passes the initial state built from the input."""
+
+    def __init__(self, explicit_h0: bool):
+        super().__init__()
+        self.emb, self.rnn, self.head = nn.Embedding(12, 4), nn.GRU(4, 5, batch_first=True), nn.Linear(5, 3)
+        self.explicit_h0 = explicit_h0
+
+    def forward(self, x):
+        e = self.emb(x)
+        h, _ = self.rnn(e, e.new_zeros(1, e.shape[0], 5)) if self.explicit_h0 else self.rnn(e)
+        return self.head(h[:, -1])
+
+
+def test_a_recurrent_layer_with_its_default_state_gets_the_fix(logreg):
+    torch.manual_seed(0)
+    X, y = torch.randint(0, 12, (20, 6)), torch.randint(0, 3, (20,))
+    with pytest.raises(InputError, match=r"recurrent layer .* pass one explicitly"):
+        infl.Influence(_Recurrent(False).double(), logreg.loss_fn, l2=0.01, damping=1.0).fit((X, y))
+    with pytest.warns(UserWarning, match="stationary"):  # the fix works (the model is untrained)
+        inf = infl.Influence(_Recurrent(True).double(), logreg.loss_fn, l2=0.01, damping=1.0).fit((X, y))
+    assert inf.scores((X[:2], y[:2])).shape == (2, 20)
+
+
 def test_pert_loss_refuses_token_ids():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Embedding(10, 3), nn.Flatten(), nn.Linear(6, 2)).double()

@@ -322,7 +322,7 @@ class Objective:
         except Exception as exc:
             raise InputError(f"the per-example gradient (torch.func: vmap over grad, one example as a batch of "
                              f"one) failed on inputs shaped {tuple(X.shape[1:])}: {type(exc).__name__}: {exc}"
-                             f"{_vmap_hint(exc, X, self.dtype)}") from exc
+                             f"{_vmap_hint(exc, X, self.dtype, self.model)}") from exc
         alone = torch.cat([self.losses(self.theta, X[i:i + 1], y[i:i + 1]) for i in range(X.shape[0])])
         tol = torch.finfo(out.dtype).eps ** 0.5 if out.is_floating_point() else 0.0
         if not torch.allclose(out, alone, rtol=tol, atol=tol):
@@ -343,9 +343,13 @@ def _dtype_hint(exc: Exception, X: Tensor, dtype: torch.dtype) -> str:
     return ""
 
 
-def _vmap_hint(exc: Exception, X: Tensor, dtype: torch.dtype) -> str:
-    """A likely fix for a failure of the per-example gradient, from its message."""
+def _vmap_hint(exc: Exception, X: Tensor, dtype: torch.dtype, model: nn.Module) -> str:
+    """A likely fix for a failure of the per-example gradient, from its message and the model's layers."""
     text = str(exc)
+    if any(isinstance(m, nn.RNNBase) for m in model.modules()) and "shape" in text:
+        return ("; the model has a recurrent layer (nn.RNN / GRU / LSTM), whose default initial state is sized for "
+                "the whole batch: pass one explicitly, built from the input, e.g. rnn(x, x.new_zeros(num_layers * "
+                "directions, x.shape[0], hidden)) with batch_first=True (a (h0, c0) pair for an LSTM)")
     if "random" in text:
         return ("; the forward pass draws random numbers (e.g. F.dropout(x, p, training=True) in a custom "
                 "module): call model.eval() and make such layers deterministic in eval mode")
