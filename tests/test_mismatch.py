@@ -125,6 +125,15 @@ def test_bad_input_is_refused(logreg, kwargs, message):
         find_drivers(inf, (logreg.Xt, logreg.yt), **kwargs)
 
 
+def test_over_represented_lists_only_values_commoner_among_the_top_rows():
+    X = np.array([[0.0], [0.0], [0.0], [1.0], [1.0], [1.0], [1.0], [1.0]])  # value 1: 5/8 of training
+    found = over_represented(X, [0, 1, 3], ["f"], min_count=1)  # top: 2/3 value 0 (vs 3/8), 1/3 value 1 (vs 5/8)
+    assert [(o.value, o.count) for o in found] == [("0", 2)] and found[0].lift > 1
+    assert over_represented(X, [0, 3], ["f"], min_count=1)[0].value == "0"  # 1/2 vs 3/8
+    assert over_represented(X, [3, 4], ["f"], min_count=1)[0].lift == pytest.approx(1 / (5 / 8))
+    assert over_represented(X, list(range(8)), ["f"], min_count=1) == []  # the top rows are the training set
+
+
 def test_over_represented_refuses_rows_it_cannot_read():
     X = np.arange(20.0).reshape(10, 2)
     for top, words in (([10], r"row indices\) must be in 0..9"), ([-1], "must be in 0..9"), ([0.5], "must be integers"),

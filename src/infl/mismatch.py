@@ -88,8 +88,9 @@ def feature_values(column: np.ndarray, bins: int = 4) -> tuple[np.ndarray, list[
 
 def over_represented(X: np.ndarray, top: Sequence[int], names: Sequence[str] | None = None, bins: int = 4,
                      min_count: int = 2, most: int = 10) -> list[Overrepresented]:
-    """Feature values (X (n, d) training features) most over-represented among the rows `top`, by
-    lift = share among top / share in training, held by at least min_count of them; at most `most`."""
+    """Feature values (X (n, d) training features) over-represented among the rows `top` (lift = share among
+    top / share in training > 1), held by at least min_count of them; at most `most`, highest lift first
+    (none when the top rows look like the training set)."""
     X = np.asarray(X)
     if X.ndim != 2:
         raise InputError(f"X must be the training features, shape (n, d), got shape {X.shape}")
@@ -106,8 +107,9 @@ def over_represented(X: np.ndarray, top: Sequence[int], names: Sequence[str] | N
         codes, labels = feature_values(X[:, j], bins)
         in_top = np.bincount(codes[top], minlength=len(labels))
         in_train = np.bincount(codes, minlength=len(labels)) / len(codes)
+        over = (in_top >= min_count) & (in_top / len(top) > in_train)
         found += [Overrepresented(name, labels[c], int(in_top[c]), in_top[c] / len(top), float(in_train[c]))
-                  for c in np.flatnonzero(in_top >= min_count)]
+                  for c in np.flatnonzero(over)]
     return sorted(found, key=lambda o: -o.lift)[:most]
 
 
