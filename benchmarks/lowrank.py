@@ -9,6 +9,7 @@ with the exact solver's, with the dropped spectrum kept as one mean eigenvalue
 
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -41,4 +42,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
     main()
