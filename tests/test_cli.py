@@ -181,11 +181,16 @@ def test_library_advice_is_spelled_as_the_command_line_takes_it():
     from infl.cli import spell
     from infl.solvers.exact import _indefinite, _precision_fix
 
-    message = spell(str(_indefinite(torch.diag(torch.tensor([1.0, -2.0], dtype=torch.float64)), "hessian")))
+    from infl.operators import Dense
+
+    H = torch.diag(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    message = spell(str(_indefinite(H, Dense(H))))
     assert "pass --damping 4 (any value above 2), or a larger --l2" in message and "standardise" in message
     assert "curvature=" not in message and "damping=" not in message
     assert spell(_precision_fix(torch.float64)).startswith("Add --damping (or a larger --l2)")
-    from infl.operators import Dense
+    projected = ("the projected curvature is not positive definite (smallest eigenvalue -0.1); pass a damping above "
+                 "the current 0 to the Influence, or use curvature='gauss-newton'")
+    assert "pass a --damping above 0, or a larger --l2" in spell(projected) and "curvature=" not in spell(projected)
 
     with pytest.raises(infl.InputError) as rank:
         infl.Arnoldi(rank=10).fit(Dense(torch.eye(5, dtype=torch.float64)))

@@ -93,6 +93,9 @@ def test_exact_names_most_negative_eigenvalue():
     A = torch.diag(torch.tensor([1.0, 2.0, -0.5], dtype=torch.float64))
     with pytest.raises(CurvatureError, match=r"smallest eigenvalue is -0\.5.*damping > 0\.5"):
         Exact().fit(Dense(A))
+    with pytest.raises(CurvatureError, match=r"smallest eigenvalue is -0\.2.*damping > 0\.5 \(e\.g\. damping=1\)"):
+        Exact().fit(Dense(A) + 0.3)  # the advice counts the damping already given (it said > 0.2)
+    Exact().fit(Dense(A) + 1.0)  # and following it works
 
 
 def test_exact_refuses_large_problems_politely():
@@ -196,6 +199,8 @@ def test_lissa_refuses_an_operator_with_a_negative_eigenvalue():
     A = spd(10, 10) - 2 * torch.eye(10, dtype=torch.float64)  # eigenvalues -1 .. 8
     with pytest.raises(CurvatureError, match=r"eigenvalue of about -1 <= 0.*damping > 1"):
         LiSSA().fit(Dense(A))
+    with pytest.raises(CurvatureError, match=r"eigenvalue of about -0.5 <= 0.*damping > 1"):
+        LiSSA().fit(Dense(A) + 0.5)
 
 
 def test_lissa_same_seed_same_result(logreg):
@@ -361,6 +366,8 @@ def test_arnoldi_warns_when_an_eigenvalue_lies_far_below_the_dropped_mean_and_re
     lam[-1] = -1e-3  # the mean of the dropped ones stays positive
     with pytest.raises(CurvatureError, match="eigenvalue of about -0.001 <= 0.*Add damping > 0.001"):
         infl.Arnoldi(rank=5).fit(Dense((Q * lam) @ Q.T))
+    with pytest.raises(CurvatureError, match="eigenvalue of about -0.0005 <= 0.*Add damping > 0.001"):
+        infl.Arnoldi(rank=5).fit(Dense((Q * lam) @ Q.T) + 5e-4)
 
 
 def test_arnoldi_keeping_the_remainder_beats_dropping_it(logreg):

@@ -400,6 +400,9 @@ SPELLINGS = (  # the library's advice as every command spells it: (regular expre
     (r"([Aa])dd damping(?: > ([^\s,]+))?,? or use curvature='gauss-newton'",
      lambda m: f"{m.group(1)}dd --damping{' above ' + m.group(2) if m.group(2) else ''}, or a larger --l2 (the "
                "command's logistic regression is convex, so this comes from rounding: standardise the features)"),
+    (r"pass a damping above the current (\S+) to the Influence, or use curvature='gauss-newton'",
+     r"pass a --damping above \1, or a larger --l2 (the command's logistic regression is convex, so this comes "
+     "from rounding: standardise the features)"),
     (r"pass damping > (\S+) to the Influence, or use curvature='gauss-newton'",
      r"pass --damping above \1, or a larger --l2 (the command's logistic regression is convex, so this comes "
      "from rounding: standardise the features)"),

@@ -41,6 +41,7 @@ from .errors import CurvatureError, InflError, InputError, warn
 from .inputs import batches, data_fingerprint, to_tensors
 from .linear import make_objective
 from .objective import Objective, is_integer
+from .operators import damping_in, damping_needed
 from .projection import Identity, Projection
 
 FORMAT, VERSION = "infl-index", 1
@@ -246,9 +247,12 @@ class Index:
             low = float(torch.linalg.eigvalsh(K)[0])
             other = ("or a larger l2 (the Gauss-Newton matrix in use is positive semi-definite)"
                      if self.manifest["config"]["curvature"] == "gauss-newton" else "or use curvature='gauss-newton'")
-            raise CurvatureError(f"the {'projected ' if self.manifest['config']['project'] else ''}curvature is not "
-                                 f"positive definite (smallest eigenvalue {low:.3g}); pass damping > {max(-low, 0):.3g}"
-                                 f" to the Influence, {other}")
+            if self.manifest["config"]["project"]:  # P P^T is not I: the damping's effect is not known exactly
+                raise CurvatureError(f"the projected curvature is not positive definite (smallest eigenvalue "
+                                     f"{low:.3g}); pass a damping above the current {damping_in(op):g} to the "
+                                     f"Influence, {other}")
+            raise CurvatureError(f"the curvature is not positive definite (smallest eigenvalue {low:.3g}); pass "
+                                 f"damping > {damping_needed(op, low):.3g} to the Influence, {other}")
         if dist.world()[0] == 0:
             store.write_json(record, store.write_array(self.folder / f"{CURVATURE}.npy", L.cpu().numpy()))
         return L

@@ -174,6 +174,20 @@ class GaussNewton(Hessian):
         return (G + G.T) / 2
 
 
+def damping_in(op: Operator) -> float:
+    """The damping op holds: the shifts of its Shifted wrappers (outside any other wrapper)."""
+    shift = 0.0
+    while isinstance(op, Shifted):
+        shift, op = shift + op.shift, op.op
+    return shift
+
+
+def damping_needed(op: Operator, low: float) -> float:
+    """The damping that makes op positive definite, given low, the smallest eigenvalue of op itself (found or
+    estimated): the damping it holds minus low."""
+    return max(damping_in(op) - low, 0.0)
+
+
 def batching_failed(what: str, error: RuntimeError) -> InputError:
     """An InputError for a torch.func.vmap that failed inside the model, with the way around it."""
     return InputError(f"{what} (torch.func.vmap, one example as a batch of one) failed inside the model: {error}. "

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CurvatureError, InputError, warn
-from ..operators import Operator
+from ..operators import Operator, damping_needed
 from .base import SolveInfo, itemsize, relative_residual
 
 CHECK_ROWS = 64  # rows of a quad() batch whose residual is measured (all rows would triple its cost)
@@ -44,7 +44,7 @@ class Exact:
         H = op.to_dense()
         L, info = torch.linalg.cholesky_ex(H)
         if info.item() != 0:
-            raise _indefinite(H, op.name)
+            raise _indefinite(H, op)
         self.factor = L
         return self
 
@@ -84,10 +84,12 @@ def _precision_fix(dtype: torch.dtype) -> str:
     return "Add damping (or a larger l2); with features of very different sizes, standardise them"
 
 
-def _indefinite(H: Tensor, what: str) -> CurvatureError:
+def _indefinite(H: Tensor, op: Operator) -> CurvatureError:
+    """The error for a dense curvature H (op's, damping included) that Cholesky could not factor."""
     low = torch.linalg.eigvalsh(H)[0].item()
+    need = damping_needed(op, low)
     return CurvatureError(
-        f"the curvature ({what}) is not positive definite: its smallest eigenvalue is {low:.3g}. "
-        f"Influence needs H + damping * I > 0: pass damping > {max(-low, 0):.3g} "
-        f"(e.g. damping={max(2 * abs(low), 1e-3):.2g}), or use curvature='gauss-newton'"
+        f"the curvature ({op.name}) is not positive definite: its smallest eigenvalue is {low:.3g}. "
+        f"Influence needs H + damping * I > 0: pass damping > {need:.3g} "
+        f"(e.g. damping={max(2 * need, 1e-3):.2g}), or use curvature='gauss-newton'"
     )

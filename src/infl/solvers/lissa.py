@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CurvatureError, DivergenceError, InputError, warn
-from ..operators import Operator
+from ..operators import Operator, damping_needed
 from .base import SolveInfo, check_count, count, itemsize, measured, solved, unit_rows
 from .spectrum import bottom_footprint, smallest_eigenvalue, top_eigenvalue
 
@@ -82,7 +82,7 @@ class LiSSA:
             size = "<= 0" if lam <= 0 else "(0 to this precision)"
             raise CurvatureError(
                 f"LiSSA: the curvature has an eigenvalue of about {lam:.3g} {size} (Lanczos estimate), so the series "
-                f"cannot converge. Add damping > {max(0.0, -lam):.3g}, or use curvature='gauss-newton'")
+                f"cannot converge. Add damping > {damping_needed(self.op, lam):.3g}, or use curvature='gauss-newton'")
         settled = residual <= SETTLED * lam
         if not settled:
             warn(f"LiSSA: the estimate {lam:.3g} of the curvature's smallest eigenvalue has not settled (Ritz "
