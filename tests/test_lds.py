@@ -88,6 +88,22 @@ def test_lds_rejects_bad_input():
         lds(np.zeros((2, 10)), lambda index: np.zeros(3), subsets=3)
     with pytest.raises(InputError, match=r"\(m test points, 3 subsets\)"):
         lds_of_predictions(np.zeros((2, 4)), random_subsets(10, 3, 0.5, 0), lambda index: np.zeros(2))
+    # masks lds_of_predictions used to take: 2 subsets (an LDS of 1.0), an empty subset, fractional or 1-D masks
+    good = random_subsets(10, 3, 0.5, 0)
+    for masks, words in [(good[:2], "at least 3"), (np.vstack([good, np.zeros(10, bool)]), r"subsets \[3\] keep none"),
+                         (good * 0.5, "bool array"), (good[0], "bool array"), (list(good), None)]:
+        call = lambda m=masks: lds_of_predictions(np.zeros((1, len(m))), m, lambda index: np.zeros(1))  # noqa: E731
+        if words is None:  # a list of bool rows is a bool array
+            call()
+            continue
+        with pytest.raises(InputError, match=words):
+            call()
+    for seed in (-1, 1.5, None):
+        with pytest.raises(InputError, match="seed must be an integer >= 0"):
+            random_subsets(10, 3, 0.5, seed)
+    for returned in (np.zeros(2, dtype=complex), np.zeros(2, dtype=bool)):
+        with pytest.raises(InputError, match="real numbers.*dtype"):
+            lds(np.zeros((2, 10)), lambda index, r=returned: r, subsets=3)
 
 
 def test_lds_of_a_small_tanh_network_retrained_from_one_initialisation():

@@ -1,5 +1,8 @@
 """Influence against actual leave-one-out retraining: the sign and the 1/n scale."""
 
+import copy
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -90,7 +93,7 @@ def test_newton_steps_stop_and_warn_when_the_solver_lacks_the_proximal_term(logr
     n = inf.n_train
     W = torch.full((1, n), 1.0 / n, dtype=torch.float64)
     W[0, 3] = 0
-    with pytest.warns(UserWarning, match="1 of 1 retrainings diverged.*fit it with damping = proximal = 30"):
+    with pytest.warns(UserWarning, match="1 of 1 retrainings diverged.*fit it there, with damping = proximal = 30"):
         Theta, ok = newton_steps(inf, W, inf.solver, proximal=30.0, max_iter=50)
     assert not ok.any() and torch.isfinite(Theta).all()
     damped = infl.Influence(logreg.model, logreg.loss_fn, l2=logreg.l2, damping=30.0).fit(logreg.train)
@@ -150,7 +153,65 @@ def test_leave_one_out_reads_indices_as_up_params_does(logreg):
     assert res.indices.tolist() == [7, 21, 40, 55] and calls == [[7, 21, 40, 55]]
     assert leave_one_out(inf, logreg.test, [-1, 3, 4]).indices.tolist() == [inf.n_train - 1, 3, 4]
     for bad, message in [([1.7, 2.9, 3.0], "must be integers"), ([1, 2, 90], r"\[90\] are out of range"),
-                         ([1, 2, 2], "at least 3 different"), ([1, 2], "at least 3 different")]:
+                         ([1, 2, 2, 3], r"points \[2\] more than once"), ([1, 2], "at least 3 different")]:
         with pytest.raises(infl.InputError, match=message):
             leave_one_out(inf, logreg.test, bad, retrain=counting)
     assert len(calls) == 1
+
+
+def test_leave_one_out_refuses_a_retrain_result_it_cannot_read_by_name(logreg):
+    """retrain's thetas used to fail at the end with AttributeError / KeyError / a dtype error; they are now checked
+    (numpy and float32 thetas accepted and cast) and anything else refused naming the expected form."""
+    inf = infl.Influence(logreg.model, logreg.loss_fn, l2=logreg.l2).fit(logreg.train)
+    from infl.validate import retrain_all
+
+    idx = [3, 4, 5]
+    good = retrain_all(inf, idx)
+    reference = leave_one_out(inf, logreg.test, idx, retrain=lambda inf, ix: good)
+    as_numpy = leave_one_out(inf, logreg.test, idx, retrain=lambda inf, ix: {j: t.numpy() for j, t in good.items()})
+    assert np.array_equal(as_numpy.actual, reference.actual)
+    as_f32 = leave_one_out(inf, logreg.test, idx, retrain=lambda inf, ix: {j: t.float() for j, t in good.items()})
+    assert np.allclose(as_f32.actual, reference.actual, atol=1e-5)
+    p = inf.objective_.theta.numel()
+    for returned, words in [(list(good.values()), "got a list"), ({3: good[3], 4: good[4]}, r"no entry for \[5\]"),
+                            ({str(j): t for j, t in good.items()}, "no entry for"),
+                            ({j: t[:-1] for j, t in good.items()}, f"{p} numbers.*shape \\({p - 1},\\)"),
+                            ({j: t[None] for j, t in good.items()}, r"shape \(1, "),
+                            ({j: {"weight": t} for j, t in good.items()}, "is a dict")]:
+        with pytest.raises(infl.InputError, match=r"retrain must return \{j: theta\}.*" + words):
+            leave_one_out(inf, logreg.test, idx, retrain=lambda inf, ix, r=returned: r)
+    with pytest.warns(UserWarning, match="1 of 3 retrainings are NaN"):
+        res = leave_one_out(inf, logreg.test, idx, retrain=lambda inf, ix: {**good, 4: good[4] * float("nan")})
+    assert np.isnan(res.pearson).all()
+
+
+def test_leave_one_out_warns_that_an_unconverged_model_adds_a_shared_move():
+    torch.manual_seed(0)
+    X, y = make_blobs(60, 4, 3, seed=5)
+    model = torch.nn.Linear(4, 3).double()
+    obj = Objective(model, cross_entropy, 1e-2)
+    with pytest.warns(UserWarning, match="gradient max"):
+        assign(model, obj, minimize(obj, X, y, tol=1e-2, max_iter=2))
+    with pytest.warns(UserWarning, match="not at a stationary point"):
+        inf = infl.Influence(model, cross_entropy, l2=1e-2).fit((X, y))
+    with warnings.catch_warnings(record=True) as caught:  # the far optimum also costs L-BFGS its max_iter
+        warnings.simplefilter("always")
+        leave_one_out(inf, (X[:1], y[:1]), [0, 1, 2])
+    assert any("theta_hat is not a minimum" in str(w.message) and "shared move" in str(w.message) for w in caught)
+
+
+def test_retraining_a_float32_model_asks_only_for_a_reachable_tolerance(logreg):
+    """tol = 1e-10 cannot be met in float32: every row ran out of Newton steps and then 1,000 L-BFGS iterations,
+    each warning 'raise max_iter'. retrain_all now asks for reachable_tol(float32) and stays quiet."""
+    from infl.train import reachable_tol
+    from infl.validate import retrain_all
+
+    model = copy.deepcopy(logreg.model).float()
+    inf = infl.Influence(model, logreg.loss_fn, l2=logreg.l2, stationarity_tol=1e-2).fit(logreg.train)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        thetas = retrain_all(inf, [3, 4, 5])
+    reference = retrain_all(infl.Influence(logreg.model, logreg.loss_fn, l2=logreg.l2).fit(logreg.train), [3, 4, 5])
+    for j in (3, 4, 5):
+        assert torch.allclose(thetas[j].double(), reference[j], atol=1e-4)
+    assert reachable_tol(torch.float64) == 0 and 1e-7 < reachable_tol(torch.float32) < 1e-6

@@ -23,6 +23,12 @@ def weighted_risk(obj: Objective, theta: Tensor, X: Tensor, y: Tensor, weights: 
     return total
 
 
+def reachable_tol(dtype: torch.dtype) -> float:
+    """The smallest retraining tolerance (gradient's largest entry) worth asking for in dtype: 0 in float64,
+    1e-3 sqrt(eps) below it (3.5e-7 in float32), where rounding makes the gradient of a mean loss noisy."""
+    return 0.0 if dtype == torch.float64 else 1e-3 * torch.finfo(dtype).eps ** 0.5
+
+
 def minimize(obj: Objective, X: Tensor, y: Tensor, *, weights: Tensor | None = None,
              theta0: Tensor | None = None, tol: float = 1e-9, max_iter: int = 1000,
              batch_size: int = 4096, factor: Tensor | None = None) -> Tensor:
@@ -65,8 +71,11 @@ def minimize(obj: Objective, X: Tensor, y: Tensor, *, weights: Tensor | None = N
         if gmax <= tol:
             break
     if gmax > 10 * tol:
+        fix = ("raise max_iter" if tol >= reachable_tol(obj.dtype) else
+               f"in {obj.dtype} rounding keeps the gradient from tol: use a model in float64 (model.double()) or a "
+               f"tol of at least {reachable_tol(obj.dtype):.1e}")
         warn(f"L-BFGS stopped after {max_iter} iterations with gradient max {gmax:.2e} > tol {tol:.0e}; "
-             "the optimum is not tight: raise max_iter")
+             f"the optimum is not tight: {fix}")
     return theta.detach()
 
 

@@ -9,7 +9,7 @@ epsilon = -1/n perturbation, so
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from .errors import InflError, InputError, warn
 from .influence import Influence, Solver
 from .objective import is_integer
 from .solvers import Exact
-from .train import minimize, weighted_risk
+from .train import minimize, reachable_tol, weighted_risk
 
 
 @dataclass(frozen=True)
@@ -61,14 +61,17 @@ def retrain_all(inf: Influence, indices: Sequence[int], tol: float = 1e-10, max_
 
     Warm-started at theta_hat, each row takes newton_steps until the largest entry
     of grad R_{-j} is <= tol: the fixed point is the exact minimiser, H only speeds
-    the way there. Rows short of tol after max_iter, or a curvature too large to
-    factor, fall back to L-BFGS (retrain_without). done(count) reports progress.
+    the way there. Rows short of tol after max_iter (or diverging), or a curvature too
+    large to factor, fall back to L-BFGS (retrain_without). done(count) reports progress.
+    A model in a lower precision than float64 cannot reach tol = 1e-10: tol is raised to
+    reachable_tol(dtype) there (3.5e-7 in float32).
     """
+    tol = max(tol, reachable_tol(inf.objective_.dtype))
     solver = inf.solver if isinstance(inf.solver, Exact) else _try_exact(inf)
     pending, out = [int(j) for j in indices], {}
     if solver is not None:
         W = removal_weights(inf.n_train, pending, dtype=inf.objective_.dtype, device=inf.objective_.device)
-        Theta, ok = newton_steps(inf, W, solver, tol=tol, max_iter=max_iter, done=done)
+        Theta, ok = newton_steps(inf, W, solver, tol=tol, max_iter=max_iter, done=done, warn_diverged=False)
         out.update({j: Theta[r] for r, j in enumerate(pending) if ok[r]})
         pending = [j for r, j in enumerate(pending) if not ok[r]]
     for j in pending:
@@ -81,7 +84,8 @@ DIVERGED = 1e3  # a retraining whose gradient grows this much is diverging
 
 
 def newton_steps(inf: Influence, W: Tensor, solver: Solver, *, tol: float = 1e-10, max_iter: int = 50,
-                 proximal: float = 0.0, done: Callable[[int], object] = lambda count: None) -> tuple[Tensor, Tensor]:
+                 proximal: float = 0.0, done: Callable[[int], object] = lambda count: None,
+                 warn_diverged: bool = True) -> tuple[Tensor, Tensor]:
     """Retrain from theta_hat on each row of example weights W (k, n): Theta (k, p), converged (k,) bool.
 
     Each row iterates theta <- theta - P^{-1} grad R_w(theta), R_w = sum_i w_i L(z_i, theta)
@@ -92,7 +96,8 @@ def newton_steps(inf: Influence, W: Tensor, solver: Solver, *, tol: float = 1e-1
     P fixed every row is a smooth function of its weights, so differences between rows are
     not blurred by line searches or adaptive step sizes. done(count) reports converged rows.
     With proximal > 0, fit `solver` on the curvature damped by proximal (damping=proximal), the
-    Hessian of that objective; a row whose gradient grows DIVERGED-fold is stopped, with a warning.
+    Hessian of that objective; a row whose gradient grows DIVERGED-fold is stopped (not converged), with a
+    warning unless warn_diverged=False. Use only the converged rows' Theta.
     """
     obj, X, y = inf.objective_, inf.X_train_, inf.y_train_
     start = obj.theta.detach()
@@ -114,10 +119,14 @@ def newton_steps(inf: Influence, W: Tensor, solver: Solver, *, tol: float = 1e-1
         if not active.numel() or step == max_iter:
             break
         Theta[active] -= solver.solve(G)[0]
-    if diverged:
+    if diverged and warn_diverged:
         warn(f"newton_steps: {diverged} of {W.shape[0]} retrainings diverged (gradient {DIVERGED:g}x its start) and "
-             "were stopped: the solver's curvature is not that of the objective"
-             + (f"; fit it with damping = proximal = {proximal:g}" if proximal else "; fit it at theta_hat"))
+             "were stopped (converged False; their Theta rows are not optima): fixed Newton steps overshoot when the "
+             "solver's curvature is not the objective's at theta_hat (fit it there"
+             + (f", with damping = proximal = {proximal:g}" if proximal else "")
+             + "), or when it is but the objective is far from quadratic over the step (a nearly singular curvature"
+             + (": raise proximal and damping together" if proximal else "") + "). Retrain those rows with L-BFGS "
+             "(infl.train.minimize), as retrain_all does")
     return Theta, converged
 
 
@@ -137,25 +146,61 @@ def leave_one_out(inf: Influence, test: Any, train_indices: Sequence[int],
                   retrain: Callable[[Influence, Sequence[int]], dict[int, Tensor]] = retrain_all) -> LeaveOneOut:
     """Retrain without each training index and compare with the influence prediction.
 
-    `retrain(inf, indices)` returns {j: theta_{-j}}; the default, retrain_all,
+    `retrain(inf, indices)` returns {j: theta_{-j}} for every j in indices (ints in
+    0..n-1), each theta a flat parameter vector (p,) in inf.objective_.theta's order
+    (a tensor or array; cast to the model's dtype); the default, retrain_all,
     is the exact convex protocol (warm start, tight convergence). Wrap it
     to add progress, or to retrain a non-convex model your own way.
     """
     X, y = inf.test_tensors(test)
     index = (inf._train_index(train_indices) % inf.n_train).tolist()  # checked as up_params checks them
-    if len(index) < 3 or len(set(index)) < len(index):
-        raise InputError(f"leave_one_out needs at least 3 different training indices to correlate, got {len(index)} "
-                         f"({len(set(index))} different); each costs one retrain")
+    repeated = sorted({j for j in index if index.count(j) > 1})
+    if repeated:
+        raise InputError(f"train_indices name training points {repeated[:5]} more than once; name each once")
+    if len(index) < 3:
+        raise InputError(f"leave_one_out needs at least 3 different training indices to correlate, got {len(index)}; "
+                         "each costs one retrain")
+    if inf.grad_norm_ > inf.stationarity_tol:
+        warn(f"leave_one_out: theta_hat is not a minimum (||grad R|| = {inf.grad_norm_:.3g}), so a retraining to the "
+             "minimum without z_j also moves by what training left undone, and `actual` holds that shared move "
+             "too: train to convergence, or pass a retrain that measures only the removal (e.g. newton_steps with "
+             "proximal = the damping, README)")
     predicted = -inf.scores(test)[:, index].cpu().numpy() / inf.n_train
     obj = inf.objective_
     base = obj.losses(obj.theta, X, y).detach()
     actual = np.empty_like(predicted)
-    thetas = retrain(inf, index)
+    thetas = _retrained(retrain(inf, index), index, obj.theta)
     for col, j in enumerate(index):
         actual[:, col] = (obj.losses(thetas[j], X, y).detach() - base).cpu().numpy()
+    if not np.isfinite(actual).all():
+        warn(f"leave_one_out: the retrained test losses of {int((~np.isfinite(actual).all(0)).sum())} of {len(index)} "
+             "retrainings are NaN or inf (a diverged retraining?); their correlations are nan")
     pairs = [correlations(p, a) for p, a in zip(predicted, actual)]
     return LeaveOneOut(np.asarray(index), predicted, actual,
                        np.array([p for p, _ in pairs]), np.array([s for _, s in pairs]))
+
+
+def _retrained(thetas: Any, index: list[int], theta_hat: Tensor) -> dict[int, Tensor]:
+    """retrain's result checked and cast: {j: (p,) tensor in theta_hat's dtype and device} for every j in index;
+    InputError naming the expected form otherwise."""
+    form = (f"retrain must return {{j: theta}} for every training index j asked for, each theta a flat parameter "
+            f"vector of {theta_hat.numel()} numbers (inf.objective_.theta's order)")
+    if not isinstance(thetas, Mapping):
+        raise InputError(f"{form}; got a {type(thetas).__name__}")
+    missing = [j for j in index if j not in thetas]
+    if missing:
+        raise InputError(f"{form}; it has no entry for {missing[:5]} (keys: {list(thetas)[:5]})")
+    out = {}
+    for j in index:
+        theta = thetas[j]
+        try:
+            theta = torch.as_tensor(theta.detach() if isinstance(theta, Tensor) else np.asarray(theta))
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{form}; the entry for {j} is a {type(theta).__name__}: {exc}") from exc
+        if theta.shape != theta_hat.shape or not (theta.is_floating_point() or not theta.numel()):
+            raise InputError(f"{form}; the entry for {j} has shape {tuple(theta.shape)} and dtype {theta.dtype}")
+        out[j] = theta.to(dtype=theta_hat.dtype, device=theta_hat.device)
+    return out
 
 
 @dataclass(frozen=True)
@@ -180,6 +225,8 @@ def random_subsets(n: int, subsets: int, fraction: float, seed: int) -> np.ndarr
     """(subsets, n) bool masks, each keeping round(fraction * n) training points drawn without replacement."""
     if not (is_integer(subsets) and subsets >= 3):
         raise InputError(f"subsets must be an integer >= 3 (a rank correlation needs several), got {subsets!r}")
+    if not (is_integer(seed) and seed >= 0):
+        raise InputError(f"seed must be an integer >= 0 (the subsets are drawn from it, reproducibly), got {seed!r}")
     if not 0 < fraction < 1:
         raise InputError(f"fraction must lie strictly between 0 and 1 (the share of training points kept), got {fraction!r}")
     size = int(round(fraction * n))
@@ -224,6 +271,7 @@ def lds_of_predictions(predicted: Tensor | np.ndarray, masks: np.ndarray, retrai
     the same numbers lds() forms from the (m, n) scores. masks as random_subsets makes them;
     retrain_fn as for lds().
     """
+    masks = _checked_masks(masks)
     P = _as_numpy(predicted)
     if P.ndim != 2 or P.shape[1] != masks.shape[0]:
         raise InputError(f"predicted must be (m test points, {masks.shape[0]} subsets), got shape {P.shape}")
@@ -231,10 +279,7 @@ def lds_of_predictions(predicted: Tensor | np.ndarray, masks: np.ndarray, retrai
     m = P.shape[0]
     actual = np.empty(P.shape)  # float64: the retrained losses keep their own precision, whatever P's
     for k, mask in enumerate(masks):
-        out = _as_numpy(retrain_fn(np.flatnonzero(mask)))
-        if out.shape != (m,):
-            raise InputError(f"retrain_fn must return the {m} test losses as shape ({m},), got shape {out.shape}")
-        actual[:, k] = out
+        actual[:, k] = _losses(retrain_fn(np.flatnonzero(mask)), m)
         done(1)
     rho = np.array([stats.spearmanr(p, a)[0] if np.isfinite(a).all() else np.nan for p, a in zip(P, actual)])
     if np.isnan(rho).any():
@@ -243,6 +288,31 @@ def lds_of_predictions(predicted: Tensor | np.ndarray, masks: np.ndarray, retrai
              f"{int((~np.isfinite(actual).all(1)).sum())} of them, or a test point's predictions or losses do not "
              f"vary over the subsets); `mean` averages the other {m - bad}, `spearman` holds nan for those")
     return DatamodelingScore(masks, P, actual, rho, float(np.nanmean(rho)) if np.isfinite(rho).any() else float("nan"))
+
+
+def _losses(returned: Any, m: int) -> np.ndarray:
+    """retrain_fn's result as m real test losses (m,); InputError for another shape, complex or bool values."""
+    raw = returned.detach().cpu().numpy() if isinstance(returned, Tensor) else np.asarray(returned)
+    if raw.shape != (m,) or raw.dtype.kind not in "iuf":
+        raise InputError(f"retrain_fn must return the {m} test losses as real numbers, shape ({m},); got shape "
+                         f"{raw.shape}, dtype {raw.dtype}")
+    return raw
+
+
+def _checked_masks(masks: Any) -> np.ndarray:
+    """masks as a (s, n) bool array of s >= 3 subsets, each keeping some but not all of the n points; else
+    InputError."""
+    M = np.asarray(masks)
+    if M.ndim != 2 or M.dtype != bool:
+        raise InputError(f"masks must be a (subsets, n training points) bool array, as random_subsets makes; got "
+                         f"shape {M.shape}, dtype {M.dtype}")
+    if M.shape[0] < 3:
+        raise InputError(f"masks hold {M.shape[0]} subsets; a rank correlation needs at least 3")
+    kept = M.sum(1)
+    if not ((kept > 0) & (kept < M.shape[1])).all():
+        raise InputError(f"every subset must keep some but not all of the {M.shape[1]} training points; subsets "
+                         f"{np.flatnonzero((kept == 0) | (kept == M.shape[1]))[:5].tolist()} keep none or all")
+    return M
 
 
 def _check_finite(values: np.ndarray, what: str) -> None:
