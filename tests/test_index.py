@@ -41,9 +41,11 @@ def test_full_index_equals_dense_reference(tmp_path, make) -> None:
     for index in (idx, reopened):
         torch.testing.assert_close(index.scores(prob.test), ref, rtol=1e-9, atol=1e-9)
         torch.testing.assert_close(index.self_influence(), influence(prob).fit(prob.train).self_influence())
-    for largest in (True, False):
-        values, rows = reopened.top_k(prob.test, 4, largest=largest)
-        want = ref.topk(4, dim=1, largest=largest)
+    for largest, k, width in [(True, 4, 512), (False, 4, 512), (True, 4, 2), (False, 3, 5), (True, 9, 1)]:
+        with pytest.MonkeyPatch.context() as patch:  # slices of max(k, width) rows, across chunks of 7
+            patch.setattr("infl.index.TOP_K_SLICE", width)
+            values, rows = reopened.top_k(prob.test, k, largest=largest)
+        want = ref.topk(k, dim=1, largest=largest)
         torch.testing.assert_close(values, want.values, rtol=1e-9, atol=1e-9)
         assert torch.equal(rows, want.indices)
 

@@ -49,6 +49,9 @@ MANIFEST, CURVATURE, GRADS = "manifest.json", "curvature", "grads"
 CHUNK_GLOB = "[0-9]" * 6  # the names of the chunk files in grads/ (000000.npy, 000000.json, ...)
 
 
+TOP_K_SLICE = 512  # training rows scored at a time by top_k (m x this many scores held)
+
+
 class IndexMismatchError(InflError, ValueError):
     """An index folder built for another model, data set or configuration."""
 
@@ -334,7 +337,7 @@ class Index:
         """The k largest (most harmful; largest=False: most helpful) scores per test point, streamed.
 
         Returns values and training indices, each (m, k), best first. Memory: one chunk, the (m, k_stored)
-        solved test gradients and m x 2k.
+        solved test gradients and the running best with one slice of scores, m x (k + max(k, TOP_K_SLICE)).
         """
         if not (is_integer(k) and 1 <= k <= self.n):
             raise InputError(f"top_k needs an integer k between 1 and the {self.n} training points, got {k!r}")
@@ -343,10 +346,12 @@ class Index:
         values = T.new_empty(T.shape[0], 0)
         index = torch.empty(T.shape[0], 0, dtype=torch.long, device=T.device)
         for rows, G in self.chunks():
-            rows_idx = torch.arange(rows.start, rows.stop, device=T.device).expand(T.shape[0], -1)
-            values, pick = torch.cat([values, -(T @ G.T)], 1).topk(min(k, values.shape[1] + G.shape[0]),
-                                                                   dim=1, largest=largest)
-            index = torch.cat([index, rows_idx], 1).gather(1, pick)
+            for cols in batches(G.shape[0], max(k, TOP_K_SLICE)):
+                held = values.shape[1]
+                values, pick = torch.cat([values, -(T @ G[cols].T)], 1).topk(
+                    min(k, held + cols.stop - cols.start), dim=1, largest=largest)
+                new = pick + (rows.start + cols.start - held)  # training row of a pick from this slice
+                index = new if not held else torch.where(pick < held, index.gather(1, pick.clamp(max=held - 1)), new)
         return values, index
 
     def self_influence(self) -> Tensor:
