@@ -20,6 +20,25 @@ def test_scores_do_not_depend_on_batch_size(mlp):
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("solver", ["exact", "cg", "ekfac"])
+def test_scores_and_s_test_do_not_depend_on_test_grouping(mlp, solver, monkeypatch):
+    """Test points are solved in groups when m x p is large (each group one pass over the training gradients);
+    groups of 3 (batch_size) give the one-group answers, and inf.info covers every test point."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # EK-FAC's approximation warning
+        whole = fit(mlp, solver=solver, batch_size=3)
+        S, T, m = whole.scores(mlp.test), whole.s_test(mlp.test), mlp.test[0].shape[0]
+        assert m > 3
+        monkeypatch.setattr("infl.influence.TEST_GROUP_BYTES", 1)
+        grouped = fit(mlp, solver=solver, batch_size=3)
+        assert len(list(grouped._test_groups(m))) == -(-m // 3)
+        torch.testing.assert_close(grouped.scores(mlp.test), S, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(grouped.s_test(mlp.test), T, rtol=1e-10, atol=1e-12)
+    info = grouped.info
+    assert info.residual.shape == (m,) and info.converged == whole.info.converged
+    assert torch.isfinite(info.residual[:3]).all()  # measured on the first group at least
+
+
 def test_scores_permute_with_the_training_set(logreg):
     perm = torch.randperm(logreg.X.shape[0], generator=torch.Generator().manual_seed(0))
     a = fit(logreg).scores(logreg.test)

@@ -41,6 +41,9 @@ def make_solver(solver: str | Solver) -> Solver:
     return copy.deepcopy(solver)  # fitted state belongs to this Influence, not to the caller's object
 
 
+TEST_GROUP_BYTES = 2**30  # test points' working set in one solve (PRODUCT_COPIES x p numbers per point)
+
+
 def merge_infos(infos: list[SolveInfo], sizes: list[int]) -> SolveInfo:
     """One SolveInfo for solves made in chunks of sizes[j] right-hand sides: worst case of each field; residuals
     of chunks not measured are nan (None if none was measured)."""
@@ -156,8 +159,9 @@ class Influence:
         out[f"gradient chunk ({min(self.batch_size, n)} x {op.p}, x{GRAD_COPIES})"] = \
             min(self.batch_size, n) * op.p * s * GRAD_COPIES
         rows = min(self.batch_size, 256)
+        group = max(self.batch_size, TEST_GROUP_BYTES // (op.p * s * PRODUCT_COPIES))
         out[f"curvature products on {rows} right-hand sides ({rows} x {op.p}, x{PRODUCT_COPIES}; more test points "
-            "at once hold more)"] = rows * op.p * s * PRODUCT_COPIES
+            f"at once hold more, up to a group of {group})"] = rows * op.p * s * PRODUCT_COPIES
         if self.keep_train_grads:
             out[f"training gradients kept ({n} x {op.p})"] = n * op.p * s
         return out
@@ -268,20 +272,48 @@ class Influence:
 
     def s_test(self, test: Any) -> Tensor:
         """s_test = H^{-1} grad L(z_test) for each test point, (m, p). Solver details in self.info_."""
-        return self._solve(self.test_grads(test))
+        X, y = self.test_tensors(test)
+        obj = self.objective_
+        out = torch.empty(X.shape[0], obj.p, dtype=obj.dtype, device=obj.device)
+        for rows, T in self._solved_groups(X, y):
+            out[rows] = T
+        return out
 
     def scores(self, test: Any) -> Tensor:
         """I_up,loss(z_i, z_test) = -s_test . grad L(z_i), shape (m, n_train).
 
         Positive: upweighting z_i raises the test loss (harmful); negative:
         helpful. Removing z_i changes the test loss by about -score / n.
+        Test points are solved in groups (_test_groups), one pass over the
+        training gradients per group.
         """
-        T = self.s_test(test)
+        X, y = self.test_tensors(test)
         sh = self.shard_
-        out = torch.empty(T.shape[0], sh.stop - sh.start, dtype=T.dtype, device=T.device)
-        for rows, block in self._train_products(T):
-            out[:, rows] = -block
+        out = torch.empty(X.shape[0], sh.stop - sh.start, dtype=self.objective_.dtype, device=self.objective_.device)
+        for rows, T in self._solved_groups(X, y):
+            for cols, block in self._train_products(T):
+                out[rows, cols] = -block
         return dist.gather_columns(out, self.n_train)
+
+    def _test_groups(self, m: int) -> Iterator[slice]:
+        """Test rows solved together: as many as TEST_GROUP_BYTES hold (PRODUCT_COPIES copies of p numbers each,
+        the solvers' working set), at least batch_size; so one group unless m x p is large."""
+        obj = self.objective_
+        per_row = obj.p * obj.theta.element_size() * PRODUCT_COPIES
+        return batches(m, max(self.batch_size, TEST_GROUP_BYTES // per_row))
+
+    def _solved_groups(self, X: Tensor, y: Tensor) -> Iterator[tuple[slice, Tensor]]:
+        """(rows, H^{-1} grad L(z) for the test rows) per group of _test_groups; self.info_ covers the groups
+        solved so far (an approximate solver's residuals measured on the first group only)."""
+        infos, sizes = [], []
+        for rows in self._test_groups(X.shape[0]):
+            G = stack_grads(self.objective_, X[rows], y[rows], self.batch_size)
+            with _unchecked(self.solver, bool(infos)):
+                T = self._solve(G)
+            infos.append(self.info_)
+            sizes.append(G.shape[0])
+            self.info_ = merge_infos(infos, sizes)
+            yield rows, T
 
     def _train_products(self, T: Tensor) -> Any:
         """Iterate (rows, T @ grad L(z_i)^T for i in rows), each (k, b), over this rank's training rows: from
