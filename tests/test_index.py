@@ -185,6 +185,38 @@ def test_numpy_integers_are_accepted_where_integers_are(tmp_path) -> None:
     assert idx.k == 4 and idx.top_k(prob.test, np.int64(3))[1].shape == (prob.test[0].shape[0], 3)
 
 
+def test_a_build_stopped_in_the_curvature_resumes_from_its_last_block(tmp_path, monkeypatch, capsys) -> None:
+    """The projected curvature is built a block of P's rows at a time and each block written as it is finished:
+    a build stopped there recomputes only the blocks it had not finished, and ends with the fresh build's index."""
+    monkeypatch.setattr("infl.index.CURVATURE_PIECE", 8)  # k = 20: pieces of 8, 8 and 4 rows
+    monkeypatch.setattr("infl.projection.BLOCK", 6)  # P drawn in blocks of 6 rows: pieces span blocks
+    prob = mlp()
+    P = Projection(20, 50, 3, torch.float64, torch.device("cpu"))
+    torch.testing.assert_close(P.rows(slice(3, 15)), torch.cat([B for _, B in P.blocks()])[3:15], rtol=0, atol=0)
+    done = []
+    real = Projection.curvature_rows
+
+    def stopping(self, op, rows, rows_per_product=8):
+        if len(done) == 2:
+            raise KeyboardInterrupt
+        done.append(rows.start)
+        return real(self, op, rows, rows_per_product)
+
+    monkeypatch.setattr(Projection, "curvature_rows", stopping)
+    with pytest.raises(KeyboardInterrupt):
+        Index.build(influence(prob, damping=0.01), tmp_path / "idx", prob.train, project=20, verbose=False)
+    assert done == [0, 8] and len(list((tmp_path / "idx" / "curvature-rows").glob("*.npy"))) == 2
+    done.clear()
+    monkeypatch.setattr(Projection, "curvature_rows", lambda *a, **kw: (done.append(a[2].start), real(*a, **kw))[1])
+    resumed = Index.build(influence(prob, damping=0.01), tmp_path / "idx", prob.train, project=20, verbose=True)
+    assert done == [16] and "curvature (8 products per step): 100%" in capsys.readouterr().err
+    assert not (tmp_path / "idx" / "curvature-rows").exists()  # the factor holds them now
+    fresh = Index.build(influence(prob, damping=0.01), tmp_path / "fresh", prob.train, project=20, verbose=False)
+    torch.testing.assert_close(resumed.factor, fresh.factor, rtol=0, atol=0)
+    torch.testing.assert_close(Index.open(tmp_path / "idx", influence(prob, damping=0.01)).scores(prob.test),
+                               fresh.scores(prob.test), rtol=0, atol=0)
+
+
 def test_a_verbose_build_shows_its_plan_and_progress(tmp_path, capsys) -> None:
     prob = logreg()
     Index.build(influence(prob), tmp_path / "idx", prob.train, chunk_rows=30, verbose=True)

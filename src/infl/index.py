@@ -46,6 +46,8 @@ from .projection import Identity, Projection
 
 FORMAT, VERSION = "infl-index", 1
 MANIFEST, CURVATURE, GRADS = "manifest.json", "curvature", "grads"
+CURVATURE_ROWS = "curvature-rows"  # finished pieces of a projected curvature, until its factor is written
+CURVATURE_PIECE = 32  # rows of a projected curvature computed (and written) at a time
 CHUNK_GLOB = "[0-9]" * 6  # the names of the chunk files in grads/ (000000.npy, 000000.json, ...)
 
 
@@ -170,7 +172,7 @@ class Index:
         index._write_chunks(X, y, plan.grad_rows, progress=verbose and rank == 0)
         if verbose and rank == 0:
             print(f"infl index: curvature ({k} x {k}, from {k} curvature products)", file=sys.stderr)
-        index.factor = index._write_curvature(inf.operator_, plan.product_rows)
+        index.factor = index._write_curvature(inf.operator_, plan.product_rows, progress=verbose)
         dist.barrier()  # every rank's chunks are on disk
         if rank == 0:
             store.write_json(folder / MANIFEST, {**manifest, "complete": True})
@@ -235,16 +237,17 @@ class Index:
             "match: another loss_fn or forward code. Use the ones it was built with, another folder, or force=True "
             "to rebuild it")
 
-    def _write_curvature(self, op: Any, product_rows: int) -> Tensor:
-        """The Cholesky factor of P (H + damping) P^T: read back if written intact, else computed (collectively)
-        and written."""
+    def _write_curvature(self, op: Any, product_rows: int, progress: bool = False) -> Tensor:
+        """The Cholesky factor of P (H + damping) P^T: read back if written intact, else computed (collectively,
+        with a progress bar over the projected curvature's blocks if `progress`) and written."""
         record = self.folder / f"{CURVATURE}.json"
         if record.exists():
             try:
                 return self._read_factor()
             except store.CorruptIndexError as error:  # every rank reads the same files, so all recompute
                 warn(f"recomputing the index's curvature: {error}")
-        K = self.projection.curvature(op, product_rows)
+        K = (self._projected_curvature(op, product_rows, progress) if isinstance(self.projection, Projection)
+             else self.projection.curvature(op, product_rows))
         L, info = torch.linalg.cholesky_ex(K)
         if info.item() != 0:
             low = float(torch.linalg.eigvalsh(K)[0])
@@ -258,7 +261,49 @@ class Index:
                                  f"damping > {damping_needed(op, low):.3g} to the Influence, {other}")
         if dist.world()[0] == 0:
             store.write_json(record, store.write_array(self.folder / f"{CURVATURE}.npy", L.cpu().numpy()))
+            _clear_curvature_rows(self.folder)  # the factor holds them now
         return L
+
+    def _projected_curvature(self, op: Any, product_rows: int, progress: bool) -> Tensor:
+        """P (H + damping) P^T (k, k), CURVATURE_PIECE rows (as many curvature products) at a time, each piece
+        written to curvature-rows/ as it is finished, so that a resumed build recomputes only the missing ones; a
+        progress bar on stderr when the build is verbose (collective: every rank takes part in every piece)."""
+        rank = dist.world()[0]
+        folder = self.folder / CURVATURE_ROWS
+        if rank == 0:
+            folder.mkdir(exist_ok=True)
+            store.remove_temporaries(folder)
+        dist.barrier()
+        P = self.projection
+        K = torch.empty(P.k, P.k, dtype=self.objective.dtype, device=self.objective.device)
+        pieces = list(batches(P.k, CURVATURE_PIECE))
+        for j, rows in enumerate(tqdm(pieces, desc=f"curvature ({CURVATURE_PIECE} products per step)", unit="step",
+                                      file=sys.stderr, disable=not (progress and rank == 0))):
+            part = self._read_curvature_rows(j, rows)
+            if part is None:
+                part = P.curvature_rows(op, rows, product_rows)
+                if rank == 0:
+                    record = store.write_array(folder / f"{j:06d}.npy", part.cpu().numpy())
+                    store.write_json(folder / f"{j:06d}.json", {**record, "rows": [rows.start, rows.stop]})
+                dist.barrier()  # written before any rank looks for the next piece's file
+            K[rows] = part
+        return (K + K.T) / 2
+
+    def _read_curvature_rows(self, j: int, rows: slice) -> Tensor | None:
+        """Piece j (rows `rows`) of the projected curvature as written by an earlier run, or None (missing, of
+        other rows, or damaged: then announced, and recomputed)."""
+        record = self.folder / CURVATURE_ROWS / f"{j:06d}.json"
+        if not record.exists():
+            return None
+        try:
+            meta = store.read_json(record)
+            if not isinstance(meta, dict) or meta.get("rows") != [rows.start, rows.stop]:
+                return None
+            part = store.read_array(record.parent, meta)
+        except store.CorruptIndexError as error:
+            warn(f"recomputing a damaged part of the index's curvature: {error}")
+            return None
+        return torch.as_tensor(part).to(dtype=self.objective.dtype, device=self.objective.device)
 
     def _read_factor(self) -> Tensor:
         L = store.read_array(self.folder, store.read_json(self.folder / f"{CURVATURE}.json"))
@@ -453,6 +498,20 @@ def _existing(folder: Path, manifest: dict, force: bool) -> dict | None:
     return old
 
 
+def _clear_curvature_rows(folder: Path) -> None:
+    """Remove curvature-rows/ with the block files it holds (only those: named by number)."""
+    rows = folder / CURVATURE_ROWS
+    if rows.is_dir():
+        for suffix in (".npy", ".json"):
+            for path in rows.glob(CHUNK_GLOB + suffix):
+                path.unlink()
+        store.remove_temporaries(rows)
+        try:
+            rows.rmdir()
+        except OSError:  # something else was put there: leave it
+            pass
+
+
 def _start(folder: Path, manifest: dict, resume: bool) -> None:
     """Create the folder layout (clearing old index files unless resuming) and write the pending manifest."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -462,6 +521,7 @@ def _start(folder: Path, manifest: dict, resume: bool) -> None:
                 path.unlink()
         for name in (MANIFEST, f"{CURVATURE}.npy", f"{CURVATURE}.json"):
             (folder / name).unlink(missing_ok=True)
+        _clear_curvature_rows(folder)
     (folder / GRADS).mkdir(exist_ok=True)
     for part in (folder, folder / GRADS):
         store.remove_temporaries(part)

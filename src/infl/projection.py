@@ -59,14 +59,20 @@ class Projection:
         """P g for each row g of G (b, p) -> (b, k)."""
         return torch.cat([G @ B.T for _, B in self.blocks()], dim=1)
 
-    def curvature(self, op: Operator, rows_per_product: int = BLOCK) -> Tensor:
-        """P A P^T (k, k), from k products with op, `rows_per_product` rows at a time."""
-        K = torch.empty(self.k, self.k, dtype=self.dtype, device=self.device)
-        for rows, B in self.blocks():
-            AB = torch.cat([op.matmat(B[r]) for r in batches(B.shape[0], rows_per_product)])  # (rows, p) = B A
-            for cols, C in self.blocks():
-                K[rows, cols] = AB @ C.T
-        return (K + K.T) / 2
+    def rows(self, r: slice) -> Tensor:
+        """Rows r.start..r.stop-1 of P, (r.stop - r.start, p), from the blocks holding them."""
+        parts = []
+        for j in range(r.start // BLOCK, (r.stop - 1) // BLOCK + 1):
+            lo, hi = max(r.start, BLOCK * j), min(r.stop, BLOCK * (j + 1))
+            parts.append(self.block(j)[lo - BLOCK * j:hi - BLOCK * j])
+        return torch.cat(parts)
+
+    def curvature_rows(self, op: Operator, r: slice, rows_per_product: int = BLOCK) -> Tensor:
+        """Rows r of P A P^T, (r.stop - r.start, k): that many products with op, `rows_per_product` rows at a
+        time."""
+        B = self.rows(r)
+        AB = torch.cat([op.matmat(B[s]) for s in batches(B.shape[0], rows_per_product)])  # (rows, p) = B A
+        return torch.cat([AB @ C.T for _, C in self.blocks()], dim=1)
 
 
 class Identity:
