@@ -46,10 +46,15 @@ def test_scores_permute_with_the_training_set(logreg):
     torch.testing.assert_close(b, a[:, perm], rtol=1e-9, atol=1e-12)
 
 
-def test_self_influence_is_the_diagonal_of_pairwise_scores(mlp):
+def test_self_influence_is_the_diagonal_of_pairwise_scores(mlp, capsys):
     for solver in ("exact", "cg"):
         inf = fit(mlp, solver=solver, batch_size=16)
         torch.testing.assert_close(inf.self_influence(), torch.diagonal(inf.scores(mlp.train)), rtol=1e-6, atol=1e-9)
+    assert capsys.readouterr().err == ""  # quiet unless asked
+    n = mlp.train[0].shape[0]
+    torch.testing.assert_close(inf.self_influence(progress=True), inf.self_influence())
+    err = capsys.readouterr().err
+    assert "self-influence: 100%" in err and f"{n}/{n}" in err
 
 
 def test_kept_gradients_give_the_same_scores(logreg):

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import sys
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from . import dist
 from .errors import CurvatureError, InputError, NotFittedError, warn
@@ -324,11 +326,13 @@ class Influence:
             return iter_directional(self.objective_, T, X, y, self.batch_size, sh.start)
         return ((rows, T @ G.T) for rows, G in self._train_grads())
 
-    def self_influence(self) -> Tensor:
+    def self_influence(self, progress: bool = False) -> Tensor:
         """I_up,loss(z_i, z_i) = -grad L(z_i)^T H^{-1} grad L(z_i) for each training point, (n_train,).
 
         Non-positive for a positive definite H; large magnitude marks points
-        the model finds surprising (label checking, MATH.md).
+        the model finds surprising (label checking, MATH.md). One solve per
+        training point (batch_size at a time): with an iterative solver this
+        is the longest query; progress=True shows a bar over the batches on stderr.
         """
         self._fitted()
         out = torch.empty(self.n_train, dtype=self.objective_.dtype, device=self.objective_.device)
@@ -336,11 +340,15 @@ class Influence:
         grads = self._train_grads() if dist.world()[1] == 1 else \
             iter_grads(self.objective_, self.X_train_, self.y_train_, self.batch_size)
         infos, sizes = [], []
+        bar = tqdm(total=self.n_train, desc="self-influence", unit="point", file=sys.stderr,
+                   disable=not (progress and dist.world()[0] == 0))
         for rows, G in grads:
             with _unchecked(self.solver, bool(infos)):  # residuals sampled on the first batch, not on every one
                 out[rows] = -self._quad(G)
             infos.append(self.info_)
             sizes.append(G.shape[0])
+            bar.update(G.shape[0])
+        bar.close()
         self.info_ = merge_infos(infos, sizes)
         return out
 
