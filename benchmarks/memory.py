@@ -48,10 +48,10 @@ def main() -> None:
     chunks, curvature = infl.index.Index._write_chunks, infl.index.Index._write_curvature
 
     def in_phase(name, method):
-        def run(self, *a):
+        def run(self, *a, **kw):
             phase[0] = name
             try:
-                return method(self, *a)
+                return method(self, *a, **kw)
             finally:
                 phase[0] = "after"
         return run
