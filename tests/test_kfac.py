@@ -358,3 +358,19 @@ def test_zero_factored_eigenvalue_without_damping_is_refused(logreg):
     with pytest.raises(infl.CurvatureError, match="damping"):
         infl.Influence(logreg.model, logreg.loss_fn, l2=0.0, solver="ekfac",
                        stationarity_tol=float("inf")).fit(logreg.train)
+
+
+def test_a_float32_model_with_small_l2_is_not_refused_as_singular():
+    """The singularity bound was eps * p * the largest eigenvalue: a float32 Linear(200, 10) at l2 = 1e-4
+    (eigenvalues 1e-4 .. 6.7, inverted one by one without trouble) was refused; EK-FAC now solves it."""
+    torch.manual_seed(0)
+    X, y = torch.rand(300, 200), torch.randint(0, 10, (300,))
+    model = nn.Linear(200, 10)
+    kw = dict(l2=1e-4, curvature="gauss-newton", stationarity_tol=float("inf"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # EK-FAC's approximation warning
+        S = infl.Influence(model, cross_entropy, solver=infl.EKFAC(refine=4), **kw).fit((X, y)).scores((X[:5], y[:5]))
+    model64 = nn.Linear(200, 10).double()
+    model64.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
+    ref = infl.Influence(model64, cross_entropy, solver="exact", **kw).fit((X.double(), y)).scores((X[:5].double(), y[:5]))
+    assert S.dtype == torch.float32 and np.corrcoef(S.double().ravel(), ref.ravel())[0, 1] > 0.999

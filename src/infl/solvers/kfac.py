@@ -137,7 +137,9 @@ class EKFAC:
         self.uniform_l2 = uniform
         eig = torch.cat([(layer.lam + s).reshape(-1) for layer, s in zip(factors.layers, self.shifts)]
                         + ([factors.diag + self.diag_shift] if factors.diag.numel() else []))
-        if float(eig.min()) <= torch.finfo(eig.dtype).eps * op.p * float(eig.max()):
+        # inverted one by one, the eigenvalues need only stand above rounding (a bound of eps * p * max refused
+        # float32 models at l2 = 1e-4)
+        if float(eig.min()) <= 100 * torch.finfo(eig.dtype).eps * float(eig.max()):
             raise CurvatureError(f"{self.name}: the factored curvature is singular (smallest eigenvalue "
                                  f"{float(eig.min()):.3g}, largest {float(eig.max()):.3g}) and l2 + damping adds "
                                  "too little; pass damping > 0 (e.g. 1e-3 x the largest eigenvalue)")
