@@ -20,23 +20,27 @@ def test_scores_do_not_depend_on_batch_size(mlp):
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("solver", ["exact", "cg", "ekfac"])
+@pytest.mark.parametrize("solver", ["exact", "cg", "ekfac", "arnoldi", "ekfac-refine", "arnoldi-refine"])
 def test_scores_and_s_test_do_not_depend_on_test_grouping(mlp, solver, monkeypatch):
     """Test points are solved in groups when m x p is large (each group one pass over the training gradients);
-    groups of 3 (batch_size) give the one-group answers, and inf.info covers every test point."""
+    groups of 4 give the one-group answers, also for a refined solver's block CG (groups are multiples of its
+    blocks, here 2), and inf.info reports on all (an approximate solver's check made on the first group)."""
+    monkeypatch.setattr("infl.solvers.krylov.REFINE_BLOCK", 2)
+    make = {"ekfac-refine": lambda: infl.EKFAC(refine=2), "arnoldi-refine": lambda: infl.Arnoldi(rank=10, refine=2),
+            "arnoldi": lambda: infl.Arnoldi(rank=30)}.get(solver, lambda: solver)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # EK-FAC's approximation warning
-        whole = fit(mlp, solver=solver, batch_size=3)
+        warnings.simplefilter("ignore")  # the approximate solvers' warnings
+        whole = fit(mlp, solver=make(), batch_size=3)
         S, T, m = whole.scores(mlp.test), whole.s_test(mlp.test), mlp.test[0].shape[0]
-        assert m > 3
+        info = whole.info
+        assert m > 4
         monkeypatch.setattr("infl.influence.TEST_GROUP_BYTES", 1)
-        grouped = fit(mlp, solver=solver, batch_size=3)
-        assert len(list(grouped._test_groups(m))) == -(-m // 3)
+        grouped = fit(mlp, solver=make(), batch_size=3)
+        assert [g.stop - g.start for g in grouped._test_groups(m)][:-1] == [4] * (-(-m // 4) - 1)
         torch.testing.assert_close(grouped.scores(mlp.test), S, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(grouped.s_test(mlp.test), T, rtol=1e-10, atol=1e-12)
-    info = grouped.info
-    assert info.residual.shape == (m,) and info.converged == whole.info.converged
-    assert torch.isfinite(info.residual[:3]).all()  # measured on the first group at least
+    assert grouped.info.residual.shape == (m,) and torch.isfinite(grouped.info.residual[:4]).all()
+    assert grouped.info.converged == info.converged and grouped.info.note.split(";")[0] == info.note.split(";")[0]
 
 
 def test_scores_permute_with_the_training_set(logreg):

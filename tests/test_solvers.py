@@ -511,7 +511,7 @@ def test_closing_step_lowers_every_probed_rows_error_and_measures_only_those_row
     a_err = lambda X: ((X - exact) @ A * (X - exact)).sum(1)  # noqa: E731
     solver = infl.Arnoldi(rank=6, refine=3).fit(Dense(A))
     X, info = solver.solve(B)
-    monkeypatch.setattr(krylov, "_closing_step", lambda op, M, X, R, res, bnorm, movable: (X, res, ""))
+    monkeypatch.setattr(krylov, "_closing_step", lambda op, M, X, R, res, bnorm, movable: (X, res, None))
     krylov_only, plain = solver.solve(B)
     probed = ~info.residual.isnan()
     assert int(probed.sum()) == krylov.CLOSING_PROBES and probed[0] and probed[-1]  # spread, ends included
@@ -542,7 +542,7 @@ def test_closing_step_probes_rows_of_every_kind():
     X, _ = solver.solve(B)
     block = krylov._closing_step
     try:
-        krylov._closing_step = lambda op, M, X, R, res, bnorm, movable: (X, res, "")
+        krylov._closing_step = lambda op, M, X, R, res, bnorm, movable: (X, res, None)
         before, _ = solver.solve(B)
     finally:
         krylov._closing_step = block

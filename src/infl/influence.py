@@ -21,6 +21,7 @@ from .objective import L2, LossFn, Objective, check_l2, describe_l2, is_integer,
 from .operators import Operator
 from .solvers import CG, EKFAC, KFAC, Arnoldi, Exact, LiSSA, SolveInfo
 from .budget import GRAD_COPIES, PRODUCT_COPIES
+from .solvers import krylov
 from .solvers.base import itemsize
 
 GAUSS_NEWTON_ADVICE = "or use curvature='gauss-newton'"  # the solvers' advice beside damping
@@ -46,15 +47,24 @@ def make_solver(solver: str | Solver) -> Solver:
 TEST_GROUP_BYTES = 2**30  # test points' working set in one solve (PRODUCT_COPIES x p numbers per point)
 
 
+def rows_per_test_group(p: int, itemsize: int, batch_size: int) -> int:
+    """Test points solved at once (Influence._test_groups): as many as TEST_GROUP_BYTES of working set hold
+    (PRODUCT_COPIES x p numbers each), at least batch_size, rounded up to a multiple of krylov.REFINE_BLOCK."""
+    rows = max(batch_size, TEST_GROUP_BYTES // (p * itemsize * PRODUCT_COPIES))
+    return -(-rows // krylov.REFINE_BLOCK) * krylov.REFINE_BLOCK
+
+
 def merge_infos(infos: list[SolveInfo], sizes: list[int]) -> SolveInfo:
-    """One SolveInfo for solves made in chunks of sizes[j] right-hand sides: worst case of each field; residuals
-    of chunks not measured are nan (None if none was measured)."""
-    measured = [i.residual for i in infos if i.residual is not None]
+    """One SolveInfo for solves made in chunks of sizes[j] right-hand sides: the most iterations; residuals of
+    chunks not measured are nan (None if none was measured); converged and the note judged by the measured
+    chunks (a chunk solved unchecked, see _unchecked, says nothing either way), by all if none was."""
+    measured = [i for i in infos if i.residual is not None]
     residual = None if not measured else torch.cat(
-        [i.residual if i.residual is not None else measured[0].new_full((k,), float("nan"))
+        [i.residual if i.residual is not None else measured[0].residual.new_full((k,), float("nan"))
          for i, k in zip(infos, sizes)])
+    judged = measured or infos
     return SolveInfo(infos[0].method, max(i.iterations for i in infos), residual,
-                     all(i.converged for i in infos), infos[-1].note)
+                     all(i.converged for i in judged), judged[0].note)
 
 
 @contextlib.contextmanager
@@ -161,7 +171,7 @@ class Influence:
         out[f"gradient chunk ({min(self.batch_size, n)} x {op.p}, x{GRAD_COPIES})"] = \
             min(self.batch_size, n) * op.p * s * GRAD_COPIES
         rows = min(self.batch_size, 256)
-        group = max(self.batch_size, TEST_GROUP_BYTES // (op.p * s * PRODUCT_COPIES))
+        group = rows_per_test_group(op.p, s, self.batch_size)
         out[f"curvature products on {rows} right-hand sides ({rows} x {op.p}, x{PRODUCT_COPIES}; more test points "
             f"at once hold more, up to a group of {group})"] = rows * op.p * s * PRODUCT_COPIES
         if self.keep_train_grads:
@@ -299,10 +309,10 @@ class Influence:
 
     def _test_groups(self, m: int) -> Iterator[slice]:
         """Test rows solved together: as many as TEST_GROUP_BYTES hold (PRODUCT_COPIES copies of p numbers each,
-        the solvers' working set), at least batch_size; so one group unless m x p is large."""
+        the solvers' working set), at least batch_size; so one group unless m x p is large. A multiple of
+        krylov.REFINE_BLOCK, so that a refined solver's block CG groups the rows as in one solve of all."""
         obj = self.objective_
-        per_row = obj.p * obj.theta.element_size() * PRODUCT_COPIES
-        return batches(m, max(self.batch_size, TEST_GROUP_BYTES // per_row))
+        return batches(m, rows_per_test_group(obj.p, obj.theta.element_size(), self.batch_size))
 
     def _solved_groups(self, X: Tensor, y: Tensor) -> Iterator[tuple[slice, Tensor]]:
         """(rows, H^{-1} grad L(z) for the test rows) per group of _test_groups; self.info_ covers the groups

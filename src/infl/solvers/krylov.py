@@ -82,9 +82,10 @@ def refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: st
     space (a Galerkin solve), so it is never worse than that row's own CG
     after the same steps. Each step costs one product with op per right-hand
     side; the basis and its products are held, 2 x steps x group x p numbers.
-    Then a closing step (`_closing_step`) moves the rows not yet solved along
-    their preconditioned residuals, for one more preconditioner application
-    and a product on CLOSING_PROBES rows only. The note adds the residuals
+    Then a closing step (`_closing_step`, per group) moves the rows not yet
+    solved along their preconditioned residuals, for one more preconditioner
+    application and a product on CLOSING_PROBES rows of the group only. A
+    group's answers depend on its own rows only. The note adds the residuals
     reached.
     """
     if not (isinstance(steps, int) and steps >= 1):
@@ -98,21 +99,35 @@ def refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: st
 
 def _refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: str, note: str
             ) -> tuple[Tensor, SolveInfo]:
-    """refine() on rows of unit size (or zero)."""
-    X, R, taken = torch.empty_like(B), torch.empty_like(B), 0
-    unsolved = torch.zeros(B.shape[0], dtype=torch.bool, device=B.device)
-    for rows in batches(B.shape[0], REFINE_BLOCK):
-        X[rows], R[rows], used = _block_galerkin(op, B[rows], steps, approx_inverse)
-        taken = max(taken, used)
-        unsolved[rows] = used == steps  # a space that stopped growing holds the exact answers
+    """refine() on rows of unit size (or zero): block CG, then the closing step, per group of REFINE_BLOCK rows
+    (so a group's answer does not depend on the rows solved with it in other groups)."""
+    X, res, taken = torch.empty_like(B), B.new_empty(B.shape[0]), 0
     bnorm = B.norm(dim=1).clamp_min(torch.finfo(B.dtype).tiny)
-    res = R.norm(dim=1) / bnorm
+    after, alphas, probed, refused = [], [], [], False
+    for rows in batches(B.shape[0], REFINE_BLOCK):
+        Xb, Rb, used = _block_galerkin(op, B[rows], steps, approx_inverse)
+        taken = max(taken, used)
+        rb = Rb.norm(dim=1) / bnorm[rows]
+        after.append(rb)
+        movable = (rb > SOLVED) & (used == steps)  # a space that stopped growing holds the exact answers
+        if movable.any():
+            Xb, rb, alpha = _closing_step(op, approx_inverse, Xb, Rb, rb, bnorm[rows], movable)
+            refused |= alpha is None
+            if alpha is not None:
+                alphas.append(alpha)
+                probed.append(rb[~rb.isnan() & movable])
+        X[rows], res[rows] = Xb, rb
+    after = torch.cat(after)
     note = (f"{note}; refined by {taken} preconditioned block CG steps on {op.name}: relative residual "
-            f"median {float(res.median()):.3g}, max {float(res.max()):.3g}")
-    unsolved &= res > SOLVED
-    if unsolved.any():
-        X, res, closing = _closing_step(op, approx_inverse, X, R, res, bnorm, unsolved)
-        note += closing
+            f"median {float(after.median()):.3g}, max {float(after.max()):.3g}")
+    if refused:
+        note += "; no closing step (the preconditioned residuals met non-positive curvature)"
+    if alphas:
+        seen = torch.cat(probed)
+        length = f"{alphas[0]:.3g}" if len(alphas) == 1 else f"{min(alphas):.3g} to {max(alphas):.3g}"
+        note += (f"; closing step{'s' if len(alphas) > 1 else ''} of length {length} along the preconditioned "
+                 f"residuals: relative residual on the {seen.numel()} measured median {float(seen.median()):.3g}, "
+                 f"max {float(seen.max()):.3g}")
     warn_if_approximate(name, float(res.nanmedian()), "median", f"{op.name} after {taken} preconditioned block CG "
                         "steps", f"Raise refine (e.g. refine={2 * steps}), or use solver='cg'")
     return X, SolveInfo(f"{name}+cg", taken, res, bool(res.max() <= SOLVED), note)
@@ -122,18 +137,18 @@ CLOSING_PROBES = 8  # rows whose product measures the closing step's length
 
 
 def _closing_step(op: Operator, M: MatMat, X: Tensor, R: Tensor, res: Tensor, bnorm: Tensor, movable: Tensor
-                  ) -> tuple[Tensor, Tensor, str]:
+                  ) -> tuple[Tensor, Tensor, float | None]:
     """X + alpha M R on the `movable` rows (bool, (k,)) for residuals R (k, p), their relative norms res (k,)
     and b's norms bnorm (k,); the relative residuals known afterwards (the other rows' as they were, the
-    probed rows' new ones, nan for the moved rows not measured) and a note.
+    probed rows' new ones, nan for the moved rows not measured) and alpha.
 
     Along d = M r, the A-norm error of a row is least at alpha_i = r.d / d.A d (> 0 for A and M positive
     definite). alpha is their median over CLOSING_PROBES rows spread evenly over the movable ones, capped at
     1.9 x their smallest so that every probed row's error falls; rows share alpha because one preconditioner
     scales them alike. A row far from all the probed ones (its alpha_i < alpha / 2) would lose accuracy, and
     its residual is not measured: the price of a product on the probed rows only (a block CG step needs it on
-    all). Costs one application of M to the movable rows. X and the residuals are returned unchanged when an
-    alpha_i is not a positive number (M or A not positive definite there).
+    all). Costs one application of M to the movable rows. X and the residuals are returned unchanged, with
+    alpha None, when an alpha_i is not a positive number (M or A not positive definite there).
     """
     rows = torch.nonzero(movable).squeeze(1)
     at = torch.linspace(0, rows.numel() - 1, min(CLOSING_PROBES, rows.numel())).round().long().to(rows.device)
@@ -142,15 +157,12 @@ def _closing_step(op: Operator, M: MatMat, X: Tensor, R: Tensor, res: Tensor, bn
     AD = op.matmat(D[at])
     each = (R[probed] * D[at]).sum(1) / (D[at] * AD).sum(1)
     if not (torch.isfinite(each).all() and (each > 0).all()):
-        return X, res, "; no closing step (the preconditioned residuals met non-positive curvature)"
+        return X, res, None
     alpha = float(torch.minimum(each.median(), 1.9 * each.min()))
     known = res.clone()
     known[rows] = float("nan")
     known[probed] = (R[probed] - alpha * AD).norm(dim=1) / bnorm[probed]
-    note = (f"; closing step of length {alpha:.3g} along the preconditioned residuals of {rows.numel()} rows: "
-            f"relative residual on the {probed.numel()} measured median {float(known[probed].median()):.3g}, "
-            f"max {float(known[probed].max()):.3g}")
-    return X.index_add_(0, rows, D, alpha=alpha), known, note
+    return X.index_add_(0, rows, D, alpha=alpha), known, alpha
 
 
 def _block_galerkin(op: Operator, B: Tensor, steps: int, M: MatMat) -> tuple[Tensor, Tensor, int]:
