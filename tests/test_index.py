@@ -211,6 +211,11 @@ def test_a_build_stopped_in_the_curvature_resumes_from_its_last_block(tmp_path, 
     resumed = Index.build(influence(prob, damping=0.01), tmp_path / "idx", prob.train, project=20, verbose=True)
     assert done == [16] and "curvature (8 products per step): 100%" in capsys.readouterr().err
     assert not (tmp_path / "idx" / "curvature-rows").exists()  # the factor holds them now
+    (tmp_path / "idx" / "curvature-rows").mkdir()  # as a build stopped between writing the factor and clearing
+    for name in ("000000.npy", "000000.json"):
+        (tmp_path / "idx" / "curvature-rows" / name).write_bytes(b"x")
+    Index.build(influence(prob, damping=0.01), tmp_path / "idx", prob.train, project=20, verbose=False)
+    assert not (tmp_path / "idx" / "curvature-rows").exists()
     fresh = Index.build(influence(prob, damping=0.01), tmp_path / "fresh", prob.train, project=20, verbose=False)
     torch.testing.assert_close(resumed.factor, fresh.factor, rtol=0, atol=0)
     torch.testing.assert_close(Index.open(tmp_path / "idx", influence(prob, damping=0.01)).scores(prob.test),

@@ -91,10 +91,11 @@ def test_lds_rejects_bad_input():
     # masks lds_of_predictions used to take: 2 subsets (an LDS of 1.0), an empty subset, fractional or 1-D masks
     good = random_subsets(10, 3, 0.5, 0)
     for masks, words in [(good[:2], "at least 3"), (np.vstack([good, np.zeros(10, bool)]), r"subsets \[3\] keep none"),
-                         (good * 0.5, "bool array"), (good[0], "bool array"), (list(good), None)]:
+                         (good * 0.5, "bool array"), (good[0], "bool array"), (list(good), None),
+                         (good.astype(np.uint8), None), (good.astype(float), None)]:
         call = lambda m=masks: lds_of_predictions(np.zeros((1, len(m))), m, lambda index: np.zeros(1))  # noqa: E731
-        if words is None:  # a list of bool rows is a bool array
-            call()
+        if words is None:  # a list of bool rows, or 0/1 numbers, say the same as the bool masks
+            assert np.array_equal(call().subsets, good)
             continue
         with pytest.raises(InputError, match=words):
             call()

@@ -243,7 +243,10 @@ class Index:
         record = self.folder / f"{CURVATURE}.json"
         if record.exists():
             try:
-                return self._read_factor()
+                factor = self._read_factor()
+                if dist.world()[0] == 0:
+                    _clear_curvature_rows(self.folder)  # a build stopped just after writing the factor left them
+                return factor
             except store.CorruptIndexError as error:  # every rank reads the same files, so all recompute
                 warn(f"recomputing the index's curvature: {error}")
         K = (self._projected_curvature(op, product_rows, progress) if isinstance(self.projection, Projection)

@@ -154,7 +154,10 @@ def leave_one_out(inf: Influence, test: Any, train_indices: Sequence[int],
     """
     X, y = inf.test_tensors(test)
     index = (inf._train_index(train_indices) % inf.n_train).tolist()  # checked as up_params checks them
-    repeated = sorted({j for j in index if index.count(j) > 1})
+    seen, repeated = set(), set()
+    for j in index:
+        (repeated if j in seen else seen).add(j)
+    repeated = sorted(repeated)
     if repeated:
         raise InputError(f"train_indices name training points {repeated[:5]} more than once; name each once")
     if len(index) < 3:
@@ -303,9 +306,11 @@ def _checked_masks(masks: Any) -> np.ndarray:
     """masks as a (s, n) bool array of s >= 3 subsets, each keeping some but not all of the n points; else
     InputError."""
     M = np.asarray(masks)
+    if M.ndim == 2 and M.dtype.kind in "iuf" and np.isin(M, (0, 1)).all():
+        M = M.astype(bool)  # 0/1 numbers say the same
     if M.ndim != 2 or M.dtype != bool:
-        raise InputError(f"masks must be a (subsets, n training points) bool array, as random_subsets makes; got "
-                         f"shape {M.shape}, dtype {M.dtype}")
+        raise InputError(f"masks must be a (subsets, n training points) bool array (or of 0s and 1s), as "
+                         f"random_subsets makes; got shape {M.shape}, dtype {M.dtype}")
     if M.shape[0] < 3:
         raise InputError(f"masks hold {M.shape[0]} subsets; a rank correlation needs at least 3")
     kept = M.sum(1)
