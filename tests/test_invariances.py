@@ -23,7 +23,7 @@ def test_scores_do_not_depend_on_batch_size(mlp):
 @pytest.mark.parametrize("solver", ["exact", "cg", "ekfac", "arnoldi", "ekfac-refine", "arnoldi-refine"])
 def test_scores_and_s_test_do_not_depend_on_test_grouping(mlp, solver, monkeypatch):
     """Test points are solved in groups when m x p is large (each group one pass over the training gradients);
-    groups of 4 give the one-group answers, also for a refined solver's block CG (groups are multiples of its
+    groups of 2 give the one-group answers, also for a refined solver's block CG (groups are multiples of its
     blocks, here 2), and inf.info reports on all (an approximate solver's check made on the first group)."""
     monkeypatch.setattr("infl.solvers.krylov.REFINE_BLOCK", 2)
     make = {"ekfac-refine": lambda: infl.EKFAC(refine=2), "arnoldi-refine": lambda: infl.Arnoldi(rank=10, refine=2),
@@ -36,11 +36,23 @@ def test_scores_and_s_test_do_not_depend_on_test_grouping(mlp, solver, monkeypat
         assert m > 4
         monkeypatch.setattr("infl.influence.TEST_GROUP_BYTES", 1)
         grouped = fit(mlp, solver=make(), batch_size=3)
-        assert [g.stop - g.start for g in grouped._test_groups(m)][:-1] == [4] * (-(-m // 4) - 1)
+        assert [g.stop - g.start for g in grouped._test_groups(m)][:-1] == [2] * (-(-m // 2) - 1)
         torch.testing.assert_close(grouped.scores(mlp.test), S, rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(grouped.s_test(mlp.test), T, rtol=1e-10, atol=1e-12)
-    assert grouped.info.residual.shape == (m,) and torch.isfinite(grouped.info.residual[:4]).all()
+    assert grouped.info.residual.shape == (m,) and torch.isfinite(grouped.info.residual[:2]).all()
     assert grouped.info.converged == info.converged and grouped.info.note.split(";")[0] == info.note.split(";")[0]
+    if "refine" in solver:  # every group measured: the note adds the worst over all of them
+        worst = float(grouped.info.residual[~grouped.info.residual.isnan()].max())
+        assert f"over all {-(-m // 2)} measured batches" in grouped.info.note and f"max {worst:.3g}" in grouped.info.note
+
+
+def test_test_groups_fit_their_memory_and_round_down_to_refine_blocks():
+    from infl.influence import rows_per_test_group
+
+    assert rows_per_test_group(7850, 8, 512) == 2816  # 2,849 fit 1 GiB, rounded down to a multiple of 128
+    assert rows_per_test_group(101770, 4, 512) == 512  # 439 fit: batch_size, a multiple of 128
+    assert rows_per_test_group(10**8, 4, 1) == 1  # a huge model: one point (was rounded up to 128: 300 GB)
+    assert rows_per_test_group(10**8, 4, 200) == 128
 
 
 def test_scores_permute_with_the_training_set(logreg):

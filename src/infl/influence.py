@@ -49,9 +49,10 @@ TEST_GROUP_BYTES = 2**30  # test points' working set in one solve (PRODUCT_COPIE
 
 def rows_per_test_group(p: int, itemsize: int, batch_size: int) -> int:
     """Test points solved at once (Influence._test_groups): as many as TEST_GROUP_BYTES of working set hold
-    (PRODUCT_COPIES x p numbers each), at least batch_size, rounded up to a multiple of krylov.REFINE_BLOCK."""
+    (PRODUCT_COPIES x p numbers each), at least batch_size; from krylov.REFINE_BLOCK on, rounded down to a
+    multiple of it, so that a refined solver's block CG groups the rows as one solve of all would."""
     rows = max(batch_size, TEST_GROUP_BYTES // (p * itemsize * PRODUCT_COPIES))
-    return -(-rows // krylov.REFINE_BLOCK) * krylov.REFINE_BLOCK
+    return rows if rows < krylov.REFINE_BLOCK else rows // krylov.REFINE_BLOCK * krylov.REFINE_BLOCK
 
 
 def merge_infos(infos: list[SolveInfo], sizes: list[int]) -> SolveInfo:
@@ -63,8 +64,12 @@ def merge_infos(infos: list[SolveInfo], sizes: list[int]) -> SolveInfo:
         [i.residual if i.residual is not None else measured[0].residual.new_full((k,), float("nan"))
          for i, k in zip(infos, sizes)])
     judged = measured or infos
+    note = judged[0].note
+    if len(measured) > 1:  # each note describes its own chunk: add the worst over all
+        note += (f"; over all {len(measured)} measured batches: relative residual median "
+                 f"{float(residual.nanmedian()):.3g}, max {float(residual[~residual.isnan()].max()):.3g}")
     return SolveInfo(infos[0].method, max(i.iterations for i in infos), residual,
-                     all(i.converged for i in judged), judged[0].note)
+                     all(i.converged for i in judged), note)
 
 
 @contextlib.contextmanager
@@ -308,9 +313,7 @@ class Influence:
         return dist.gather_columns(out, self.n_train)
 
     def _test_groups(self, m: int) -> Iterator[slice]:
-        """Test rows solved together: as many as TEST_GROUP_BYTES hold (PRODUCT_COPIES copies of p numbers each,
-        the solvers' working set), at least batch_size; so one group unless m x p is large. A multiple of
-        krylov.REFINE_BLOCK, so that a refined solver's block CG groups the rows as in one solve of all."""
+        """Test rows solved together (rows_per_test_group): one group unless m x p is large."""
         obj = self.objective_
         return batches(m, rows_per_test_group(obj.p, obj.theta.element_size(), self.batch_size))
 
