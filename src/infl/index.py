@@ -49,8 +49,6 @@ MANIFEST, CURVATURE, GRADS = "manifest.json", "curvature", "grads"
 CURVATURE_ROWS = "curvature-rows"  # finished pieces of a projected curvature, until its factor is written
 CURVATURE_PIECE = 32  # rows of a projected curvature computed (and written) at a time
 CHUNK_GLOB = "[0-9]" * 6  # the names of the chunk files in grads/ (000000.npy, 000000.json, ...)
-
-
 TOP_K_SLICE = 512  # training rows scored at a time by top_k (m x this many scores held)
 
 

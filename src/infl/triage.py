@@ -80,7 +80,7 @@ def check_fraction(fraction: float, name: str = "flip fraction") -> float:
 def check_seeds(seeds: Sequence[int]) -> list[int]:
     """Distinct integer seeds, at least one."""
     seeds = list(dict.fromkeys(seeds))
-    if not seeds or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 0 for s in seeds):
+    if not seeds or not all(is_integer(s) and s >= 0 for s in seeds):
         raise InputError(f"seeds must be one or more integers >= 0, got {seeds!r}")
     return [int(s) for s in seeds]
 

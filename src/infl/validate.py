@@ -8,6 +8,7 @@ epsilon = -1/n perturbation, so
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -154,10 +155,7 @@ def leave_one_out(inf: Influence, test: Any, train_indices: Sequence[int],
     """
     X, y = inf.test_tensors(test)
     index = (inf._train_index(train_indices) % inf.n_train).tolist()  # checked as up_params checks them
-    seen, repeated = set(), set()
-    for j in index:
-        (repeated if j in seen else seen).add(j)
-    repeated = sorted(repeated)
+    repeated = sorted(j for j, times in Counter(index).items() if times > 1)
     if repeated:
         raise InputError(f"train_indices name training points {repeated[:5]} more than once; name each once")
     if len(index) < 3:
@@ -200,7 +198,7 @@ def _retrained(thetas: Any, index: list[int], theta_hat: Tensor) -> dict[int, Te
             theta = torch.as_tensor(theta.detach() if isinstance(theta, Tensor) else np.asarray(theta))
         except (TypeError, ValueError) as exc:
             raise InputError(f"{form}; the entry for {j} is a {type(theta).__name__}: {exc}") from exc
-        if theta.shape != theta_hat.shape or not (theta.is_floating_point() or not theta.numel()):
+        if theta.shape != theta_hat.shape or not theta.is_floating_point():
             raise InputError(f"{form}; the entry for {j} has shape {tuple(theta.shape)} and dtype {theta.dtype}")
         out[j] = theta.to(dtype=theta_hat.dtype, device=theta_hat.device)
     return out
