@@ -51,11 +51,13 @@ def top_eigenpairs(op: Operator, rank: int, *, tol: float = 1e-6, block: int | N
         raise ValueError(f"max_dim {max_dim} must be at least rank + 2 * block = {rank + 2 * block}")
     gen = torch.Generator().manual_seed(seed)
     Q = torch.linalg.qr(torch.randn(p, block, generator=gen, dtype=op.dtype)).Q.T.to(op.device).contiguous()
-    V, T = Q, torch.zeros(block, block, dtype=op.dtype, device=op.device)  # basis rows (m, p); V A V^T (m, m)
+    basis = torch.empty(max_dim, p, dtype=op.dtype, device=op.device)  # one buffer: growing it would copy it
+    basis[:block] = Q
+    m, T = block, torch.zeros(block, block, dtype=op.dtype, device=op.device)  # basis rows m; V A V^T (m, m)
     restarts = 0
     while True:
+        V = basis[:m]  # (m, p), a view
         W = op.matmat(Q)  # (b, p)
-        m = V.shape[0]
         T[m - block:, m - block:] = (Q @ W.T + W @ Q.T) / 2
         for _ in range(2):  # full reorthogonalisation, twice for stability
             W -= (W @ V.T) @ V
@@ -69,14 +71,17 @@ def top_eigenpairs(op: Operator, rank: int, *, tol: float = 1e-6, block: int | N
             return theta[:rank], (Y[:, :rank].T @ V).contiguous(), converged
         Q = Qn.T.contiguous()
         if m + block <= max_dim:
-            V = torch.cat([V, Q])
+            basis[m:m + block] = Q
             T = _grow(T, m + block)
             T[m:, m - block:m], T[m - block:m, m:] = R, R.T
+            m += block
             continue
         keep = max(rank, max_dim - 2 * block)  # thick restart: top Ritz vectors + the next block
         restarts += 1
-        V = torch.cat([Y[:, :keep].T @ V, Q])
-        C = R @ Y[m - block:, :keep]  # (b, keep): A u_i's component along the next block
+        basis[:keep] = Y[:, :keep].T @ V
+        basis[keep:keep + block] = Q
+        m = keep + block
+        C = R @ Y[-block:, :keep]  # (b, keep): A u_i's component along the next block
         T = torch.zeros(keep + block, keep + block, dtype=op.dtype, device=op.device)
         T[:keep, :keep] = torch.diag(theta[:keep])
         T[keep:, :keep], T[:keep, keep:] = C, C.T
