@@ -117,6 +117,8 @@ def test_the_eight_bit_budget_keeps_every_grey_level_on_and_off_the_8_bit_grid()
         for push in (-1.0, 1.0):
             moved = project(X0 + push * 10 / 255, lo, hi)
             assert torch.equal(torch.round(255 * moved), torch.round(255 * X0))
+            stored = moved.float()  # the attacked images saved in float32 keep their grey levels too
+            assert torch.equal(torch.round(255 * stored), torch.round(255 * X0.float()))
     moved = project(sixteenths - 1, *budget.bounds(sixteenths))
     assert (sixteenths - moved).max() > 0.5 / 255  # 15.9375 / 255 may go down to 15.5 / 255 and still read 16
 

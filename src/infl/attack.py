@@ -31,7 +31,8 @@ from .influence import Influence
 from .inputs import row_indices
 from .objective import Objective, is_integer
 
-EIGHT_BIT = 0.5 / 255 * (1 - 1e-6)  # strictly inside half a grey level: rounding to 8 bits gives the original
+GREY_MARGIN = 1e-3  # grey levels kept clear of the rounding edge: far above float32's spacing (1.5e-5 of a level)
+EIGHT_BIT = (0.5 - GREY_MARGIN) / 255  # inside half a grey level: rounding to 8 bits gives the original
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,10 @@ class Budget:
                 continue
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
                     or value <= 0:
+                example = f"radius={8 / 255:.6f} (8 grey levels)" if name == "radius" else \
+                    f"step={EIGHT_BIT / 4:.6f} (an eighth of a grey level)"
                 raise InputError(f"the attack {name} must be a finite number > 0 (pixels in [0, 1]), got {value!r}; "
-                                 f"e.g. {name}={EIGHT_BIT:.6f} (half an 8-bit grey level)")
+                                 f"e.g. {example}")
             object.__setattr__(self, name, float(value))
         if not (is_integer(self.steps) and self.steps >= 1):
             raise InputError(f"the number of attack steps must be an integer >= 1, got {self.steps!r}")
@@ -72,12 +75,13 @@ class Budget:
     def bounds(self, X0: Tensor) -> tuple[Tensor, Tensor]:
         """Elementwise limits (lo, hi) of the allowed set around original pixels X0 (inside [0, 1]).
 
-        The 8-bit budget keeps round(255 x) = round(255 x0): the grey level's interval, shrunk by a
-        relative 1e-6 so that its ends round inwards (it always holds x0 itself); x0 +- 0.5/255 for
-        pixels stored in 8 bits, asymmetric for others (e.g. multiples of 1/16). Otherwise x0 +- radius.
+        The 8-bit budget keeps round(255 x) = round(255 x0), also once x is stored in float32: the grey
+        level's interval, shrunk by GREY_MARGIN of a level at each end (it always holds x0 itself); about
+        x0 +- 0.5/255 for pixels stored in 8 bits, asymmetric for others (e.g. multiples of 1/16).
+        Otherwise x0 +- radius.
         """
         if self.eight_bit:
-            level, half = torch.round(X0 * 255), 0.5 * (1 - 1e-6)
+            level, half = torch.round(X0 * 255), 0.5 - GREY_MARGIN
             lo, hi = torch.minimum((level - half) / 255, X0), torch.maximum((level + half) / 255, X0)
         else:
             lo, hi = X0 - self.radius, X0 + self.radius

@@ -62,7 +62,8 @@ def check_test_index(requested: tuple[int, ...], m: int) -> list[int]:
               help="Number of training images perturbed per attack (repeatable) [default: 1, 2 and 10].")
 @click.option("--radius", type=POSITIVE, default=None,
               help="L-infinity budget per pixel, pixels in [0, 1] [default: 8-bit image unchanged: each pixel "
-                   "within its grey level, 0.5/255 for 8-bit images].")
+                   "kept inside the interval that rounds to its grey level; --radius 0.00196 (0.5/255) is a plain "
+                   "ball instead, whose edges round to the next level].")
 @click.option("--step", type=POSITIVE, default=None, help="Signed step size [default: radius / 4].")
 @click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, help="Attack iterations (each retrains).")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("infl-attack"), show_default=True,
