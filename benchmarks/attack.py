@@ -53,7 +53,7 @@ def main() -> None:
         began = time.perf_counter()
         res = flip_fractions(attacker, task.X_test, task.y_test, tests, (1, 2, 10), Budget(radius=radius, steps=args.steps, step=args.step_fraction * radius))
         rise = " / ".join(f"{np.mean([a.losses[-1] - a.losses[0] for a in v]):.3g}" for v in res.values())
-        name = "8-bit unchanged (< 0.5/255)" if r == 0.5 else f"{r:g}/255"
+        name = "8-bit unchanged (0.499/255)" if r == 0.5 else f"{r:g}/255"
         print(f"| {name} | {flip_fraction(res[1]):.1%} | {flip_fraction(res[2]):.1%} | {flip_fraction(res[10]):.1%} "
               f"| {rise} | {time.perf_counter() - began:.0f} |", flush=True)
 
