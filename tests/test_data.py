@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from infl.data import (DataError, Split, check_arrays, csv_features, load_builtin, load_csv, load_file, load_idx,
-                       load_npz)
+                       load_npz, stored_image_shape)
 
 
 # --- helpers that build small files in tmp_path ---------------------------------------
@@ -153,6 +153,15 @@ def test_idx_round_trip(tmp_path, gz):
     assert X.dtype == np.float64 and y.dtype == np.int64
     X2, _ = load_idx(images_path, labels_path)
     np.testing.assert_array_equal(X, X2)
+    assert stored_image_shape(images_path) == (3, 2)
+
+
+def test_images_are_known_by_how_a_file_stores_them_not_by_a_square_feature_count(tmp_path):
+    y = np.arange(6) % 2
+    np.savez(tmp_path / "images.npz", X=np.zeros((6, 3, 2)), y=y)
+    np.savez(tmp_path / "iris_like.npz", X=np.zeros((6, 4)), y=y)  # 4 = 2 x 2 features, still a table
+    assert stored_image_shape(tmp_path / "images.npz") == (3, 2)
+    assert stored_image_shape(tmp_path / "iris_like.npz") is None
 
 
 # --- errors ----------------------------------------------------------------------------------

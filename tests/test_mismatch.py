@@ -155,9 +155,9 @@ def test_numpy_numbers_are_accepted(logreg):
 
 def test_cli_mismatch_flags_the_subgroup_and_writes_a_report(tmp_path):
     X, y, Xt, yt = mismatched()
-    pad = lambda A: np.column_stack([A, np.zeros(len(A))])  # noqa: E731  d = 5: not read as 2x2 images
-    np.savez(tmp_path / "train.npz", X=pad(X), y=y)
-    np.savez(tmp_path / "test.npz", X=pad(np.vstack([Xt, X[:2]])), y=np.concatenate([yt, [0, 1]]))  # two classes
+    assert X.shape[1] == 4  # a square number of features in (n, d) arrays: a table, not 2 x 2 images
+    np.savez(tmp_path / "train.npz", X=X, y=y)
+    np.savez(tmp_path / "test.npz", X=np.vstack([Xt, X[:2]]), y=np.concatenate([yt, [0, 1]]))  # two classes
     args = ["mismatch", "--train", str(tmp_path / "train.npz"), "--test", str(tmp_path / "test.npz"), "--top", "4",
             "--l2", "0.001", "--out", str(tmp_path / "out")]
     result = CliRunner().invoke(main, args)

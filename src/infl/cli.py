@@ -25,7 +25,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .data import BUILTINS, DataError, Split, csv_features, file_kind, load_builtin, load_file
+from .data import (BUILTINS, DataError, Split, csv_features, file_kind, load_builtin, load_file,
+                   stored_image_shape)
 from .errors import InflError
 from .influence import SOLVERS, Influence
 from .losses import cross_entropy
@@ -182,7 +183,8 @@ def _load_file(path: Path, label_column: str | None, labels: Path | None, flag: 
 
 def load_data(data: str | None, train: Path | None, test: Path | None, label_column: str | None,
               labels: Sequence[Path]) -> Split:
-    """The built-in split `data`, or the user's --train and --test files (image shape inferred when d is square)."""
+    """The built-in split `data`, or the user's --train and --test files (images when a file stores them as
+    such: IDX, or a .npz X of shape (n, h, w); otherwise tabular)."""
     if train is None and test is None:
         return load_builtin(data or "mnist")
     if data is not None:
@@ -201,8 +203,7 @@ def load_data(data: str | None, train: Path | None, test: Path | None, label_col
     if X_test.shape[1] != d:
         raise DataError(f"{test}: test points have {X_test.shape[1]} features but the training points {d}; "
                         "both files must describe the same features.")
-    side = math.isqrt(d)
-    shape = (side, side) if side > 1 and side * side == d and features is None else None  # CSV: tabular
+    shape = stored_image_shape(train) or stored_image_shape(test)  # images as stored; (n, d) arrays are tabular
     y_train, y_test, classes = _class_indices(y_train, y_test, test)
     return Split(X_train, y_train, X_test, y_test, shape, classes, train.name,
                  tuple(features) if features is not None else None)

@@ -306,6 +306,24 @@ def _is_float(text: str) -> bool:
     return True
 
 
+def stored_image_shape(path: str | Path, x_key: str = "X") -> tuple[int, int] | None:
+    """(h, w) when the file `path` (already readable by load_file) stores images, else None: an IDX image file
+    (n, h, w), or a .npz whose `x_key` array is (n, h, w). A .npz X of shape (n, d) is tabular whatever d (a
+    square d is no sign of images: iris has 4 features)."""
+    path = Path(path)
+    if file_kind(path) == "idx":
+        with path.open("rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if gzipped else path.open("rb")) as f:
+            header = f.read(16)
+        return struct.unpack(">2I", header[8:16]) if int.from_bytes(header[:4], "big") == IDX_IMAGES_MAGIC else None
+    if file_kind(path) == "npz":
+        with np.load(path, allow_pickle=False) as archive:
+            shape = archive[x_key].shape
+        return (int(shape[1]), int(shape[2])) if len(shape) == 3 else None
+    return None
+
+
 def load_idx(images_path: str | Path, labels_path: str | Path, min_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
     """Load MNIST-style IDX files (optionally gzipped): X (n, rows*cols) in [0, 1], y (n,)."""
     images = _read_idx(_existing(images_path), IDX_IMAGES_MAGIC)

@@ -84,10 +84,11 @@ def pixels_png(x: np.ndarray, shape: tuple[int, int], value_range: tuple[float, 
 
 
 def features_png(x: np.ndarray, value_range: tuple[float, float]) -> bytes:
-    """A bar chart of the d features of x (d,), for data that are not images."""
+    """A bar chart of the d features of x (d,), for data that are not images: one filled step outline (one artist
+    whatever d; a bar per feature took a second per chart at d = 2,000)."""
     fig = Figure(figsize=(2.2, 1.6))
     ax = fig.add_subplot()
-    ax.bar(np.arange(len(x)), x, width=1.0, color="#555")
+    ax.stairs(x, np.arange(len(x) + 1) - 0.5, fill=True, color="#555", baseline=0)
     ax.set_ylim(min(value_range[0], 0), value_range[1])
     ax.set_xlabel("feature", fontsize=7)
     ax.tick_params(labelsize=6)
