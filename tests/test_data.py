@@ -300,7 +300,7 @@ def test_the_commands_renumber_any_integer_labels(tmp_path):
     run = CliRunner().invoke(main, ["explain", "--train", str(tmp_path / "train.csv"), "--test",
                                     str(tmp_path / "test.csv"), "--loo", "0", "--out", str(tmp_path / "out")])
     assert run.exit_code == 0, run.output
-    assert "labels renumbered as classes 0..1 (-1 -> 0, 1 -> 1)" in run.output
+    assert "labels renumbered as classes 0..1 for the model (-1 -> 0, 1 -> 1)" in run.output
 
 
 def test_fewer_than_two_classes(tmp_path):

@@ -197,8 +197,34 @@ def test_cli_renumbers_labels_to_the_training_classes_and_refuses_unseen_test_la
     split = load_data(None, _npz(tmp_path / "tr.npz", X, y), _npz(tmp_path / "te.npz", X[:4], y[:4]), None, ())
     assert split.classes == 2 and set(split.y_train) == {0, 1}
     np.testing.assert_array_equal(split.y_test, (y[:4] == 7000).astype(int))
+    np.testing.assert_array_equal(split.as_given(split.y_train), y)  # what outputs show: the file's labels
     with pytest.raises(DataError, match=r"test labels \[5\] do not occur in the training file"):
         load_data(None, tmp_path / "tr.npz", _npz(tmp_path / "bad.npz", X[:2], np.array([3, 5])), None, ())
+
+
+def test_cli_outputs_show_the_file_labels_not_the_renumbered_classes(tmp_path):
+    """Labels 1..3 become classes 0..2 for the model; ranking.csv, the explain tables and reports show 1..3."""
+    import csv
+
+    from click.testing import CliRunner
+
+    from infl.cli import main
+
+    rng = np.random.default_rng(3)
+    y = 1 + np.arange(60) % 3
+    X = rng.normal(size=(60, 5)) + y[:, None]
+    train, test = _npz(tmp_path / "tr.npz", X, y), _npz(tmp_path / "te.npz", X[:6], y[:6])
+    run = CliRunner().invoke(main, ["triage", "--train", str(train), "--test", str(test), "--as-is",
+                                    "--out", str(tmp_path / "t")])
+    assert run.exit_code == 0, run.output
+    with open(tmp_path / "t" / "ranking.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["label"]) for r in rows] == [int(y[int(r["train_index"])]) for r in rows]
+    run = CliRunner().invoke(main, ["explain", "--train", str(train), "--test", str(test), "--test-index", "4",
+                                    "--loo", "0", "--out", str(tmp_path / "e")])
+    assert run.exit_code == 0, run.output
+    assert f"test point 4: true label {y[4]}," in run.stdout
+    assert f"true label <b>{y[4]}</b>" in (tmp_path / "e" / "report.html").read_text()
 
 
 def test_cli_reads_a_csv_with_a_square_number_of_features_as_a_table(tmp_path):

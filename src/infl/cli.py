@@ -204,24 +204,26 @@ def load_data(data: str | None, train: Path | None, test: Path | None, label_col
         raise DataError(f"{test}: test points have {X_test.shape[1]} features but the training points {d}; "
                         "both files must describe the same features.")
     shape = stored_image_shape(train) or stored_image_shape(test)  # images as stored; (n, d) arrays are tabular
-    y_train, y_test, classes = _class_indices(y_train, y_test, test)
-    return Split(X_train, y_train, X_test, y_test, shape, classes, train.name,
-                 tuple(features) if features is not None else None)
-
-
-def _class_indices(y_train: np.ndarray, y_test: np.ndarray, test: Path) -> tuple[np.ndarray, np.ndarray, int]:
-    """Labels as class indices 0..K-1 over the training file's classes (a note on stderr when they are
-    renumbered, e.g. 3 and 7 -> 0 and 1); test labels must be among them."""
     values = np.unique(y_train)
+    y_train, y_test = _class_indices(values, y_train, y_test, test)
+    renumbered = not np.array_equal(values, np.arange(len(values)))
+    return Split(X_train, y_train, X_test, y_test, shape, len(values), train.name,
+                 tuple(features) if features is not None else None, tuple(values.tolist()) if renumbered else None)
+
+
+def _class_indices(values: np.ndarray, y_train: np.ndarray, y_test: np.ndarray, test: Path
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Labels as class indices 0..K-1 over the training file's classes `values` (sorted; a note on stderr when
+    they are renumbered, e.g. 3 and 7 -> 0 and 1); test labels must be among them."""
     unknown = np.setdiff1d(np.unique(y_test), values)
     if unknown.size:
         raise DataError(f"{test}: test labels {unknown[:5].tolist()} do not occur in the training file (classes "
                         f"{values[:10].tolist()}); a model trained on it can never predict them.")
     if not np.array_equal(values, np.arange(len(values))):
         shown = ", ".join(f"{v} -> {i}" for i, v in enumerate(values[:10])) + (" ..." if len(values) > 10 else "")
-        click.echo(f"note: labels renumbered as classes 0..{len(values) - 1} ({shown}); reports show the new "
-                   "numbers", err=True)
-    return np.searchsorted(values, y_train), np.searchsorted(values, y_test), len(values)
+        click.echo(f"note: labels renumbered as classes 0..{len(values) - 1} for the model ({shown}); output "
+                   "shows the file's labels", err=True)
+    return np.searchsorted(values, y_train), np.searchsorted(values, y_test)
 
 
 def train_model(split: Split, l2: float) -> nn.Linear:
@@ -258,8 +260,9 @@ def explain_points(inf: Influence, split: Split, predicted: np.ndarray, tests: l
     scores = inf.scores((X, y)).cpu().numpy()
     obj = inf.objective_
     losses = obj.losses(obj.theta, X, y).detach().cpu().numpy()
-    return [ExplainedPoint(t, split.X_test[t], int(split.y_test[t]), int(predicted[t]), float(loss), row)
-            for t, loss, row in zip(tests, losses, scores)]
+    label, guess = split.as_given(split.y_test[tests]).tolist(), split.as_given(predicted[tests]).tolist()
+    return [ExplainedPoint(t, split.X_test[t], label[k], guess[k], float(loss), row)
+            for k, (t, loss, row) in enumerate(zip(tests, losses, scores))]
 
 
 def print_point(point: ExplainedPoint, top: int, y_train: np.ndarray) -> None:
@@ -489,7 +492,7 @@ def _explain(opts: dict) -> None:
         points = explain_points(inf, split, predicted, tests)
     click.echo(f"solver: {inf.info!r}")
     for point in points:
-        print_point(point, opts["top"], split.y_train)
+        print_point(point, opts["top"], split.as_given(split.y_train))
     loo = None
     if opts["loo"]:
         with clock.stage(f"leave-one-out: retraining without {opts['loo']} points (test point {tests[0]})"):
@@ -499,7 +502,8 @@ def _explain(opts: dict) -> None:
         figure_loo(loo.predicted[0], loo.actual[0], out / LOO_FIGURE)
     with clock.stage("writing the report"):
         summary = summary_table(split, inf, opts, accuracy, loo, clock)
-        path = write_explain_report(out / REPORT_NAME, points=points, X_train=split.X_train, y_train=split.y_train,
+        path = write_explain_report(out / REPORT_NAME, points=points, X_train=split.X_train,
+                                    y_train=split.as_given(split.y_train),
                                     image_shape=split.image_shape, top=opts["top"], loo=loo,
                                     loo_test_index=tests[0], summary=summary, title=f"infl explain: {split.name}")
     click.echo(f"\nreport: {path}")

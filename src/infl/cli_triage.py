@@ -73,7 +73,8 @@ def run_flipped(split: Split, opts: dict, out: Path, clock: Clock) -> Path:
                "flipped": f"{opts['flip']:.0%} of training labels ({len(runs[0].flipped)}), seeds {seeds}",
                "regime": regime_text(runs),
                "time": f"{clock.elapsed():.1f} s"}
-    return write_triage_report(out / REPORT_NAME, runs, claim, split.X_train, split.y_train, runs[0].noisy,
+    return write_triage_report(out / REPORT_NAME, runs, claim, split.X_train, split.as_given(split.y_train),
+                               split.as_given(runs[0].noisy),
                                split.image_shape, summary, opts["top"], f"infl triage: {split.name}")
 
 
@@ -83,19 +84,19 @@ def run_as_is(split: Split, opts: dict, out: Path, clock: Clock) -> Path:
         model = train_model(split, opts["l2"])
         inf = Influence(model, cross_entropy, l2=opts["l2"], solver=opts["solver"]).fit((split.X_train, split.y_train))
         ranking = rank_for_checking(inf)
-    order = ranking.orders["self-influence"]
+    order, given = ranking.orders["self-influence"], split.as_given(split.y_train)
     write_csv(out / RANKING_CSV, ["rank", "train_index", "label", "self_influence", "training_loss"],
-              ([r, i, split.y_train[i], f"{ranking.self_influence[i]:.6g}", f"{ranking.loss[i]:.6g}"]
+              ([r, i, given[i], f"{ranking.self_influence[i]:.6g}", f"{ranking.loss[i]:.6g}"]
                for r, i in enumerate(order, 1)))
     click.echo(f"\nfirst {opts['top']} training points to check (|self-influence| largest first):")
     click.echo(f"  {'rank':>4}  {'index':>6}  {'label':>5}  {'self-influence':>14}  {'loss':>9}")
     for r, i in enumerate(order[:opts["top"]], 1):
-        click.echo(f"  {r:>4}  {i:>6}  {split.y_train[i]:>5}  {ranking.self_influence[i]:>+14.4g}  "
+        click.echo(f"  {r:>4}  {i:>6}  {given[i]:>5}  {ranking.self_influence[i]:>+14.4g}  "
                    f"{ranking.loss[i]:>9.4g}")
     summary = {"data": f"{split.name}: {len(split.y_train)} train, labels as given",
                "model": f"multinomial logistic regression, l2 = {opts['l2']:g}", "solver": repr(inf.info),
                "time": f"{clock.elapsed():.1f} s"}
-    return write_ranking_report(out / REPORT_NAME, ranking, split.X_train, split.y_train, split.image_shape, summary,
+    return write_ranking_report(out / REPORT_NAME, ranking, split.X_train, given, split.image_shape, summary,
                                 opts["top"])
 
 

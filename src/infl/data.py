@@ -46,6 +46,13 @@ class Split:
     classes: int
     name: str
     feature_names: tuple[str, ...] | None = None  # a CSV file's column names, in X's column order
+    label_values: tuple | None = None  # the file's label of each class 0..classes-1, when they were renumbered
+
+    def as_given(self, classes: np.ndarray | int) -> np.ndarray:
+        """The labels as the data file gives them for class indices `classes` (the indices themselves unless
+        the file's labels were renumbered), for what reports and CSV files show."""
+        classes = np.asarray(classes)
+        return classes if self.label_values is None else np.asarray(self.label_values)[classes]
 
 
 # --- built-in data sets -------------------------------------------------------------
