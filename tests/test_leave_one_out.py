@@ -215,3 +215,21 @@ def test_retraining_a_float32_model_asks_only_for_a_reachable_tolerance(logreg):
     for j in (3, 4, 5):
         assert torch.allclose(thetas[j].double(), reference[j], atol=1e-4)
     assert reachable_tol(torch.float64) == 0 and 1e-7 < reachable_tol(torch.float32) < 1e-6
+
+
+def test_training_on_unscaled_features_reaches_the_tolerance_where_the_line_search_stalls():
+    """iris' raw features (up to 7.9) with l2 = 3: L-BFGS's line search stalled at gradient max 2e-8 (the decrease
+    left, g^2 / 2 lambda, below the objective's rounding) and warned 'raise max_iter' after a few iterations;
+    Newton steps after it reach tol = 1e-9 without a warning."""
+    from sklearn.datasets import load_iris
+
+    from infl.train import fit_logistic
+
+    X, y = load_iris(return_X_y=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model = fit_logistic(X, y, 3, 3.0)
+    obj = Objective(model, cross_entropy, 3.0)
+    theta = obj.theta.detach().clone().requires_grad_(True)
+    risk = obj.losses(theta, torch.tensor(X), torch.tensor(y)).mean() + 1.5 * theta.square().sum()
+    assert torch.autograd.grad(risk, theta)[0].abs().max() <= 1e-9
