@@ -162,6 +162,11 @@ def test_images_are_known_by_how_a_file_stores_them_not_by_a_square_feature_coun
     np.savez(tmp_path / "iris_like.npz", X=np.zeros((6, 4)), y=y)  # 4 = 2 x 2 features, still a table
     assert stored_image_shape(tmp_path / "images.npz") == (3, 2)
     assert stored_image_shape(tmp_path / "iris_like.npz") is None
+    for i, layout in enumerate(((6, 3, 2, 1), (6, 1, 3, 2))):  # one grey channel, last or first
+        np.savez_compressed(tmp_path / f"channel{i}.npz", X=np.zeros(layout), y=y)
+        assert stored_image_shape(tmp_path / f"channel{i}.npz") == (3, 2)
+    np.savez(tmp_path / "rgb.npz", X=np.zeros((6, 3, 2, 3)), y=y)  # colour: drawn as a table of h * w * 3 values
+    assert stored_image_shape(tmp_path / "rgb.npz") is None
 
 
 # --- errors ----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ For a target test point z_test, the training points with the largest
 each step raising the retrained test loss by about (step / n) ||I_pert,loss||_1
 to first order (MATH.md). Proj clips to the allowed set: by default images
 whose 8-bit representation is unchanged (each pixel stays in the interval
-that rounds to its original grey level: within 0.5/255 of it for images
+that rounds to its original grey level: within 0.499/255 of it for images
 stored in 8 bits, as in the paper), otherwise an L-infinity ball of the given
 radius; always inside [0, 1]. After every step the Linear head on the frozen
 features is retrained exactly (convex, Newton to |grad| <= 1e-9) and
@@ -76,8 +76,8 @@ class Budget:
         """Elementwise limits (lo, hi) of the allowed set around original pixels X0 (inside [0, 1]).
 
         The 8-bit budget keeps round(255 x) = round(255 x0), also once x is stored in float32: the grey
-        level's interval, shrunk by GREY_MARGIN of a level at each end (it always holds x0 itself); about
-        x0 +- 0.5/255 for pixels stored in 8 bits, asymmetric for others (e.g. multiples of 1/16).
+        level's interval, shrunk by GREY_MARGIN of a level at each end (it always holds x0 itself):
+        x0 +- 0.499/255 for pixels stored in 8 bits, asymmetric for others (e.g. multiples of 1/16).
         Otherwise x0 +- radius.
         """
         if self.eight_bit:

@@ -325,10 +325,23 @@ def stored_image_shape(path: str | Path, x_key: str = "X") -> tuple[int, int] | 
             header = f.read(16)
         return struct.unpack(">2I", header[8:16]) if int.from_bytes(header[:4], "big") == IDX_IMAGES_MAGIC else None
     if file_kind(path) == "npz":
-        with np.load(path, allow_pickle=False) as archive:
-            shape = archive[x_key].shape
+        shape = _npz_shape(path, x_key)
+        if len(shape) == 4 and 1 in (shape[1], shape[3]):  # one grey channel, first or last: (n, 1, h, w), (n, h, w, 1)
+            shape = shape[:1] + (shape[2:] if shape[1] == 1 else shape[1:3])
         return (int(shape[1]), int(shape[2])) if len(shape) == 3 else None
     return None
+
+
+def _npz_shape(path: Path, key: str) -> tuple[int, ...]:
+    """The shape of array `key` in a .npz file, from its header (the array itself is not read)."""
+    try:
+        with zipfile.ZipFile(path) as archive, archive.open(f"{key}.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}[version]
+            return tuple(read(f)[0])
+    except (KeyError, ValueError, zipfile.BadZipFile):  # a header version without a public reader: read the array
+        with np.load(path, allow_pickle=False) as archive:
+            return archive[key].shape
 
 
 def load_idx(images_path: str | Path, labels_path: str | Path, min_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
