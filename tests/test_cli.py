@@ -283,3 +283,11 @@ def test_figure_loo_saves_a_png(tmp_path):
     actual = rng.standard_normal(10)
     path = figure_loo(actual + 0.01 * rng.standard_normal(10), actual, tmp_path / "loo.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_l2_so_large_that_training_overflows_is_named(tmp_path):
+    train, test = _blobs(tmp_path / "train.npz", 30), _blobs(tmp_path / "test.npz", 6, seed=1)
+    result = _invoke("--train", str(train), "--test", str(test), "--l2", "1e300", "--loo", "0",
+                     "--out", str(tmp_path / "o"))
+    assert result.exit_code == 1 and "training with --l2 1e+300 gave NaN or infinite weights" in result.output
+    assert "use a smaller --l2" in result.output and "Traceback" not in result.output

@@ -229,7 +229,11 @@ def _class_indices(values: np.ndarray, y_train: np.ndarray, y_test: np.ndarray, 
 def train_model(split: Split, l2: float) -> nn.Linear:
     """The paper's model: multinomial logistic regression nn.Linear(d, classes) in float64, trained to
     argmin mean cross-entropy + (l2/2)||theta||^2 by L-BFGS from zero."""
-    return fit_logistic(split.X_train, split.y_train, split.classes, l2, tol=TRAIN_TOL)
+    model = fit_logistic(split.X_train, split.y_train, split.classes, l2, tol=TRAIN_TOL)
+    if not all(torch.isfinite(param).all() for param in model.parameters()):
+        raise click.ClickException(f"training with --l2 {l2:g} gave NaN or infinite weights (the penalty overflows); "
+                                   "use a smaller --l2 (1e-4 to 1 suits most data)")
+    return model
 
 
 def predict(model: nn.Module, X: np.ndarray) -> np.ndarray:
