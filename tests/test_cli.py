@@ -290,4 +290,4 @@ def test_an_l2_so_large_that_training_overflows_is_named(tmp_path):
     result = _invoke("--train", str(train), "--test", str(test), "--l2", "1e300", "--loo", "0",
                      "--out", str(tmp_path / "o"))
     assert result.exit_code == 1 and "training with --l2 1e+300 gave NaN or infinite weights" in result.output
-    assert "use a smaller --l2" in result.output and "Traceback" not in result.output
+    assert "an --l2 of 1e-4 to 1" in result.output and "Traceback" not in result.output

@@ -217,19 +217,22 @@ def test_retraining_a_float32_model_asks_only_for_a_reachable_tolerance(logreg):
     assert reachable_tol(torch.float64) == 0 and 1e-7 < reachable_tol(torch.float32) < 1e-6
 
 
-def test_training_on_unscaled_features_reaches_the_tolerance_where_the_line_search_stalls():
-    """iris' raw features (up to 7.9) with l2 = 3: L-BFGS's line search stalled at gradient max 2e-8 (the decrease
-    left, g^2 / 2 lambda, below the objective's rounding) and warned 'raise max_iter' after a few iterations;
-    Newton steps after it reach tol = 1e-9 without a warning."""
-    from sklearn.datasets import load_iris
+@pytest.mark.parametrize("data, l2", [("iris", 3.0), ("breast_cancer", 1e-3)])
+def test_training_on_unscaled_features_reaches_the_tolerance_where_the_line_search_stalls(data, l2):
+    """Raw features (iris' up to 7.9, breast cancer's up to 4,254): L-BFGS's line search stalled above tol (iris:
+    gradient max 2e-8; the decrease left, g^2 / 2 lambda, is below the objective's rounding) and warned. Newton
+    steps after it reach tol = 1e-9 without a warning, also where one step raises the gradient's largest entry
+    on its way in (breast cancer)."""
+    import sklearn.datasets
 
     from infl.train import fit_logistic
 
-    X, y = load_iris(return_X_y=True)
+    X, y = getattr(sklearn.datasets, f"load_{data}")(return_X_y=True)
+    classes = int(y.max()) + 1
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        model = fit_logistic(X, y, 3, 3.0)
-    obj = Objective(model, cross_entropy, 3.0)
+        model = fit_logistic(X, y, classes, l2)
+    obj = Objective(model, cross_entropy, l2)
     theta = obj.theta.detach().clone().requires_grad_(True)
-    risk = obj.losses(theta, torch.tensor(X), torch.tensor(y)).mean() + 1.5 * theta.square().sum()
+    risk = obj.losses(theta, torch.tensor(X), torch.tensor(y)).mean() + 0.5 * l2 * theta.square().sum()
     assert torch.autograd.grad(risk, theta)[0].abs().max() <= 1e-9

@@ -231,8 +231,8 @@ def train_model(split: Split, l2: float) -> nn.Linear:
     argmin mean cross-entropy + (l2/2)||theta||^2 by L-BFGS from zero."""
     model = fit_logistic(split.X_train, split.y_train, split.classes, l2, tol=TRAIN_TOL)
     if not all(torch.isfinite(param).all() for param in model.parameters()):
-        raise click.ClickException(f"training with --l2 {l2:g} gave NaN or infinite weights (the penalty overflows); "
-                                   "use a smaller --l2 (1e-4 to 1 suits most data)")
+        raise click.ClickException(f"training with --l2 {l2:g} gave NaN or infinite weights (an overflow): use "
+                                   "features of moderate size (e.g. scaled to [0, 1]) and an --l2 of 1e-4 to 1")
     return model
 
 

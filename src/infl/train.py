@@ -3,6 +3,7 @@ models and to retrain for leave-one-out checks."""
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
@@ -78,7 +79,7 @@ def minimize(obj: Objective, X: Tensor, y: Tensor, *, weights: Tensor | None = N
             break
     if gmax > tol and polish:
         theta, gmax = newton_polish(lambda t: weighted_risk(obj, t, X, y, w, batch_size), theta.detach(), tol)
-    if gmax > 10 * tol:
+    if not gmax <= 10 * tol:  # NaN too
         fix = ("raise max_iter" if tol >= reachable_tol(obj.dtype) else
                f"in {obj.dtype} rounding keeps the gradient from tol: use a model in float64 (model.double()) or a "
                f"tol of at least {reachable_tol(obj.dtype):.1e}")
@@ -91,16 +92,18 @@ POLISH_STEPS = 5  # Newton steps after L-BFGS at most
 
 
 def newton_polish(risk: Callable[[Tensor], Tensor], theta: Tensor, tol: float) -> tuple[Tensor, float]:
-    """theta (p,) moved by Newton steps on the scalar risk(theta) while they lower the gradient's largest entry,
-    and that entry. Each step solves H d = g by conjugate gradients on Hessian-vector products. No line search:
+    """Newton steps on the scalar risk(theta) from theta (p,): the point with the smallest gradient max seen, and
+    that max. Each step solves H d = g by conjugate gradients on Hessian-vector products. No line search:
     it goes on where L-BFGS's stalls because the objective's rounding (about eps |R|) hides the decrease left
     (g^2 / 2 lambda for a curvature lambda: large for unscaled features). Stops at tol, after POLISH_STEPS, on
-    a step that does not lower the gradient, or where CG meets negative curvature (not a minimum's basin)."""
+    a non-finite gradient, or where CG meets negative curvature (not a minimum's basin); returns the point
+    with the smallest gradient seen (a Newton step can raise the largest entry once on its way in)."""
     theta = theta.detach().requires_grad_(True)
     g = torch.autograd.grad(risk(theta), theta, create_graph=True)[0]
     gmax = g.abs().max().item()
+    best = theta.detach(), gmax
     for _ in range(POLISH_STEPS):
-        if gmax <= tol:
+        if not tol < gmax < math.inf:
             break
         hvp = lambda V, g=g, at=theta: torch.stack(  # noqa: E731
             [torch.autograd.grad(g, at, v, retain_graph=True)[0] for v in V])
@@ -109,12 +112,12 @@ def newton_polish(risk: Callable[[Tensor], Tensor], theta: Tensor, tol: float) -
                          max_iter=min(theta.numel(), 500))
         except CurvatureError:
             break
-        moved = (theta.detach() - step[0]).requires_grad_(True)
-        g_new = torch.autograd.grad(risk(moved), moved, create_graph=True)[0]
-        if not g_new.abs().max().item() < gmax:
-            break
-        theta, g, gmax = moved, g_new, g_new.abs().max().item()
-    return theta.detach(), gmax
+        theta = (theta.detach() - step[0]).requires_grad_(True)
+        g = torch.autograd.grad(risk(theta), theta, create_graph=True)[0]
+        gmax = g.abs().max().item()
+        if gmax < best[1]:
+            best = theta.detach(), gmax
+    return best
 
 
 def assign(model: nn.Module, obj: Objective, theta: Tensor) -> None:
