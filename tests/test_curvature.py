@@ -41,6 +41,25 @@ def test_gauss_newton_matches_dense_reference(mlp):
                                rtol=1e-9, atol=1e-11)
 
 
+def test_gauss_newton_products_follow_theta_through_the_kept_output_hessians(mlp, monkeypatch):
+    """Products keep each batch's output Hessians; a theta changed in place or replaced must not reuse them."""
+    from infl import operators
+
+    obj = Objective(mlp.model, mlp.loss_fn, mlp.l2)
+    op = GaussNewton(obj, mlp.X, mlp.y, batch_size=11)
+    V = torch.randn(3, obj.p, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    first = op.matmat(V)
+    assert op._lams and torch.equal(op.matmat(V), first)  # kept, and the same answer from them
+    obj.theta.add_(0.3 * torch.randn_like(obj.theta))  # in place
+    torch.testing.assert_close(op.matmat(V), (dense_ggn(obj, mlp.X, mlp.y, mlp.l2) @ V.T).T, rtol=1e-9, atol=1e-11)
+    obj.theta = obj.theta + 0.3  # replaced
+    torch.testing.assert_close(op.matmat(V), (dense_ggn(obj, mlp.X, mlp.y, mlp.l2) @ V.T).T, rtol=1e-9, atol=1e-11)
+    monkeypatch.setattr(operators, "LAMBDA_CACHE_BYTES", 0)
+    bounded = GaussNewton(obj, mlp.X, mlp.y, batch_size=11)
+    bounded.matmat(V)
+    assert not bounded._lams  # above the size limit nothing is kept
+
+
 def test_gauss_newton_dense_from_jacobians_on_a_cnn_with_per_parameter_l2():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Unflatten(1, (1, 6, 6)), nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(),

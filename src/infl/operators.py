@@ -107,16 +107,19 @@ class Hessian(Operator):
     def matmat(self, V: Tensor) -> Tensor:
         out = self.obj.l2 * V
         for rows in batches(self.n, self.batch_size):
-            out.add_(self._data_product(V, self.X[rows], self.y[rows]), alpha=1 / self.n)
+            out.add_(self._data_product(V, rows), alpha=1 / self.n)
         return out
 
-    def _data_product(self, V: Tensor, X: Tensor, y: Tensor) -> Tensor:
-        """The data part, summed (no 1/n, no l2), times each row of V: (k, p)."""
-        return self.obj.data_hvp(V, X, y)
+    def _data_product(self, V: Tensor, rows: slice) -> Tensor:
+        """The data part of the examples `rows`, summed (no 1/n, no l2), times each row of V: (k, p)."""
+        return self.obj.data_hvp(V, self.X[rows], self.y[rows])
 
     def subset(self, index: Tensor) -> Hessian:
         """The same curvature over the examples `index` only (mean over them, same l2)."""
         return type(self)(self.obj, self.X[index], self.y[index], self.batch_size)
+
+
+LAMBDA_CACHE_BYTES = 64 * 2**20  # the output Hessians of all n examples are kept between products up to this
 
 
 class GaussNewton(Hessian):
@@ -133,20 +136,37 @@ class GaussNewton(Hessian):
         super().__init__(obj, X, y, batch_size)
         if check:  # a subset's model was checked with the whole operator
             check_tensor_outputs(obj, X, "curvature='gauss-newton'")
+        self._lams: dict[tuple[int, int], Tensor] = {}  # each batch's Lambda_i, valid for _lams_at
+        self._lams_at: tuple[Tensor, int] | None = None  # (theta, its version) they were computed at
 
     def subset(self, index: Tensor) -> GaussNewton:
         """The same curvature over the examples `index` only (mean over them, same l2)."""
         return type(self)(self.obj, self.X[index], self.y[index], self.batch_size, check=False)
 
-    def _data_product(self, V: Tensor, X: Tensor, y: Tensor) -> Tensor:
-        obj = self.obj
+    def _data_product(self, V: Tensor, rows: slice) -> Tensor:
+        obj, X = self.obj, self.X[rows]
         f = lambda theta: obj.outputs(theta, X)  # noqa: E731
         F0, pullback = vjp(f, obj.theta)
         JV = vmap(lambda v: jvp(f, (obj.theta,), (v,))[1])(V)  # (k, b, *out)
         b, m = F0.shape[0], F0[0].numel()
-        Lam = output_hessians(obj.loss_fn, F0, y)
+        Lam = self._output_hessians(F0, rows)
         U = torch.einsum("bcm,kbm->kbc", Lam, JV.reshape(V.shape[0], b, m)).reshape(JV.shape)
         return vmap(pullback)(U)[0]
+
+    def _output_hessians(self, F0: Tensor, rows: slice) -> Tensor:
+        """Lambda_i (b, m, m) of the examples `rows` with outputs F0, kept for the next product while theta is
+        unchanged and all n of them fit in LAMBDA_CACHE_BYTES (recomputing them costs most, relatively, in
+        products with few vectors)."""
+        at = (self.obj.theta, self.obj.theta._version)
+        if self._lams_at is None or at[0] is not self._lams_at[0] or at[1] != self._lams_at[1]:
+            self._lams, self._lams_at = {}, at
+        key = (rows.start, rows.stop)
+        if key not in self._lams:
+            Lam = output_hessians(self.obj.loss_fn, F0, self.y[rows])
+            if self.n * Lam[0].numel() * Lam.element_size() > LAMBDA_CACHE_BYTES:
+                return Lam
+            self._lams[key] = Lam
+        return self._lams[key]
 
     def to_dense(self, block: int = 256) -> Tensor:
         """The p x p matrix from per-example output Jacobians J_i (m, p): m reverse passes per example.
