@@ -42,7 +42,8 @@ def test_gauss_newton_matches_dense_reference(mlp):
 
 
 def test_gauss_newton_products_follow_theta_through_the_kept_output_hessians(mlp, monkeypatch):
-    """Products keep each batch's output Hessians; a theta changed in place or replaced must not reuse them."""
+    """Products keep each batch's output Hessians; any change of the outputs (theta in place, through .data or
+    replaced; a frozen layer changed through the module) must not reuse them."""
     from infl import operators
 
     obj = Objective(mlp.model, mlp.loss_fn, mlp.l2)
@@ -54,6 +55,18 @@ def test_gauss_newton_products_follow_theta_through_the_kept_output_hessians(mlp
     torch.testing.assert_close(op.matmat(V), (dense_ggn(obj, mlp.X, mlp.y, mlp.l2) @ V.T).T, rtol=1e-9, atol=1e-11)
     obj.theta = obj.theta + 0.3  # replaced
     torch.testing.assert_close(op.matmat(V), (dense_ggn(obj, mlp.X, mlp.y, mlp.l2) @ V.T).T, rtol=1e-9, atol=1e-11)
+    with torch.no_grad():
+        obj.theta.data.mul_(0.5)  # bypasses the version counter
+    torch.testing.assert_close(op.matmat(V), (dense_ggn(obj, mlp.X, mlp.y, mlp.l2) @ V.T).T, rtol=1e-9, atol=1e-11)
+    frozen = nn.Sequential(nn.Linear(mlp.X.shape[1], 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    frozen[0].requires_grad_(False)  # not in theta: changes reach the outputs, not obj.theta
+    fobj = Objective(frozen, mlp.loss_fn, mlp.l2)
+    fop = GaussNewton(fobj, mlp.X, mlp.y, batch_size=11)
+    W = torch.randn(2, fobj.p, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    fop.matmat(W)
+    with torch.no_grad():
+        frozen[0].weight.mul_(3.0)
+    torch.testing.assert_close(fop.matmat(W), (dense_ggn(fobj, mlp.X, mlp.y, mlp.l2) @ W.T).T, rtol=1e-9, atol=1e-11)
     monkeypatch.setattr(operators, "LAMBDA_CACHE_BYTES", 0)
     bounded = GaussNewton(obj, mlp.X, mlp.y, batch_size=11)
     bounded.matmat(V)

@@ -119,7 +119,7 @@ class Hessian(Operator):
         return type(self)(self.obj, self.X[index], self.y[index], self.batch_size)
 
 
-LAMBDA_CACHE_BYTES = 64 * 2**20  # the output Hessians of all n examples are kept between products up to this
+LAMBDA_CACHE_BYTES = 64 * 2**20  # output Hessians (with their outputs and targets) kept between products up to this
 
 
 class GaussNewton(Hessian):
@@ -136,8 +136,7 @@ class GaussNewton(Hessian):
         super().__init__(obj, X, y, batch_size)
         if check:  # a subset's model was checked with the whole operator
             check_tensor_outputs(obj, X, "curvature='gauss-newton'")
-        self._lams: dict[tuple[int, int], Tensor] = {}  # each batch's Lambda_i, valid for _lams_at
-        self._lams_at: tuple[Tensor, int] | None = None  # (theta, its version) they were computed at
+        self._lams: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}  # batch -> (outputs, targets, Lambda_i)
 
     def subset(self, index: Tensor) -> GaussNewton:
         """The same curvature over the examples `index` only (mean over them, same l2)."""
@@ -154,19 +153,20 @@ class GaussNewton(Hessian):
         return vmap(pullback)(U)[0]
 
     def _output_hessians(self, F0: Tensor, rows: slice) -> Tensor:
-        """Lambda_i (b, m, m) of the examples `rows` with outputs F0, kept for the next product while theta is
-        unchanged and all n of them fit in LAMBDA_CACHE_BYTES (recomputing them costs most, relatively, in
-        products with few vectors)."""
-        at = (self.obj.theta, self.obj.theta._version)
-        if self._lams_at is None or at[0] is not self._lams_at[0] or at[1] != self._lams_at[1]:
-            self._lams, self._lams_at = {}, at
-        key = (rows.start, rows.stop)
-        if key not in self._lams:
-            Lam = output_hessians(self.obj.loss_fn, F0, self.y[rows])
-            if self.n * Lam[0].numel() * Lam.element_size() > LAMBDA_CACHE_BYTES:
-                return Lam
-            self._lams[key] = Lam
-        return self._lams[key]
+        """Lambda_i (b, m, m) of the examples `rows` with outputs F0. Lambda_i is a function of the outputs and
+        targets only, so it is kept with them and reused while both are unchanged (whatever changed the model:
+        theta, frozen weights, buffers), up to LAMBDA_CACHE_BYTES in all; recomputing costs most, relatively, in
+        products with few vectors."""
+        y, key = self.y[rows], (rows.start, rows.stop)
+        kept = self._lams.get(key)
+        if kept is not None and torch.equal(kept[0], F0) and torch.equal(kept[1], y):
+            return kept[2]
+        Lam = output_hessians(self.obj.loss_fn, F0, y)
+        held = sum(t.numel() * t.element_size() for entry in self._lams.values() for t in entry)
+        size = (F0.numel() + Lam.numel()) * Lam.element_size() + y.numel() * y.element_size()
+        if kept is not None or held + size <= LAMBDA_CACHE_BYTES:
+            self._lams[key] = (F0.detach().clone(), y.clone(), Lam)
+        return Lam
 
     def to_dense(self, block: int = 256) -> Tensor:
         """The p x p matrix from per-example output Jacobians J_i (m, p): m reverse passes per example.
