@@ -78,9 +78,9 @@ def test_index_budget_refusal_lists_what_cannot_be_chunked():
                    projected=True)
     message = str(refused.value)
     assert message.startswith("max_memory=600 MiB is too small: process so far (torch, model) 100 MiB, "
-                              "training data 480 MiB, curvature 256 x 256 and its Cholesky factor (x3) 2 MiB, "
-                              "projection P (256 x 7850) 15 MiB, curvature products of one block of P (256 x 7850) "
-                              "15 MiB already need 612 MiB"), message
+                              "training data 480 MiB, curvature 256 x 256 and its Cholesky factor (x3) 1.5 MiB, "
+                              "projection P (256 x 7850) 15.3 MiB, curvature products of one block of P (256 x 7850) "
+                              "15.3 MiB already need 612 MiB"), message
     assert message.endswith("raise max_memory to at least 653MiB or lower project")  # 622 MiB needed, + 5%: a
     # rerun's own memory differs a little, and advice 1 MiB short was refused on the rerun
     assert "listed in the plan" not in message

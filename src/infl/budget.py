@@ -47,7 +47,9 @@ def current_rss() -> int:
 
 
 def _mb(b: float) -> str:
-    return f"{b / 2**20:,.0f} MiB"
+    """b bytes in MiB, to 3 significant digits below 100 MiB (1KB is not '0 MiB')."""
+    mib = b / 2**20
+    return f"{mib:,.0f} MiB" if mib >= 100 else f"{mib:.3g} MiB"
 
 
 @dataclass

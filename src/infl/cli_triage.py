@@ -55,7 +55,7 @@ def echo_table(title: str, rows: list[list[str]]) -> None:
 def run_flipped(split: Split, opts: dict, out: Path, clock: Clock) -> Path:
     """Flip, rank, fix and retrain for every seed; print and write the figures."""
     seeds = list(dict.fromkeys(opts["seed"] or (0, 1, 2)))
-    clock.announce(f"{len(seeds)} seed(s): flip {opts['flip']:.0%} of labels, train, rank, fix and retrain")
+    clock.announce(f"{len(seeds)} seed(s): flip {100 * opts['flip']:.3g}% of labels, train, rank, fix and retrain")
     runs = triage(split, flip=opts["flip"], seeds=seeds, l2=opts["l2"], solver=opts["solver"], tol=TRAIN_TOL,
                   progress=clock.announce)
     claim = check_claim(runs)
@@ -70,7 +70,7 @@ def run_flipped(split: Split, opts: dict, out: Path, clock: Clock) -> Path:
     write_csv(out / ACCURACY_CSV, ["seed", "method", "fraction_checked", "test_accuracy"], accuracy_table(runs))
     summary = {"data": f"{split.name}: {len(split.y_train)} train, {len(split.y_test)} test, {split.classes} classes",
                "model": f"multinomial logistic regression, l2 = {opts['l2']:g}", "solver": opts["solver"],
-               "flipped": f"{opts['flip']:.0%} of training labels ({len(runs[0].flipped)}), seeds {seeds}",
+               "flipped": f"{100 * opts['flip']:.3g}% of training labels ({len(runs[0].flipped)}), seeds {seeds}",
                "regime": regime_text(runs),
                "time": f"{clock.elapsed():.1f} s"}
     return write_triage_report(out / REPORT_NAME, runs, claim, split.X_train, split.as_given(split.y_train),
