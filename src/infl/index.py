@@ -499,13 +499,18 @@ def _existing(folder: Path, manifest: dict, force: bool) -> dict | None:
     return old
 
 
+def _remove_numbered(part: Path) -> None:
+    """Remove the index's own files from `part`: records and arrays named by number, never others."""
+    for suffix in (".npy", ".json"):
+        for path in part.glob(CHUNK_GLOB + suffix):
+            path.unlink()
+
+
 def _clear_curvature_rows(folder: Path) -> None:
     """Remove curvature-rows/ with the block files it holds (only those: named by number)."""
     rows = folder / CURVATURE_ROWS
     if rows.is_dir():
-        for suffix in (".npy", ".json"):
-            for path in rows.glob(CHUNK_GLOB + suffix):
-                path.unlink()
+        _remove_numbered(rows)
         store.remove_temporaries(rows)
         try:
             rows.rmdir()
@@ -516,10 +521,8 @@ def _clear_curvature_rows(folder: Path) -> None:
 def _start(folder: Path, manifest: dict, resume: bool) -> None:
     """Create the folder layout (clearing old index files unless resuming) and write the pending manifest."""
     folder.mkdir(parents=True, exist_ok=True)
-    if not resume:  # only the index's own files: chunk records and arrays named by number, never others
-        for suffix in (".npy", ".json"):
-            for path in (folder / GRADS).glob(CHUNK_GLOB + suffix):
-                path.unlink()
+    if not resume:  # only the index's own files
+        _remove_numbered(folder / GRADS)
         for name in (MANIFEST, f"{CURVATURE}.npy", f"{CURVATURE}.json"):
             (folder / name).unlink(missing_ok=True)
         _clear_curvature_rows(folder)
