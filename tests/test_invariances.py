@@ -43,7 +43,8 @@ def test_scores_and_s_test_do_not_depend_on_test_grouping(mlp, solver, monkeypat
     assert grouped.info.converged == info.converged and grouped.info.note.split(";")[0] == info.note.split(";")[0]
     if "refine" in solver:  # every group measured: the note adds the worst over all of them
         worst = float(grouped.info.residual[~grouped.info.residual.isnan()].max())
-        assert f"over all {-(-m // 2)} measured batches" in grouped.info.note and f"max {worst:.3g}" in grouped.info.note
+        note = grouped.info.note
+        assert f"over all {-(-m // 2)} measured batches" in note and f"max {worst:.3g}" in note
 
 
 def test_test_groups_fit_their_memory_and_round_down_to_refine_blocks():

@@ -372,5 +372,6 @@ def test_a_float32_model_with_small_l2_is_not_refused_as_singular():
         S = infl.Influence(model, cross_entropy, solver=infl.EKFAC(refine=4), **kw).fit((X, y)).scores((X[:5], y[:5]))
     model64 = nn.Linear(200, 10).double()
     model64.load_state_dict({k: v.double() for k, v in model.state_dict().items()})
-    ref = infl.Influence(model64, cross_entropy, solver="exact", **kw).fit((X.double(), y)).scores((X[:5].double(), y[:5]))
+    ref = infl.Influence(model64, cross_entropy, solver="exact", **kw).fit((X.double(), y)) \
+        .scores((X[:5].double(), y[:5]))
     assert S.dtype == torch.float32 and np.corrcoef(S.double().ravel(), ref.ravel())[0, 1] > 0.999

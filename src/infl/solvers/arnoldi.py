@@ -127,7 +127,8 @@ class Arnoldi:
         noise = 100 * torch.finfo(self.lam.dtype).eps * float(self.lam[0])  # 0 to this precision (singular)
         if low < -noise:
             raise CurvatureError(f"the curvature has an eigenvalue of about {low:.3g} <= 0 (Lanczos estimate): it is "
-                                 f"not positive definite. Add damping > {damping_needed(op, low):.3g}, or use curvature='gauss-newton'")
+                                 f"not positive definite. Add damping > {damping_needed(op, low):.3g}, or use "
+                                 "curvature='gauss-newton'")
         if low < self.lam_rest / BOTTOM_RATIO:
             found = (f"an eigenvalue of about {low:.3g}, {self.lam_rest / low:.3g}x" if low > noise else
                      f"an eigenvalue of 0 to this precision (estimate {low:.2g}), far")
