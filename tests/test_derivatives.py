@@ -199,6 +199,32 @@ def test_a_head_called_with_input_as_a_keyword_keeps_the_closed_form():
     torch.testing.assert_close(obj.features(X), torch.tanh(model.body(X)))
 
 
+def test_a_model_returning_a_tuple_uses_autodiff_with_the_same_answers():
+    """forward returns (logits, features): no closed form (the head's output is not the model's), the same s_test
+    as the model that returns the logits alone."""
+    class Pair(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.body, self.head = torch.nn.Linear(4, 3), torch.nn.Linear(3, 2)
+            self.body.requires_grad_(False)
+
+        def forward(self, x):
+            features = torch.tanh(self.body(x))
+            return self.head(features), features
+
+    torch.manual_seed(0)
+    model = Pair().double()
+    X, y = torch.randn(12, 4, dtype=torch.float64), torch.arange(12) % 2
+    ce = torch.nn.functional.cross_entropy
+    assert not isinstance(make_objective(model, lambda o, t: ce(o[0], t, reduction="none"), 0.1, X[:2]),
+                          LinearObjective)
+    kw = dict(l2=0.1, stationarity_tol=float("inf"))  # untrained: theta is not a minimum
+    pair = infl.Influence(model, lambda o, t: ce(o[0], t, reduction="none"), **kw)
+    plain = infl.Influence(torch.nn.Sequential(model.body, torch.nn.Tanh(), model.head),
+                           lambda o, t: ce(o, t, reduction="none"), **kw)
+    torch.testing.assert_close(pair.fit((X, y)).s_test((X[:3], y[:3])), plain.fit((X, y)).s_test((X[:3], y[:3])))
+
+
 def test_a_nonlinearity_after_the_head_uses_autodiff(logreg):
     """ReLU after the last Linear: outputs are not affine in theta even if a probe says so."""
     model = torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.ReLU()).double()

@@ -198,7 +198,8 @@ def make_objective(model: nn.Module, loss_fn: LossFn, l2: L2, probe: Tensor | No
         return Objective(model, loss_fn, l2)  # Objective.check_loss reports the failure
     finally:
         handle.remove()
-    if len(seen) == 1 and seen[0][0].ndim == 2 and seen[0][1] is not None and torch.equal(seen[0][1], out):
+    if (len(seen) == 1 and seen[0][0].ndim == 2 and isinstance(out, Tensor) and isinstance(seen[0][1], Tensor)
+            and torch.equal(seen[0][1], out)):
         candidate = LinearObjective(model, loss_fn, l2, head)
         if _affine_in_theta(candidate, probe):
             return candidate
