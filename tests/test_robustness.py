@@ -227,6 +227,61 @@ def test_cli_outputs_show_the_file_labels_not_the_renumbered_classes(tmp_path):
     assert f"true label <b>{y[4]}</b>" in (tmp_path / "e" / "report.html").read_text()
 
 
+def test_cli_takes_class_names_as_labels_and_shows_them_in_every_output(tmp_path):
+    """A CSV label column of names (" setosa" etc.) is mapped to classes; outputs show the names, and a numeric
+    test file's labels are compared with the names as text."""
+    import csv
+
+    from click.testing import CliRunner
+
+    from infl.cli import load_data, main
+
+    rng = np.random.default_rng(4)
+    names = np.array(["virginica", "setosa", "versicolor"])[np.arange(60) % 3]
+    X = rng.normal(size=(60, 4)) + (np.arange(60) % 3)[:, None]
+    rows = ["a,b,c,d,label"] + [",".join(f"{v:.6f}" for v in X[i]) + f", {names[i]}" for i in range(60)]
+    (tmp_path / "tr.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "te.csv").write_text("\n".join(rows[:7]) + "\n")
+    split = load_data(None, tmp_path / "tr.csv", tmp_path / "te.csv", None, ())
+    assert split.label_values == ("setosa", "versicolor", "virginica")
+    assert (split.as_given(split.y_train) == names).all() and (split.as_given(split.y_test) == names[:6]).all()
+    run = CliRunner().invoke(main, ["triage", "--train", str(tmp_path / "tr.csv"), "--test", str(tmp_path / "te.csv"),
+                                    "--as-is", "--out", str(tmp_path / "t")])
+    assert run.exit_code == 0, run.output
+    with open(tmp_path / "t" / "ranking.csv") as f:
+        ranked = list(csv.DictReader(f))
+    assert [r["label"] for r in ranked] == [names[int(r["train_index"])] for r in ranked]
+    run = CliRunner().invoke(main, ["explain", "--train", str(tmp_path / "tr.csv"), "--test", str(tmp_path / "te.csv"),
+                                    "--test-index", "4", "--loo", "0", "--out", str(tmp_path / "e")])
+    assert run.exit_code == 0, run.output
+    assert f"test point 4: true label {names[4]}," in run.stdout
+
+    np.savez(tmp_path / "num.npz", X=X[:3], y=np.array([1, 1, 1]))  # a name that is a number, in a numeric file
+    (tmp_path / "tr1.csv").write_text("\n".join(rows).replace("setosa", "1") + "\n")
+    split = load_data(None, tmp_path / "tr1.csv", tmp_path / "num.npz", None, ())
+    assert split.label_values == ("1", "versicolor", "virginica") and (split.y_test == 0).all()
+
+
+def test_class_names_are_read_only_when_asked_and_missing_labels_are_refused(tmp_path):
+    from infl.data import DataError, load_csv, load_npz
+
+    path = tmp_path / "d.csv"
+    path.write_text("a,label\n1,cat\n2,dog\n3,cat\n")
+    with pytest.raises(DataError, match="text_labels=True"):
+        load_csv(path)
+    X, y = load_csv(path, text_labels=True)
+    assert y.tolist() == ["cat", "dog", "cat"] and X[:, 0].tolist() == [1, 2, 3]
+    path.write_text("a,label\n1,3\n2,7\n")
+    assert load_csv(path, text_labels=True)[1].dtype == np.int64  # numbers stay integer labels
+    path.write_text("a,label\n1,cat\n2,NA\n3,dog\n")
+    with pytest.raises(DataError, match="missing value.*line 3"):
+        load_csv(path, text_labels=True)
+    np.savez(tmp_path / "d.npz", X=np.ones((2, 3)), y=np.array(["cat", "dog"]))
+    assert load_npz(tmp_path / "d.npz", text_labels=True)[1].tolist() == ["cat", "dog"]
+    with pytest.raises(DataError, match="labels must be integers"):
+        load_npz(tmp_path / "d.npz")
+
+
 def test_cli_reads_a_csv_with_a_square_number_of_features_as_a_table(tmp_path):
     from infl.cli import load_data
 

@@ -172,6 +172,7 @@ def _load_file(path: Path, label_column: str | None, labels: Path | None, flag: 
         raise click.ClickException(f"--labels applies to IDX image files, but {flag} {path} is not one.")
     options = {"label_column": label_column} if label_column is not None else {}
     options.update({"labels_path": labels} if labels is not None else {})
+    options.update({"text_labels": True} if kind in ("csv", "npz") else {})  # class names are mapped to indices
     options.update(extra)
     try:
         return load_file(path, **options)
@@ -204,6 +205,8 @@ def load_data(data: str | None, train: Path | None, test: Path | None, label_col
         raise DataError(f"{test}: test points have {X_test.shape[1]} features but the training points {d}; "
                         "both files must describe the same features.")
     shape = stored_image_shape(train) or stored_image_shape(test)  # images as stored; (n, d) arrays are tabular
+    if (y_train.dtype.kind == "U") != (y_test.dtype.kind == "U"):  # names in one file, numbers in the other
+        y_train, y_test = y_train.astype(str), y_test.astype(str)
     values = np.unique(y_train)
     y_train, y_test = _class_indices(values, y_train, y_test, test)
     renumbered = not np.array_equal(values, np.arange(len(values)))

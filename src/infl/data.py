@@ -26,7 +26,8 @@ from .errors import InputError
 BUILTINS = ("digits", "mnist")
 IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions (n, rows, cols)
 IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension (n,)
-_OPTIONS = {"npz": ("x_key", "y_key", "min_classes"), "csv": ("label_column", "min_classes", "features"),
+_OPTIONS = {"npz": ("x_key", "y_key", "min_classes", "text_labels"),
+            "csv": ("label_column", "min_classes", "features", "text_labels"),
             "idx": ("labels_path", "min_classes")}
 
 
@@ -173,8 +174,10 @@ def _kind(path: Path) -> str:
     )
 
 
-def load_npz(path: str | Path, x_key: str = "X", y_key: str = "y", min_classes: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Load X (n, d) float64 and y (n,) int64 from arrays `x_key` and `y_key` of a .npz file."""
+def load_npz(path: str | Path, x_key: str = "X", y_key: str = "y", min_classes: int = 2,
+             text_labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Load X (n, d) float64 and y (n,) int64 from arrays `x_key` and `y_key` of a .npz file (with
+    text_labels, a y of strings is returned as str (n,), e.g. class names)."""
     path = _existing(path)
     try:
         archive = np.load(path, allow_pickle=False)
@@ -194,19 +197,23 @@ def load_npz(path: str | Path, x_key: str = "X", y_key: str = "y", min_classes: 
         raise DataError(
             f"{path}: not a readable .npz archive ({error}); save it with np.savez(path, X=X, y=y)."
         ) from error
-    return check_arrays(X, y, str(path), min_classes)
+    return check_arrays(X, y, str(path), min_classes, text_labels)
 
 
 def load_csv(path: str | Path, label_column: str = "label", min_classes: int = 2,
-             features: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+             features: Sequence[str] | None = None, text_labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Load a CSV with a header row: `label_column` gives y (n,), all other columns X (n, d).
 
     features: the feature columns' names in the order wanted (e.g. the training file's, from
     csv_features); columns are matched by name, and a missing or extra column is refused.
+    text_labels: a label column that is not all numbers (class names such as "setosa") is returned as
+    str (n,), each cell stripped of surrounding spaces; otherwise labels must be integers.
     """
     header, lines, body = _read_csv(path, label_column)
-    columns = list(zip(*body)) or [()] * len(header)
-    parsed = dict(zip(header, (_numeric(col, name, lines, Path(path)) for col, name in zip(columns, header))))
+    columns = dict(zip(header, list(zip(*body)) or [()] * len(header)))
+    text = text_labels and not all(_is_float(cell) for cell in columns[label_column])
+    parsed = {name: _text(col, name, lines, Path(path)) if text and name == label_column
+              else _numeric(col, name, lines, Path(path)) for name, col in columns.items()}
     names = [name for name in header if name != label_column]
     if features is not None:
         missing, extra = [f for f in features if f not in parsed], [f for f in names if f not in features]
@@ -217,7 +224,7 @@ def load_csv(path: str | Path, label_column: str = "label", min_classes: int = 2
                             "Both files need the same named columns (in any order).")
         names = list(features)
     X = np.stack([parsed[name] for name in names], axis=1) if names else np.empty((len(body), 0))
-    return check_arrays(X, parsed[label_column], str(path), min_classes)
+    return check_arrays(X, parsed[label_column], str(path), min_classes, text_labels)
 
 
 def csv_features(path: str | Path, label_column: str = "label") -> list[str]:
@@ -294,13 +301,24 @@ def _numeric(column: tuple[str, ...], name: str, lines: tuple[int, ...], path: P
         line, cell = next((i, c) for i, c in zip(lines, column) if not _is_float(c))
         raise DataError(
             f"{path}: non-numeric column {name!r} (line {line}: {cell!r}); features must be numbers "
-            "(encode or drop the column) and labels integers 0..K-1 (map class names to integers)."
+            "(encode or drop the column) and labels integers (or class names, with text_labels=True)."
         ) from None
     bad = ~np.isfinite(values)
     if bad.any():
         first = int(np.argmax(bad))
         raise DataError(f"{path}: column {name!r} has {int(bad.sum())} NaN or infinite value(s) (first on line "
                         f"{lines[first]}: {column[first]!r}); impute or drop those rows.")
+    return values
+
+
+def _text(column: tuple[str, ...], name: str, lines: tuple[int, ...], path: Path) -> np.ndarray:
+    """One CSV column as stripped strings (n,), or raise naming the first missing cell and its line."""
+    values = np.array([cell.strip() for cell in column], dtype=str)
+    missing = np.isin(np.char.lower(values), MISSING)
+    if missing.any():
+        first = int(np.argmax(missing))
+        raise DataError(f"{path}: column {name!r} has {int(missing.sum())} missing value(s) (first on line "
+                        f"{lines[first]}: {column[first]!r}); label those rows or drop them.")
     return values
 
 
@@ -397,12 +415,13 @@ def _existing(path: str | Path) -> Path:
 # --- validation ---------------------------------------------------------------------
 
 
-def check_arrays(X: np.ndarray, y: np.ndarray, source: str = "arrays", min_classes: int = 2
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def check_arrays(X: np.ndarray, y: np.ndarray, source: str = "arrays", min_classes: int = 2,
+                 text_labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Validate features X (n, ...) and labels y (n,); return X float64 (n, d), y int64 (n,).
 
     Images (n, h, w) are flattened to rows; y must hold at least `min_classes` integer classes
-    (2 for training data; 1 for test points, which may be a single point).
+    (2 for training data; 1 for test points, which may be a single point), or with text_labels
+    strings (returned as str (n,)).
     """
     X, y = np.asarray(X), np.asarray(y)
     if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
@@ -424,16 +443,23 @@ def check_arrays(X: np.ndarray, y: np.ndarray, source: str = "arrays", min_class
             f"{source}: X has NaN or inf in {int(bad.sum())} row(s), first row {int(np.argmax(bad))}; "
             "impute or drop those rows."
         )
-    return np.ascontiguousarray(X), _labels(y, source, min_classes)
+    return np.ascontiguousarray(X), _labels(y, source, min_classes, text_labels)
 
 
-def _labels(y: np.ndarray, source: str, min_classes: int = 2) -> np.ndarray:
-    """Check that y (n,) holds at least `min_classes` integer classes (any integers, e.g. -1 and +1); return int64."""
+def _labels(y: np.ndarray, source: str, min_classes: int = 2, text: bool = False) -> np.ndarray:
+    """Check that y (n,) holds at least `min_classes` integer classes (any integers, e.g. -1 and +1), or with
+    `text` strings; return int64 (strings as str)."""
+    if text and y.dtype.kind == "U":
+        return _enough_classes(y, source, min_classes)
     if not np.issubdtype(y.dtype, np.number):
         raise DataError(f"{source}: labels must be integers, got dtype {y.dtype}; map classes to 0..K-1.")
     if not np.isfinite(y).all() or not np.equal(np.mod(y, 1), 0).all():
         raise DataError(f"{source}: labels must be integers, got non-integer values; map classes to 0..K-1.")
-    y = y.astype(np.int64)
+    return _enough_classes(y.astype(np.int64), source, min_classes)
+
+
+def _enough_classes(y: np.ndarray, source: str, min_classes: int) -> np.ndarray:
+    """y itself, or a DataError when it holds fewer than `min_classes` distinct labels."""
     found = np.unique(y)
     if len(found) < min_classes:
         raise DataError(
