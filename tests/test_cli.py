@@ -199,7 +199,7 @@ def test_library_advice_is_spelled_as_the_command_line_takes_it():
     assert "Add --damping above 0.3, or a larger --l2" in lissa and "curvature=" not in lissa
     assert "max_params" not in spell("Use solver='cg' (matrix-free), or raise max_params if the memory is there")
     for solver in ("KFAC(refine=4)", "EKFAC(refine=4)", "Arnoldi(refine=5)"):  # the solvers' own advice
-        advice = f"{solver} (block CG steps on the true curvature) or solver='cg' solves it"
+        advice = f"{solver} (block CG steps on the true curvature; more where it still warns) or solver='cg' solves it"
         assert spell(advice) == "--solver exact or --solver cg solves it"
 
 

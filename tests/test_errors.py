@@ -147,6 +147,58 @@ def test_a_label_the_loss_cannot_take_is_named_by_its_row(logreg):
         inf.scores((logreg.test[0], yt))
 
 
+@pytest.mark.parametrize("row", [0, 1])
+def test_a_bad_label_among_the_first_two_examples_is_named_too(logreg, row):
+    """The first two examples are checked together before any work; one failing alone is still named."""
+    inf = influence(logreg).fit(logreg.train)
+    yt = logreg.test[1].clone()
+    yt[row] = 7
+    with pytest.raises(InputError, match=f"loss fails on example {row} .*Target 7 is out of bounds"):
+        inf.scores((logreg.test[0], yt))
+
+
+def test_values_that_overflow_the_models_dtype_are_named_as_such(logreg):
+    model = nn.Linear(5, 3)  # float32
+    X = logreg.X.clone()
+    X[5, 2] = 1e39  # finite as given (float64), inf in float32
+    with pytest.raises(InputError, match="contains NaN or inf in 1 example.*overflow the model's float32 .*double"):
+        infl.Influence(model, logreg.loss_fn, l2=logreg.l2).fit((X, logreg.y))
+    X[5, 2] = float("nan")
+    with pytest.raises(InputError, match="contains NaN or inf in 1 example.*clean or drop"):
+        infl.Influence(model, logreg.loss_fn, l2=logreg.l2).fit((X, logreg.y))
+
+
+def test_read_only_arrays_are_taken_without_a_warning(logreg):
+    import warnings
+
+    X, y = logreg.X.numpy().copy(), logreg.y.numpy().copy()
+    X.flags.writeable = False  # as pandas hands out under copy-on-write
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        S = influence(logreg).fit((X, y)).scores(logreg.test)
+    torch.testing.assert_close(S, influence(logreg).fit(logreg.train).scores(logreg.test))
+
+
+def test_a_parameter_the_loss_does_not_use_makes_the_curvature_singular_and_is_named(logreg):
+    class Unused(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin, self.extra = nn.Linear(5, 3).double(), nn.Parameter(torch.zeros(2, dtype=torch.float64))
+
+        def forward(self, x):
+            return self.lin(x)
+
+    model = Unused()
+    with torch.no_grad():
+        model.lin.weight.copy_(logreg.model.weight)
+        model.lin.bias.copy_(logreg.model.bias)
+    for curvature in ("hessian", "gauss-newton"):
+        with pytest.raises(CurvatureError, match=r"singular: .*zero to rounding.*2 entries of extra with rows of "
+                                                 r"zeros.*damping > 0"):
+            infl.Influence(model, logreg.loss_fn, l2=0.0, curvature=curvature,
+                           stationarity_tol=float("inf")).fit(logreg.train)
+
+
 def test_a_dict_of_arrays_is_refused_with_the_fix(logreg):
     with pytest.raises(InputError, match=r"got a dict with keys \['x', 'y'\]: pass \(data"):
         influence(logreg).fit({"x": logreg.X, "y": logreg.y})

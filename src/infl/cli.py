@@ -394,7 +394,8 @@ def explain(**opts: object) -> None:
 
 SPELLINGS = (  # the library's advice as every command spells it: (regular expression, replacement), in order;
     # the commands train a convex logistic regression and take each solver's defaults
-    (r"(?:EK-?FAC|KFAC|Arnoldi)\(refine=\d+\) \(block CG steps on the true curvature\) or solver='cg' solves it",
+    (r"(?:EK-?FAC|KFAC|Arnoldi)\(refine=\d+\) \(block CG steps on the true curvature; more where it still "
+     r"warns\) or solver='cg' solves it",
      "--solver exact or --solver cg solves it"),
     (r"use rank <= \d+, or solver='exact' for the whole spectrum, which is cheap at this size",
      "use --solver exact (the whole spectrum, cheap at this size)"),

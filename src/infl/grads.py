@@ -10,10 +10,9 @@ from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from .errors import InputError
 from .inputs import batches
 from .linear import LinearObjective
-from .objective import Objective
+from .objective import Objective, example_failed
 
 
 @contextmanager
@@ -25,23 +24,10 @@ def naming_the_row(obj: Objective, X: Tensor, y: Tensor, start: int) -> Iterator
     except (IndexError, ValueError, RuntimeError) as exc:
         if isinstance(exc, NotImplementedError):
             raise
-        found = _first_failure(obj, X, y)
+        found = obj.first_failure(X, y)
         if found is None:
             raise
-        row, alone = found
-        raise InputError(f"the loss fails on example {start + row} of the data given ({type(alone).__name__}: "
-                         f"{alone}); check that example's label and input (e.g. a class label outside 0..C-1)") from exc
-
-
-def _first_failure(obj: Objective, X: Tensor, y: Tensor) -> tuple[int, Exception] | None:
-    """The first i whose loss alone raises, with its exception; None if none does."""
-    with torch.no_grad():
-        for i in range(X.shape[0]):
-            try:
-                obj.losses(obj.theta, X[i:i + 1], y[i:i + 1])
-            except Exception as exc:  # noqa: BLE001 - any failure of the user's loss on this example names it
-                return i, exc
-    return None
+        raise example_failed(start + found[0], found[1]) from exc
 
 
 def iter_grads(obj: Objective, X: Tensor, y: Tensor, batch_size: int, first: int = 0

@@ -16,8 +16,8 @@ def _as_tensor(a: Any, what: str) -> Tensor:
     if isinstance(a, Tensor):
         return a.detach()
     try:
-        arr = np.asarray(a)
-        return torch.as_tensor(arr.copy() if any(step < 0 for step in arr.strides) else arr)  # e.g. X[::-1]
+        arr = np.asarray(a)  # copied if torch cannot share it: read-only (e.g. pandas), or reversed (X[::-1])
+        return torch.as_tensor(arr.copy() if not arr.flags.writeable or any(s < 0 for s in arr.strides) else arr)
     except (TypeError, ValueError) as exc:
         raise InputError(f"{what} must be a tensor or an array of numbers, got {type(a).__name__}: {exc}") from exc
 
@@ -60,15 +60,23 @@ def to_tensors(data: Any, dtype: torch.dtype, device: torch.device, name: str = 
                          "they must have one target per input")
     if X.shape[0] == 0:
         raise InputError(f"the {name} data is empty; influence needs at least one example")
+    for arr, part in ((X, "X"), (y, "y")):
+        _check_finite(arr, f"{name} {part}", "clean or drop them first")
     X = X.to(device=device, dtype=dtype) if X.is_floating_point() else X.to(device)
     y = y.to(device=device, dtype=dtype) if y.is_floating_point() else y.to(device)
     if y.dtype in _NARROW_INTEGERS:  # class labels: widened losslessly, as the losses index with int64
         y = y.long()
     for arr, part in ((X, "X"), (y, "y")):
-        if arr.is_floating_point() and not torch.isfinite(arr).all():
-            bad = int((~torch.isfinite(arr)).reshape(arr.shape[0], -1).any(1).sum())
-            raise InputError(f"{name} {part} contains NaN or inf in {bad} example(s); clean or drop them first")
+        _check_finite(arr, f"{name} {part}", f"its values overflow the model's {str(dtype).removeprefix('torch.')} "
+                      "(finite as given): rescale them, or use a float64 model (model.double())")
     return X, y
+
+
+def _check_finite(arr: Tensor, what: str, fix: str) -> None:
+    """InputError naming how many examples of `arr` (n, ...) hold NaN or inf, and `fix`."""
+    if arr.is_floating_point() and not torch.isfinite(arr).all():
+        bad = int((~torch.isfinite(arr)).reshape(arr.shape[0], -1).any(1).sum())
+        raise InputError(f"{what} contains NaN or inf in {bad} example(s); {fix}")
 
 
 _NARROW_INTEGERS = (torch.int8, torch.int16, torch.int32, torch.uint8)

@@ -294,6 +294,16 @@ class Objective:
 
         return vmap(one)(V)
 
+    def first_failure(self, X: Tensor, y: Tensor) -> tuple[int, Exception] | None:
+        """The first row i of (X, y) whose loss alone raises, with its exception; None if none does."""
+        with torch.no_grad():
+            for i in range(X.shape[0]):
+                try:
+                    self.losses(self.theta, X[i:i + 1], y[i:i + 1])
+                except Exception as exc:  # noqa: BLE001 - any failure of the user's loss on this example names it
+                    return i, exc
+        return None
+
     def check_loss(self, X: Tensor, y: Tensor) -> None:
         """Check all targets y (n, ...) with loss_fn.check_targets(y) if the loss has one, then on the first two
         examples that loss_fn returns one finite loss per example, that per-example gradients work, and that
@@ -305,6 +315,10 @@ class Objective:
         try:
             out = self.losses(self.theta, X, y)
         except Exception as exc:  # the user's model or loss failed: say where
+            alone = [self.first_failure(X[i:i + 1], y[i:i + 1]) for i in range(X.shape[0])]
+            if sum(a is not None for a in alone) == 1 and X.shape[0] > 1:  # one example's own failure: name it
+                row = next(i for i, a in enumerate(alone) if a is not None)
+                raise example_failed(row, alone[row][1]) from exc
             raise InputError(
                 f"the model and loss_fn could not evaluate a batch of inputs shaped {tuple(X.shape)} "
                 f"with targets shaped {tuple(y.shape)}: {type(exc).__name__}: {exc}{_dtype_hint(exc, X, self.dtype)}"
@@ -332,6 +346,13 @@ class Objective:
                 "that example only: remove statistics over the batch (e.g. x - x.mean(0), or normalisation by "
                 "batch statistics; use model.eval() with running statistics, or nn.LayerNorm)"
             )
+
+
+def example_failed(row: int, error: Exception) -> InputError:
+    """The error for a loss that fails on example `row` of the data given (numbered as the user's), with its own
+    exception `error`."""
+    return InputError(f"the loss fails on example {row} of the data given ({type(error).__name__}: {error}); "
+                      "check that example's label and input (e.g. a class label outside 0..C-1)")
 
 
 def _dtype_hint(exc: Exception, X: Tensor, dtype: torch.dtype) -> str:

@@ -167,6 +167,7 @@ class Arnoldi:
             return refine(self.op, B, self.refine, self.inverse, self.name, note)
         X = self.inverse(B)
         residual, note = measured(self.op, X, B, self.check, self.name,
-                                  "Arnoldi(refine=5) (block CG steps on the true curvature) or solver='cg' solves it",
+                                  "Arnoldi(refine=5) (block CG steps on the true curvature; more where it still warns) or "
+                                  "solver='cg' solves it",
                                   note)
         return X, SolveInfo(self.name, 0, residual, solved(residual), note)

@@ -85,11 +85,36 @@ def _precision_fix(dtype: torch.dtype) -> str:
 
 
 def _indefinite(H: Tensor, op: Operator) -> CurvatureError:
-    """The error for a dense curvature H (op's, damping included) that Cholesky could not factor."""
-    low = torch.linalg.eigvalsh(H)[0].item()
+    """The error for a dense curvature H (op's, damping included) that Cholesky could not factor: singular (its
+    smallest eigenvalue 0 to rounding, e.g. a parameter the loss does not use) or indefinite."""
+    eig = torch.linalg.eigvalsh(H)
+    low, top = eig[0].item(), eig.abs().max().item()
+    if abs(low) <= max(100, op.p) * torch.finfo(H.dtype).eps * top:
+        flat = (H.abs().amax(1) <= torch.finfo(H.dtype).eps * top).nonzero().squeeze(1).tolist()
+        names = _parameter_names(op, flat)
+        return CurvatureError(
+            f"the curvature ({op.name}) is singular: its smallest eigenvalue is {low:.3g}, zero to rounding "
+            f"(largest {top:.3g}), so some directions have no curvature"
+            + (f", among them {len(flat)} entries of {', '.join(names)} with rows of zeros (the loss does not depend "
+               "on them here)" if names else "")
+            + f". Pass l2 > 0 or damping > 0 (e.g. damping={max(1e-6 * top, 1e-8):.2g})"
+            + (", or freeze parameters the model does not use (requires_grad=False)" if names else ""))
     need = damping_needed(op, low)
     return CurvatureError(
         f"the curvature ({op.name}) is not positive definite: its smallest eigenvalue is {low:.3g}. "
         f"Influence needs H + damping * I > 0: pass damping > {need:.3g} "
         f"(e.g. damping={max(2 * need, 1e-3):.2g}), or use curvature='gauss-newton'"
     )
+
+
+def _parameter_names(op: Operator, flat: list[int]) -> list[str]:
+    """The names of the model's parameters holding the flat positions `flat` (at most 5 names; none when op
+    has no objective behind it)."""
+    while not hasattr(op, "obj") and hasattr(op, "op"):
+        op = op.op
+    obj = getattr(op, "obj", None)
+    if obj is None or not flat:
+        return []
+    ends = torch.tensor([s.numel() for s in obj.shapes]).cumsum(0)
+    owners = torch.searchsorted(ends, torch.tensor(flat), right=True).unique().tolist()
+    return [obj.names[i] for i in owners[:5]]

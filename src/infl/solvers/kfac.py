@@ -167,8 +167,8 @@ class EKFAC:
             return refine(self.op, B, self.refine, precondition, self.name, self._note())
         X = self.inverse(B)
         residual, note = measured(self.op, X, B, self.check, self.name,
-                                  f"{type(self).__name__}(refine=4) (block CG steps on the true curvature) or "
-                                  "solver='cg' solves it", self._note())
+                                  f"{type(self).__name__}(refine=4) (block CG steps on the true curvature; more where "
+                                  "it still warns) or solver='cg' solves it", self._note())
         return X, SolveInfo(self.name, 0, residual, solved(residual), note)
 
     def _note(self) -> str:
