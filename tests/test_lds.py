@@ -40,6 +40,44 @@ def test_float32_predictions_do_not_round_the_retrained_losses():
     np.testing.assert_allclose(res.spearman, 1.0)
 
 
+def test_an_interrupted_lds_resumes_from_its_checkpoint(tmp_path):
+    """A retrain that fails at the 5th subset leaves 4 in the checkpoint; the rerun retrains only the other 8 and
+    gives the uninterrupted answer. Another draw, or a file that is not a checkpoint, is refused and left alone."""
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(3, 50))
+    calls, interrupt_at = [], [4]
+
+    def retrain(index):
+        if len(calls) == interrupt_at[0]:
+            raise KeyboardInterrupt
+        calls.append(tuple(index))
+        return 2.0 + scores[:, index].sum(1) / 50 + 0.01 * rng.normal(size=3)
+
+    path = tmp_path / "lds.npz"
+    with pytest.raises(KeyboardInterrupt):
+        lds(scores, retrain, subsets=12, fraction=0.3, seed=1, checkpoint=path)
+    assert len(calls) == 4 and path.exists()
+    interrupt_at[0] = None
+    counts = []
+    res = lds(scores, retrain, subsets=12, fraction=0.3, seed=1, checkpoint=path, done=counts.append)
+    assert len(calls) == 12 and len(set(calls)) == 12 and counts == [4] + [1] * 8
+    masks = random_subsets(50, 12, 0.3, seed=1)
+    assert [tuple(np.flatnonzero(m)) for m in masks] == calls
+    again = lds(scores, lambda index: pytest.fail("all subsets are in the checkpoint"), subsets=12, fraction=0.3,
+                seed=1, checkpoint=path)
+    np.testing.assert_array_equal(again.actual, res.actual)
+    with pytest.raises(InputError, match="written for other subsets.*same subsets, fraction and seed to resume"):
+        lds(scores, retrain, subsets=12, fraction=0.3, seed=2, checkpoint=path)
+    other = tmp_path / "mine.npz"
+    np.savez(other, X=np.ones(3))
+    before = other.read_bytes()
+    with pytest.raises(InputError, match="not an LDS checkpoint.*left as it is"):
+        lds(scores, retrain, subsets=12, fraction=0.3, seed=1, checkpoint=other)
+    assert other.read_bytes() == before
+    with pytest.raises(InputError, match="folder .* does not exist"):
+        lds(scores, retrain, subsets=12, fraction=0.3, seed=1, checkpoint=tmp_path / "nope" / "lds.npz")
+
+
 def squared(out, y):
     return 0.5 * (out.squeeze(-1) - y) ** 2
 

@@ -8,8 +8,11 @@ epsilon = -1/n perturbation, so
 
 from __future__ import annotations
 
+import io
+import zipfile
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -22,6 +25,7 @@ from .errors import InflError, InputError, warn
 from .influence import Influence, Solver
 from .objective import is_integer
 from .solvers import Exact
+from .store import write_atomic
 from .train import minimize, reachable_tol, weighted_risk
 
 
@@ -241,7 +245,8 @@ def random_subsets(n: int, subsets: int, fraction: float, seed: int) -> np.ndarr
 
 
 def lds(scores: Tensor | np.ndarray, retrain_fn: Callable[[np.ndarray], Any], *, subsets: int = 100,
-        fraction: float = 0.5, seed: int = 0, done: Callable[[int], object] = lambda count: None) -> DatamodelingScore:
+        fraction: float = 0.5, seed: int = 0, done: Callable[[int], object] = lambda count: None,
+        checkpoint: str | Path | None = None) -> DatamodelingScore:
     """Linear datamodeling score of I_up,loss scores (m, n) against retraining on random subsets.
 
     retrain_fn(index) trains the model your way on the training points `index` (sorted ints,
@@ -254,23 +259,28 @@ def lds(scores: Tensor | np.ndarray, retrain_fn: Callable[[np.ndarray], Any], *,
     retrain_fn averages the loss over the subset instead. Spearman's rho between predicted and
     actual over the subsets, per test point; 1 is a perfect ranking. A retrain_fn with random
     initialisation or minibatches adds noise to `actual`: average a few seeds inside it.
+    done(count) is called after each retrain (and once with the count resumed). checkpoint: a .npz
+    file that keeps every retrain's losses as it returns; run again with the same file to resume
+    after an interruption (the same retrain_fn and test points assumed; other subsets are refused).
     """
     S = _as_numpy(scores)
     if S.ndim != 2:
         raise InputError(f"scores must be (m test points, n training points), got shape {S.shape}")
     _check_finite(S, "scores")
     masks = random_subsets(S.shape[1], subsets, fraction, seed)
-    return lds_of_predictions(S @ masks.T.astype(S.dtype) / S.shape[1], masks, retrain_fn, done=done)
+    return lds_of_predictions(S @ masks.T.astype(S.dtype) / S.shape[1], masks, retrain_fn, done=done,
+                              checkpoint=checkpoint)
 
 
 def lds_of_predictions(predicted: Tensor | np.ndarray, masks: np.ndarray, retrain_fn: Callable[[np.ndarray], Any], *,
-                       done: Callable[[int], object] = lambda count: None) -> DatamodelingScore:
+                       done: Callable[[int], object] = lambda count: None,
+                       checkpoint: str | Path | None = None) -> DatamodelingScore:
     """The LDS of predictions made per subset: predicted (m, s) for the subsets masks (s, n) bool.
 
     For when one solve per subset is cheaper than one per test point (H is symmetric):
         predicted[t, k] = -(1/n) grad L(z_t)^T H^{-1} sum_{i in subset k} grad L(z_i),
     the same numbers lds() forms from the (m, n) scores. masks as random_subsets makes them;
-    retrain_fn as for lds().
+    retrain_fn, done and checkpoint as for lds().
     """
     masks = _checked_masks(masks)
     P = _as_numpy(predicted)
@@ -278,9 +288,17 @@ def lds_of_predictions(predicted: Tensor | np.ndarray, masks: np.ndarray, retrai
         raise InputError(f"predicted must be (m test points, {masks.shape[0]} subsets), got shape {P.shape}")
     _check_finite(P, "predictions")
     m = P.shape[0]
-    actual = np.empty(P.shape)  # float64: the retrained losses keep their own precision, whatever P's
-    for k, mask in enumerate(masks):
-        actual[:, k] = _losses(retrain_fn(np.flatnonzero(mask)), m)
+    # float64: the retrained losses keep their own precision, whatever P's
+    actual, finished = _resumed(Path(checkpoint), masks, m) if checkpoint is not None else (np.empty(P.shape), None)
+    if finished is None:
+        finished = np.zeros(masks.shape[0], dtype=bool)
+    elif finished.any():
+        done(int(finished.sum()))
+    for k in np.flatnonzero(~finished):
+        actual[:, k] = _losses(retrain_fn(np.flatnonzero(masks[k])), m)
+        finished[k] = True
+        if checkpoint is not None:
+            _save_checkpoint(Path(checkpoint), masks, actual, finished)
         done(1)
     rho = np.array([stats.spearmanr(p, a)[0] if np.isfinite(a).all() else np.nan for p, a in zip(P, actual)])
     if np.isnan(rho).any():
@@ -289,6 +307,40 @@ def lds_of_predictions(predicted: Tensor | np.ndarray, masks: np.ndarray, retrai
              f"{int((~np.isfinite(actual).all(1)).sum())} of them, or a test point's predictions or losses do not "
              f"vary over the subsets); `mean` averages the other {m - bad}, `spearman` holds nan for those")
     return DatamodelingScore(masks, P, actual, rho, float(np.nanmean(rho)) if np.isfinite(rho).any() else float("nan"))
+
+
+CHECKPOINT_FORMAT = "infl-lds-checkpoint-1"
+
+
+def _resumed(path: Path, masks: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """The retrained losses (m, s) and which subsets are done (s,) from the checkpoint at `path`, or an empty
+    start (done None) when it does not exist; InputError for a file that is not an LDS checkpoint or was
+    written for other subsets or another number of test points (it is left as it is)."""
+    if not path.exists():
+        if not path.parent.is_dir():
+            raise InputError(f"checkpoint {path}: its folder {path.parent} does not exist; create it first")
+        return np.empty((m, masks.shape[0])), None
+    try:
+        with np.load(path, allow_pickle=False) as held:
+            if str(held["format"]) != CHECKPOINT_FORMAT:
+                raise KeyError("format")
+            saved, actual, finished = held["masks"], held["actual"], held["finished"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise InputError(f"checkpoint {path} exists but is not an LDS checkpoint ({type(error).__name__}: {error}); "
+                         "pass a new path (the file is left as it is)") from error
+    if saved.shape != masks.shape or not np.array_equal(saved, masks) or actual.shape != (m, masks.shape[0]):
+        raise InputError(f"checkpoint {path} was written for other subsets or test points ({saved.shape[0]} "
+                         f"subsets of {saved.shape[1]} points, {actual.shape[0]} test points; now {masks.shape[0]} "
+                         f"of {masks.shape[1]}, {m}): pass a new path to start afresh, or the same subsets, "
+                         "fraction and seed to resume")
+    return actual.astype(np.float64), finished.astype(bool)
+
+
+def _save_checkpoint(path: Path, masks: np.ndarray, actual: np.ndarray, finished: np.ndarray) -> None:
+    """Write the LDS checkpoint atomically (a run killed while saving keeps the previous one)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, format=np.array(CHECKPOINT_FORMAT), masks=masks, actual=actual, finished=finished)
+    write_atomic(path, buffer.getvalue())
 
 
 def _losses(returned: Any, m: int) -> np.ndarray:
