@@ -66,7 +66,8 @@ def test_an_interrupted_lds_resumes_from_its_checkpoint(tmp_path):
     again = lds(scores, lambda index: pytest.fail("all subsets are in the checkpoint"), subsets=12, fraction=0.3,
                 seed=1, checkpoint=path)
     np.testing.assert_array_equal(again.actual, res.actual)
-    with pytest.raises(InputError, match="written for other subsets.*same subsets, fraction and seed to resume"):
+    with pytest.raises(InputError, match="written for other subsets.*the same sizes, other subsets.*same subsets, "
+                                         "fraction and seed to resume"):
         lds(scores, retrain, subsets=12, fraction=0.3, seed=2, checkpoint=path)
     other = tmp_path / "mine.npz"
     np.savez(other, X=np.ones(3))

@@ -257,9 +257,21 @@ def test_cli_takes_class_names_as_labels_and_shows_them_in_every_output(tmp_path
     assert f"test point 4: true label {names[4]}," in run.stdout
 
     np.savez(tmp_path / "num.npz", X=X[:3], y=np.array([1, 1, 1]))  # a name that is a number, in a numeric file
-    (tmp_path / "tr1.csv").write_text("\n".join(rows).replace("setosa", "1") + "\n")
+    (tmp_path / "tr1.csv").write_text("\n".join(rows).replace("setosa", "1").replace("virginica", "01") + "\n")
     split = load_data(None, tmp_path / "tr1.csv", tmp_path / "num.npz", None, ())
-    assert split.label_values == ("1", "versicolor", "virginica") and (split.y_test == 0).all()
+    assert split.label_values == ("01", "1", "versicolor") and (split.y_test == 1).all()
+    (tmp_path / "te1.csv").write_text("\n".join(["a,b,c,d,label", "0,0,0,0,01", "0,0,0,0,1", "0,0,0,0, 01"]) + "\n")
+    split = load_data(None, tmp_path / "tr1.csv", tmp_path / "te1.csv", None, ())  # text as written: 01 is not 1
+    assert split.y_test.tolist() == [0, 1, 0]
+
+    (tmp_path / "tr2.csv").write_text("\n".join(rows).replace("setosa", "<b>a&b</b>") + "\n")
+    (tmp_path / "te2.csv").write_text("\n".join(rows[:7]).replace("setosa", "<b>a&b</b>") + "\n")
+    run = CliRunner().invoke(main, ["explain", "--train", str(tmp_path / "tr2.csv"), "--test",
+                                    str(tmp_path / "te2.csv"), "--test-index", "1", "--loo", "0", "--out",
+                                    str(tmp_path / "e2")])
+    assert run.exit_code == 0, run.output
+    page = (tmp_path / "e2" / "report.html").read_text()
+    assert "&lt;b&gt;a&amp;b&lt;/b&gt;" in page and "<b>a&b</b>" not in page  # names are text, not markup
 
 
 def test_class_names_are_read_only_when_asked_and_missing_labels_are_refused(tmp_path):
@@ -271,15 +283,23 @@ def test_class_names_are_read_only_when_asked_and_missing_labels_are_refused(tmp
         load_csv(path)
     X, y = load_csv(path, text_labels=True)
     assert y.tolist() == ["cat", "dog", "cat"] and X[:, 0].tolist() == [1, 2, 3]
-    path.write_text("a,label\n1,3\n2,7\n")
-    assert load_csv(path, text_labels=True)[1].dtype == np.int64  # numbers stay integer labels
-    path.write_text("a,label\n1,cat\n2,NA\n3,dog\n")
-    with pytest.raises(DataError, match="missing value.*line 3"):
-        load_csv(path, text_labels=True)
-    np.savez(tmp_path / "d.npz", X=np.ones((2, 3)), y=np.array(["cat", "dog"]))
-    assert load_npz(tmp_path / "d.npz", text_labels=True)[1].tolist() == ["cat", "dog"]
+    path.write_text("a,label\n1,03\n2, 7\n")
+    assert load_csv(path, text_labels=True)[1].tolist() == ["03", "7"]  # text as written, stripped
+    for missing in ("NA", "nan", " "):
+        path.write_text(f"a,label\n1,cat\n2,{missing}\n3,dog\n")
+        with pytest.raises(DataError, match="1 missing label.*line 3"):
+            load_csv(path, text_labels=True)
+    for y in (np.array([" cat", "dog "]), np.array([b"cat", b"dog"])):
+        np.savez(tmp_path / "d.npz", X=np.ones((2, 3)), y=y)
+        assert load_npz(tmp_path / "d.npz", text_labels=True)[1].tolist() == ["cat", "dog"]
     with pytest.raises(DataError, match="labels must be integers"):
         load_npz(tmp_path / "d.npz")
+    np.savez(tmp_path / "d.npz", X=np.ones((2, 3)), y=np.array(["cat", ""]))
+    with pytest.raises(DataError, match="1 missing label.*row 1"):
+        load_npz(tmp_path / "d.npz", text_labels=True)
+    np.savez(tmp_path / "d.npz", X=np.ones((2, 3)), y=np.array(["cat", 3], dtype=object))
+    with pytest.raises(DataError, match=r"object array.*y.astype\(str\)"):
+        load_npz(tmp_path / "d.npz", text_labels=True)
 
 
 def test_cli_reads_a_csv_with_a_square_number_of_features_as_a_table(tmp_path):

@@ -205,13 +205,31 @@ def load_data(data: str | None, train: Path | None, test: Path | None, label_col
         raise DataError(f"{test}: test points have {X_test.shape[1]} features but the training points {d}; "
                         "both files must describe the same features.")
     shape = stored_image_shape(train) or stored_image_shape(test)  # images as stored; (n, d) arrays are tabular
-    if (y_train.dtype.kind == "U") != (y_test.dtype.kind == "U"):  # names in one file, numbers in the other
-        y_train, y_test = y_train.astype(str), y_test.astype(str)
+    y_train, y_test = _numbers_or_names(y_train, y_test, train, test)
     values = np.unique(y_train)
     y_train, y_test = _class_indices(values, y_train, y_test, test)
     renumbered = not np.array_equal(values, np.arange(len(values)))
     return Split(X_train, y_train, X_test, y_test, shape, len(values), train.name,
                  tuple(features) if features is not None else None, tuple(values.tolist()) if renumbered else None)
+
+
+def _numbers_or_names(y_train: np.ndarray, y_test: np.ndarray, train: Path, test: Path
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Both files' labels (as read: text, or IDX integers) as int64 when every one is a number (then integers
+    are required; "03" and "3" are one class), else as class names, str (the text as written)."""
+    y_train, y_test = y_train.astype(str), y_test.astype(str)
+    try:
+        numbers = [np.asarray(y, dtype=np.float64) for y in (y_train, y_test)]
+    except ValueError:
+        return y_train, y_test  # class names
+    for y, path in zip(numbers, (train, test)):
+        if not (np.isfinite(y).all() and np.equal(np.mod(y, 1), 0).all()):
+            raise DataError(f"{path}: labels must be integers or class names, got non-integer numbers "
+                            f"{y[~(np.isfinite(y) & np.equal(np.mod(y, 1), 0))][:3].tolist()}; map them to classes.")
+    if len(np.unique(numbers[0])) < 2:
+        raise DataError(f"{train}: labels need at least 2 classes, got only {np.unique(numbers[0]).tolist()} (as "
+                        "numbers); a classifier needs examples of two or more classes.")
+    return numbers[0].astype(np.int64), numbers[1].astype(np.int64)
 
 
 def _class_indices(values: np.ndarray, y_train: np.ndarray, y_test: np.ndarray, test: Path
@@ -279,9 +297,10 @@ def print_point(point: ExplainedPoint, top: int, y_train: np.ndarray) -> None:
                f"test loss {point.loss:.4g}")
     for title, rows in (("most harmful (score > 0: upweighting raises the test loss)", harmful),
                         ("most helpful (score < 0: upweighting lowers the test loss)", helpful)):
-        click.echo(f"  {title}\n    {'rank':>4}  {'train index':>11}  {'label':>5}  {'score':>11}")
+        w = max([5] + [len(str(y_train[i])) for i in rows])  # class names may be long
+        click.echo(f"  {title}\n    {'rank':>4}  {'train index':>11}  {'label':>{w}}  {'score':>11}")
         for rank, i in enumerate(rows, 1):
-            click.echo(f"    {rank:>4}  {i:>11}  {y_train[i]:>5}  {point.scores[i]:>+11.4g}")
+            click.echo(f"    {rank:>4}  {i:>11}  {y_train[i]:>{w}}  {point.scores[i]:>+11.4g}")
         if len(rows) < top:
             click.echo(f"    (only {len(rows)} training points have a score of this sign)")
 

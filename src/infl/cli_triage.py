@@ -89,9 +89,10 @@ def run_as_is(split: Split, opts: dict, out: Path, clock: Clock) -> Path:
               ([r, i, given[i], f"{ranking.self_influence[i]:.6g}", f"{ranking.loss[i]:.6g}"]
                for r, i in enumerate(order, 1)))
     click.echo(f"\nfirst {opts['top']} training points to check (|self-influence| largest first):")
-    click.echo(f"  {'rank':>4}  {'index':>6}  {'label':>5}  {'self-influence':>14}  {'loss':>9}")
+    w = max([5] + [len(str(given[i])) for i in order[:opts["top"]]])  # class names may be long
+    click.echo(f"  {'rank':>4}  {'index':>6}  {'label':>{w}}  {'self-influence':>14}  {'loss':>9}")
     for r, i in enumerate(order[:opts["top"]], 1):
-        click.echo(f"  {r:>4}  {i:>6}  {given[i]:>5}  {ranking.self_influence[i]:>+14.4g}  "
+        click.echo(f"  {r:>4}  {i:>6}  {given[i]:>{w}}  {ranking.self_influence[i]:>+14.4g}  "
                    f"{ranking.loss[i]:>9.4g}")
     summary = {"data": f"{split.name}: {len(split.y_train)} train, labels as given",
                "model": f"multinomial logistic regression, l2 = {opts['l2']:g}", "solver": repr(inf.info),

@@ -17,7 +17,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -177,7 +177,8 @@ def _kind(path: Path) -> str:
 def load_npz(path: str | Path, x_key: str = "X", y_key: str = "y", min_classes: int = 2,
              text_labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Load X (n, d) float64 and y (n,) int64 from arrays `x_key` and `y_key` of a .npz file (with
-    text_labels, a y of strings is returned as str (n,), e.g. class names)."""
+    text_labels, y as text, str (n,): strings or bytes stripped of surrounding spaces, numbers as written
+    by str(); for class names)."""
     path = _existing(path)
     try:
         archive = np.load(path, allow_pickle=False)
@@ -193,10 +194,20 @@ def load_npz(path: str | Path, x_key: str = "X", y_key: str = "y", min_classes: 
             X, y = archive[x_key], archive[y_key]
     except DataError:
         raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+    except ValueError as error:
+        if "allow_pickle" in str(error):  # an object array, e.g. a pandas column's .values
+            raise DataError(f"{path}: holds an object array (e.g. a pandas column's .values), which is not read "
+                            "(loading it could run code); save numbers and class names as plain arrays: "
+                            "np.savez(path, X=X.astype(float), y=y.astype(str)).") from error
+        raise DataError(f"{path}: not a readable .npz archive ({error}); save it with np.savez(path, X=X, y=y).") \
+            from error
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise DataError(
             f"{path}: not a readable .npz archive ({error}); save it with np.savez(path, X=X, y=y)."
         ) from error
+    if text_labels:
+        y = _label_text(np.char.decode(y, "utf-8") if y.dtype.kind == "S" else np.asarray(y).astype(str),
+                        lambda i: f"row {i} of {y_key!r}", str(path))
     return check_arrays(X, y, str(path), min_classes, text_labels)
 
 
@@ -206,14 +217,16 @@ def load_csv(path: str | Path, label_column: str = "label", min_classes: int = 2
 
     features: the feature columns' names in the order wanted (e.g. the training file's, from
     csv_features); columns are matched by name, and a missing or extra column is refused.
-    text_labels: a label column that is not all numbers (class names such as "setosa") is returned as
-    str (n,), each cell stripped of surrounding spaces; otherwise labels must be integers.
+    text_labels: the label column as text, str (n,), each cell stripped of surrounding spaces and not
+    parsed (class names such as "setosa"; "01" stays "01"); otherwise labels must be integers.
     """
     header, lines, body = _read_csv(path, label_column)
     columns = dict(zip(header, list(zip(*body)) or [()] * len(header)))
-    text = text_labels and not all(_is_float(cell) for cell in columns[label_column])
-    parsed = {name: _text(col, name, lines, Path(path)) if text and name == label_column
-              else _numeric(col, name, lines, Path(path)) for name, col in columns.items()}
+    parsed = {name: _numeric(col, name, lines, Path(path)) for name, col in columns.items()
+              if not (text_labels and name == label_column)}
+    if text_labels:
+        parsed[label_column] = _label_text(np.array(columns[label_column], dtype=str),
+                                           lambda i: f"line {lines[i]}", f"{path}: column {label_column!r}")
     names = [name for name in header if name != label_column]
     if features is not None:
         missing, extra = [f for f in features if f not in parsed], [f for f in names if f not in features]
@@ -286,7 +299,7 @@ def _header(rows: list[list[str]], label_column: str, path: str | Path) -> list[
     return header
 
 
-MISSING = ("", "na", "n/a", "null", "none", "?", "-")  # cells that mark a missing value in CSV files
+MISSING = ("", "na", "n/a", "nan", "null", "none", "?", "-")  # cells that mark a missing value in CSV files
 
 
 def _numeric(column: tuple[str, ...], name: str, lines: tuple[int, ...], path: Path) -> np.ndarray:
@@ -311,14 +324,15 @@ def _numeric(column: tuple[str, ...], name: str, lines: tuple[int, ...], path: P
     return values
 
 
-def _text(column: tuple[str, ...], name: str, lines: tuple[int, ...], path: Path) -> np.ndarray:
-    """One CSV column as stripped strings (n,), or raise naming the first missing cell and its line."""
-    values = np.array([cell.strip() for cell in column], dtype=str)
+def _label_text(values: np.ndarray, where: Callable[[int], str], source: str) -> np.ndarray:
+    """Labels as text (n,) str, stripped of surrounding spaces; DataError naming the first missing one (a MISSING
+    marker, e.g. "" or "nan") by where(i)."""
+    values = np.char.strip(values.astype(str))
     missing = np.isin(np.char.lower(values), MISSING)
     if missing.any():
         first = int(np.argmax(missing))
-        raise DataError(f"{path}: column {name!r} has {int(missing.sum())} missing value(s) (first on line "
-                        f"{lines[first]}: {column[first]!r}); label those rows or drop them.")
+        raise DataError(f"{source}: {int(missing.sum())} missing label(s) (first at {where(first)}: "
+                        f"{values[first]!r}); label those rows or drop them.")
     return values
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import warnings
 from typing import Any, Iterator
 
 import numpy as np
@@ -16,8 +17,10 @@ def _as_tensor(a: Any, what: str) -> Tensor:
     if isinstance(a, Tensor):
         return a.detach()
     try:
-        arr = np.asarray(a)  # copied if torch cannot share it: read-only (e.g. pandas), or reversed (X[::-1])
-        return torch.as_tensor(arr.copy() if not arr.flags.writeable or any(s < 0 for s in arr.strides) else arr)
+        arr = np.asarray(a)
+        with warnings.catch_warnings():  # a read-only array (pandas, a memmap) is shared: infl never writes to it
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            return torch.as_tensor(arr.copy() if any(step < 0 for step in arr.strides) else arr)  # e.g. X[::-1]
     except (TypeError, ValueError) as exc:
         raise InputError(f"{what} must be a tensor or an array of numbers, got {type(a).__name__}: {exc}") from exc
 

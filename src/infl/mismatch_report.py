@@ -9,7 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .mismatch import Drivers, Overrepresented
-from .report import examples_grid, figure_section, summary_section, table_section, value_range, write_page
+from .report import escaped, examples_grid, figure_section, summary_section, table_section, value_range, write_page
 
 INTRO = ("For each test point the model gets wrong, a training point's weight is |I_up,loss(z_i, z_test)| divided "
          "by the mean |I_up,loss| over the training set (1 = an average point); weights are averaged over the "
@@ -33,7 +33,7 @@ def write_mismatch_report(path: str | Path, drivers: Drivers, values: Sequence[O
                           y: np.ndarray, shape: tuple[int, int] | None, summary: Mapping[str, str],
                           title: str = "infl mismatch") -> Path:
     """Drivers as pictures (images) or bar charts, the weight curve, and the over-represented values."""
-    captions = [f"#{i} &middot; label {y[i]}<br><b>{drivers.weight[i]:.3g}x</b>" for i in drivers.top]
+    captions = [f"#{i} &middot; label {escaped(y[i])}<br><b>{drivers.weight[i]:.3g}x</b>" for i in drivers.top]
     sections = [f"<h2>The {len(drivers.top)} training points driving the {len(drivers.wrong)} wrong predictions"
                 f"</h2>{examples_grid('harmful', drivers.top, captions, X, shape, value_range(X))}",
                 figure_section("Weights of all training points", weight_figure(drivers),

@@ -133,6 +133,11 @@ def figure_loo(predicted: np.ndarray, actual: np.ndarray, path: str | Path) -> P
 # --- HTML building blocks (shared by every tool's report) ---------------------------
 
 
+def escaped(value: object) -> str:
+    """str(value) escaped for HTML text (labels may be a user's class names)."""
+    return html.escape(str(value))
+
+
 def image_tag(png: bytes, alt: str, css: str = "pixels") -> str:
     """An inline <img> of png bytes; css "pixels" (small example), "pixels test" (larger) or "plot"."""
     return f'<img src="{data_uri(png)}" class="{css}" alt="{html.escape(alt)}">'
@@ -203,7 +208,7 @@ def write_page(path: str | Path, title: str, sections: Sequence[str], intro: str
 def train_grid(kind: str, indices: np.ndarray, scores: np.ndarray, X_train: np.ndarray, y_train: np.ndarray,
                 shape: tuple[int, int] | None, value_range: tuple[float, float]) -> str:
     """A grid of training examples, each captioned with its index, label and score."""
-    captions = [f"#{i} &middot; label {y_train[i]}<br><b>{scores[i]:+.3g}</b>" for i in indices]
+    captions = [f"#{i} &middot; label {escaped(y_train[i])}<br><b>{scores[i]:+.3g}</b>" for i in indices]
     return examples_grid(kind, indices, captions, X_train, shape, value_range)
 
 
@@ -216,7 +221,8 @@ def _point_section(point: ExplainedPoint, top: int, X_train: np.ndarray, y_train
     grid = lambda kind, idx: train_grid(kind, idx, point.scores, X_train, y_train, shape, value_range)  # noqa: E731
     return (
         f"<h2>Test point {point.index}</h2><div class='point'><figure>{test_tag}<figcaption>true label "
-        f"<b>{point.label}</b>, predicted <b>{point.predicted}</b> ({verdict})<br>test loss {point.loss:.4g}"
+        f"<b>{escaped(point.label)}</b>, predicted <b>{escaped(point.predicted)}</b> ({verdict})<br>test loss "
+        f"{point.loss:.4g}"
         f"</figcaption></figure><div><h3>Most harmful: I_up,loss &gt; 0 (upweighting raises the test loss)</h3>"
         f"{grid('harmful', harmful)}<h3>Most helpful: I_up,loss &lt; 0 (upweighting lowers the test loss)</h3>"
         f"{grid('helpful', helpful)}</div></div>"

@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from .report import examples_grid, figure_section, summary_section, table_section, value_range, write_page
+from .report import escaped, examples_grid, figure_section, summary_section, table_section, value_range, write_page
 from .triage import METHODS, Claim, Ranking, TriageRun, spread
 
 COLOURS = {"self-influence": "#b2182b", "training loss": "#2166ac", "random": "#777777"}
@@ -94,9 +94,9 @@ def suspects_section(ranking: Ranking, order: np.ndarray, X: np.ndarray, labels:
     picked = order[:top]
     captions = []
     for i in picked:
-        flag = "" if truth is None else (f"<br><b>flipped (true {truth[i]})</b>" if truth[i] != labels[i] else
+        flag = "" if truth is None else (f"<br><b>flipped (true {escaped(truth[i])})</b>" if truth[i] != labels[i] else
                                          "<br>label correct")
-        captions.append(f"#{i} &middot; label {labels[i]}<br>self-inf {ranking.self_influence[i]:+.3g}"
+        captions.append(f"#{i} &middot; label {escaped(labels[i])}<br>self-inf {ranking.self_influence[i]:+.3g}"
                         f"<br>loss {ranking.loss[i]:.3g}{flag}")
     grid = examples_grid("harmful", picked, captions, X, shape, value_range(X))
     return f"<h2>First {len(picked)} points to check (by |self-influence|)</h2>{grid}"

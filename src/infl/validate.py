@@ -8,6 +8,7 @@ epsilon = -1/n perturbation, so
 
 from __future__ import annotations
 
+import hashlib
 import io
 import zipfile
 from collections import Counter
@@ -289,7 +290,8 @@ def lds_of_predictions(predicted: Tensor | np.ndarray, masks: np.ndarray, retrai
     _check_finite(P, "predictions")
     m = P.shape[0]
     # float64: the retrained losses keep their own precision, whatever P's
-    actual, finished = _resumed(Path(checkpoint), masks, m) if checkpoint is not None else (np.empty(P.shape), None)
+    path = Path(checkpoint).expanduser() if checkpoint is not None else None
+    actual, finished = _resumed(path, masks, m) if path is not None else (np.empty(P.shape), None)
     if finished is None:
         finished = np.zeros(masks.shape[0], dtype=bool)
     elif finished.any():
@@ -297,8 +299,8 @@ def lds_of_predictions(predicted: Tensor | np.ndarray, masks: np.ndarray, retrai
     for k in np.flatnonzero(~finished):
         actual[:, k] = _losses(retrain_fn(np.flatnonzero(masks[k])), m)
         finished[k] = True
-        if checkpoint is not None:
-            _save_checkpoint(Path(checkpoint), masks, actual, finished)
+        if path is not None:
+            _save_checkpoint(path, masks, actual, finished)
         done(1)
     rho = np.array([stats.spearmanr(p, a)[0] if np.isfinite(a).all() else np.nan for p, a in zip(P, actual)])
     if np.isnan(rho).any():
@@ -309,7 +311,7 @@ def lds_of_predictions(predicted: Tensor | np.ndarray, masks: np.ndarray, retrai
     return DatamodelingScore(masks, P, actual, rho, float(np.nanmean(rho)) if np.isfinite(rho).any() else float("nan"))
 
 
-CHECKPOINT_FORMAT = "infl-lds-checkpoint-1"
+CHECKPOINT_FORMAT = "infl-lds-checkpoint-1"  # holds the subsets' SHA-256, the losses so far, which are done
 
 
 def _resumed(path: Path, masks: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -324,23 +326,30 @@ def _resumed(path: Path, masks: np.ndarray, m: int) -> tuple[np.ndarray, np.ndar
         with np.load(path, allow_pickle=False) as held:
             if str(held["format"]) != CHECKPOINT_FORMAT:
                 raise KeyError("format")
-            saved, actual, finished = held["masks"], held["actual"], held["finished"]
+            saved, actual, finished = held["masks_sha256"], held["actual"], held["finished"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         raise InputError(f"checkpoint {path} exists but is not an LDS checkpoint ({type(error).__name__}: {error}); "
                          "pass a new path (the file is left as it is)") from error
-    if saved.shape != masks.shape or not np.array_equal(saved, masks) or actual.shape != (m, masks.shape[0]):
-        raise InputError(f"checkpoint {path} was written for other subsets or test points ({saved.shape[0]} "
-                         f"subsets of {saved.shape[1]} points, {actual.shape[0]} test points; now {masks.shape[0]} "
-                         f"of {masks.shape[1]}, {m}): pass a new path to start afresh, or the same subsets, "
-                         "fraction and seed to resume")
+    if str(saved) != _masks_digest(masks) or actual.shape != (m, masks.shape[0]):
+        same = "; the same sizes, other subsets" if actual.shape == (m, masks.shape[0]) else ""
+        raise InputError(f"checkpoint {path} was written for other subsets or test points (the file: "
+                         f"{actual.shape[1]} subsets, {actual.shape[0]} test points; now {masks.shape[0]} subsets of "
+                         f"{masks.shape[1]} points, {m} test points{same}): pass a new path to start afresh, or the "
+                         "same subsets, fraction and seed to resume")
     return actual.astype(np.float64), finished.astype(bool)
 
 
 def _save_checkpoint(path: Path, masks: np.ndarray, actual: np.ndarray, finished: np.ndarray) -> None:
     """Write the LDS checkpoint atomically (a run killed while saving keeps the previous one)."""
     buffer = io.BytesIO()
-    np.savez(buffer, format=np.array(CHECKPOINT_FORMAT), masks=masks, actual=actual, finished=finished)
+    np.savez(buffer, format=np.array(CHECKPOINT_FORMAT), masks_sha256=np.array(_masks_digest(masks)), actual=actual,
+             finished=finished)
     write_atomic(path, buffer.getvalue())
+
+
+def _masks_digest(masks: np.ndarray) -> str:
+    """SHA-256 of the subsets (s, n) bool, shape included: what a checkpoint is checked against."""
+    return hashlib.sha256(f"{masks.shape}".encode() + np.packbits(masks).tobytes()).hexdigest()
 
 
 def _losses(returned: Any, m: int) -> np.ndarray:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CurvatureError, InputError, warn
-from ..operators import Operator, damping_needed
+from ..operators import Operator, damping_in, damping_needed
 from .base import SolveInfo, itemsize, relative_residual
 
 CHECK_ROWS = 64  # rows of a quad() batch whose residual is measured (all rows would triple its cost)
@@ -97,7 +97,7 @@ def _indefinite(H: Tensor, op: Operator) -> CurvatureError:
             f"(largest {top:.3g}), so some directions have no curvature"
             + (f", among them {len(flat)} entries of {', '.join(names)} with rows of zeros (the loss does not depend "
                "on them here)" if names else "")
-            + f". Pass l2 > 0 or damping > 0 (e.g. damping={max(1e-6 * top, 1e-8):.2g})"
+            + f". Pass damping={max(2 * damping_needed(op, low), damping_in(op) + 1e-6 * top):.2g} (or a larger l2)"
             + (", or freeze parameters the model does not use (requires_grad=False)" if names else ""))
     need = damping_needed(op, low)
     return CurvatureError(
@@ -108,8 +108,8 @@ def _indefinite(H: Tensor, op: Operator) -> CurvatureError:
 
 
 def _parameter_names(op: Operator, flat: list[int]) -> list[str]:
-    """The names of the model's parameters holding the flat positions `flat` (at most 5 names; none when op
-    has no objective behind it)."""
+    """The names of the model's parameters holding the flat positions `flat` (the first 5, then "k more"; none
+    when op has no objective behind it)."""
     while not hasattr(op, "obj") and hasattr(op, "op"):
         op = op.op
     obj = getattr(op, "obj", None)
@@ -117,4 +117,4 @@ def _parameter_names(op: Operator, flat: list[int]) -> list[str]:
         return []
     ends = torch.tensor([s.numel() for s in obj.shapes]).cumsum(0)
     owners = torch.searchsorted(ends, torch.tensor(flat), right=True).unique().tolist()
-    return [obj.names[i] for i in owners[:5]]
+    return [obj.names[i] for i in owners[:5]] + ([f"{len(owners) - 5} more"] if len(owners) > 5 else [])
