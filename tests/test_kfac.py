@@ -333,6 +333,28 @@ def test_ekfac_refined_by_cg_approaches_the_exact_solve(mlp):
     assert infl.EKFAC(refine=np.int64(2)).refine == 2 and infl.Arnoldi(refine=np.int32(3)).refine == 3
 
 
+def test_refined_ekfac_refuses_an_indefinite_hessian_even_where_its_steps_miss_it(mlp, monkeypatch):
+    """A few block CG steps need not meet the negative curvature of an indefinite Hessian and would answer; with
+    refine, EK-FAC estimates the smallest eigenvalue first (not where l2 + damping bounds it: Gauss-Newton)."""
+    import re
+
+    from infl.errors import CurvatureError
+    from infl.solvers import kfac
+
+    with torch.no_grad():  # a saddle region: far from the optimum, no l2
+        for p in mlp.model.parameters():
+            p.mul_(8.0)
+    kw = dict(l2=0.0, damping=1e-3, stationarity_tol=float("inf"))
+    with pytest.raises(CurvatureError, match=r"EKFAC\(refine=2\): .*eigenvalue of about -.*not positive definite.*"
+                                             r"damping > ") as error:
+        infl.Influence(mlp.model, mlp.loss_fn, solver=infl.EKFAC(refine=2), **kw).fit(mlp.train)
+    advised = 1.5 * float(re.search(r"damping > ([0-9.e+-]+)", str(error.value)).group(1))
+    infl.Influence(mlp.model, mlp.loss_fn, solver=infl.EKFAC(refine=2), **{**kw, "damping": advised}).fit(mlp.train)
+    monkeypatch.setattr(kfac, "smallest_eigenvalue", lambda *a, **k: pytest.fail("estimated a known floor"))
+    infl.Influence(mlp.model, mlp.loss_fn, solver=infl.EKFAC(refine=2), curvature="gauss-newton",
+                   **{**kw, "l2": 1e-3}).fit(mlp.train)
+
+
 def test_refine_damping_raises_only_the_preconditioners_damping(mlp):
     """refine_damping scales the damping of the refinement's preconditioner, not the system: a huge one makes
     the preconditioner a multiple of I, so the answer is plain block CG's (Krylov spaces are scale-free), and

@@ -10,7 +10,7 @@ import torch
 import infl
 from infl.objective import Objective
 from infl.train import assign, minimize
-from infl.validate import correlations, leave_one_out, newton_steps, retrain_without
+from infl.validate import correlations, leave_one_out, newton_steps, removal_weights, retrain_without
 
 from conftest import cross_entropy, make_blobs, trained
 
@@ -196,8 +196,23 @@ def test_leave_one_out_warns_that_an_unconverged_model_adds_a_shared_move():
         inf = infl.Influence(model, cross_entropy, l2=1e-2).fit((X, y))
     with warnings.catch_warnings(record=True) as caught:  # the far optimum also costs L-BFGS its max_iter
         warnings.simplefilter("always")
-        leave_one_out(inf, (X[:1], y[:1]), [0, 1, 2])
+        shifted = leave_one_out(inf, (X[:1], y[:1]), [0, 1, 2])
     assert any("theta_hat is not a minimum" in str(w.message) and "shared move" in str(w.message) for w in caught)
+
+    def with_baseline(inf, indices):  # the same retraining on all points under None: the shared move's reference
+        W = removal_weights(inf.n_train, indices, baseline=True)
+        Theta = [minimize(obj, X, y, weights=w, theta0=obj.theta, tol=1e-9, max_iter=2000) for w in W]
+        return {None: Theta[0], **{j: Theta[r + 1] for r, j in enumerate(indices)}}
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning: the baseline takes the shared move out
+        res = leave_one_out(inf, (X[:1], y[:1]), [0, 1, 2], retrain=with_baseline)
+    thetas = with_baseline(inf, [0, 1, 2])
+    losses = {j: float(inf.objective_.losses(thetas[j], X[:1], y[:1])) for j in (None, 0, 1, 2)}
+    np.testing.assert_allclose(res.actual[0], [losses[j] - losses[None] for j in (0, 1, 2)], rtol=1e-12)
+    drift = losses[None] - float(inf.objective_.losses(inf.objective_.theta, X[:1], y[:1]))
+    assert abs(drift) > 10 * np.abs(res.actual).max()  # what `actual` held before: the drift dominated it
+    np.testing.assert_allclose(shifted.actual - res.actual, drift, rtol=1e-6)
 
 
 def test_retraining_a_float32_model_asks_only_for_a_reachable_tolerance(logreg):

@@ -51,8 +51,10 @@ def test_ekfac_plan_counts_its_factors(mlp, keep):
 
 def test_exact_refuses_above_its_limit_and_names_the_size(mlp):
     inf = infl.Influence(mlp.model, mlp.loss_fn, l2=mlp.l2, solver=infl.Exact(max_params=10))
-    with pytest.raises(infl.InputError, match=r"GiB.*max_params=10"):
+    with pytest.raises(infl.InputError, match=r"MiB while it is formed.*max_params=10") as error:
         inf.fit(mlp.train)
+    p = sum(t.numel() for t in mlp.model.parameters())
+    assert f"up to {3 * p * p * 8 / 2**20:.3g} MiB" in str(error.value)  # formed and symmetrised: three p x p
 
 
 # --- the index's plan (infl.budget): sizes computed, nothing built ---------------------------------------------------

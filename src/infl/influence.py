@@ -218,7 +218,7 @@ class Influence:
         return self
 
     def _fit_solver(self, op: Operator, obj: Objective) -> None:
-        if isinstance(self.solver, (LiSSA, Arnoldi)):  # l2 + damping bounds H's spectrum when the data part is PSD
+        if isinstance(self.solver, (LiSSA, Arnoldi, EKFAC)):  # l2 + damping bounds H's spectrum if the data part is PSD
             psd = self.curvature == "gauss-newton" or _convex_linear(op)
             floor = obj.l2_min + self.damping  # 0 (e.g. an unpenalised intercept) bounds nothing: estimate then
             self.solver.fit(op, floor=floor if psd and floor > 0 else None)

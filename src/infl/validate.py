@@ -156,7 +156,10 @@ def leave_one_out(inf: Influence, test: Any, train_indices: Sequence[int],
     0..n-1), each theta a flat parameter vector (p,) in inf.objective_.theta's order
     (a tensor or array; cast to the model's dtype); the default, retrain_all,
     is the exact convex protocol (warm start, tight convergence). Wrap it
-    to add progress, or to retrain a non-convex model your own way.
+    to add progress, or to retrain a non-convex model your own way. An entry
+    under the key None, the same retraining on all points, is the baseline:
+    `actual` is then measured from it, not from theta_hat, which removes the
+    move that every retraining shares when theta_hat is not a minimum.
     """
     X, y = inf.test_tensors(test)
     index = (inf._train_index(train_indices) % inf.n_train).tolist()  # checked as up_params checks them
@@ -166,16 +169,20 @@ def leave_one_out(inf: Influence, test: Any, train_indices: Sequence[int],
     if len(index) < 3:
         raise InputError(f"leave_one_out needs at least 3 different training indices to correlate, got {len(index)}; "
                          "each costs one retrain")
-    if inf.grad_norm_ > inf.stationarity_tol:
-        warn(f"leave_one_out: theta_hat is not a minimum (||grad R|| = {inf.grad_norm_:.3g}), so a retraining to the "
-             "minimum without z_j also moves by what training left undone, and `actual` holds that shared move "
-             "too: train to convergence, or pass a retrain that measures only the removal (e.g. newton_steps with "
-             "proximal = the damping, README)")
     predicted = -inf.scores(test)[:, index].cpu().numpy() / inf.n_train
     obj = inf.objective_
-    base = obj.losses(obj.theta, X, y).detach()
+    returned = retrain(inf, index)
+    thetas = _retrained(returned, index, obj.theta)
+    baseline = _retrained(returned, [None], obj.theta)[None] if isinstance(returned, Mapping) and None in returned \
+        else None
+    if baseline is None and inf.grad_norm_ > inf.stationarity_tol:
+        warn(f"leave_one_out: theta_hat is not a minimum (||grad R|| = {inf.grad_norm_:.3g}), so a retraining "
+             "without z_j also moves by what training left undone, and `actual` holds that shared move too (a "
+             "shift per test point: the correlations keep, the values do not): train to convergence, or have "
+             "retrain return the same retraining on all points under the key None, the baseline (e.g. "
+             "newton_steps on removal_weights(n, indices, baseline=True) with proximal = the damping, README)")
+    base = obj.losses(obj.theta if baseline is None else baseline, X, y).detach()
     actual = np.empty_like(predicted)
-    thetas = _retrained(retrain(inf, index), index, obj.theta)
     for col, j in enumerate(index):
         actual[:, col] = (obj.losses(thetas[j], X, y).detach() - base).cpu().numpy()
     if not np.isfinite(actual).all():

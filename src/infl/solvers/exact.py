@@ -7,6 +7,7 @@ from torch import Tensor
 
 from ..errors import CurvatureError, InputError, warn
 from ..operators import Operator, damping_in, damping_needed
+from ..budget import _mb
 from .base import SolveInfo, itemsize, relative_residual
 
 CHECK_ROWS = 64  # rows of a quad() batch whose residual is measured (all rows would triple its cost)
@@ -34,11 +35,13 @@ class Exact:
 
     def fit(self, op: Operator) -> Exact:
         """Form and factor A = op.to_dense()."""
-        gib = op.p**2 * torch.finfo(op.dtype).bits / 8 / 2**30
         if op.p > self.max_params:
+            peak = max(self.footprint(op).values())  # three p x p while it is formed
+            size = f"{peak / 2**30:.3g} GiB" if peak >= 2**30 else _mb(peak)
             raise InputError(
-                f"the exact solver forms a dense {op.p} x {op.p} curvature ({gib:.1f} GiB); that is above "
-                f"max_params={self.max_params}. Use solver='cg' (matrix-free), or raise max_params if the memory is there"
+                f"the exact solver forms a dense {op.p} x {op.p} curvature (up to {size} while it is formed); p is "
+                f"above max_params={self.max_params}. Use solver='cg' (matrix-free), or raise max_params if the "
+                "memory is there"
             )
         self.op = op
         H = op.to_dense()

@@ -25,9 +25,10 @@ from ..dist import AllReduced, all_sum, world
 from ..errors import CurvatureError, InputError, warn
 from ..kronecker import find_layers, fit_factors
 from ..objective import nonnegative_number
-from ..operators import Operator, Shifted, check_tensor_outputs
+from ..operators import Operator, Shifted, check_tensor_outputs, damping_needed
 from .base import SolveInfo, check_count, refine_count, itemsize, measured, solved
 from .krylov import refine
+from .spectrum import bottom_footprint, smallest_eigenvalue, top_eigenvalue
 
 
 def _data_backed(op: Operator) -> tuple[Operator, float, int | None]:
@@ -43,6 +44,17 @@ def _data_backed(op: Operator) -> tuple[Operator, float, int | None]:
                          "an objective and data (infl.operators.Hessian / GaussNewton), or use them through "
                          "infl.Influence(..., solver='ekfac')")
     return op, shift, n_total
+
+
+def _check_definite(op: Operator, who: str) -> None:
+    """CurvatureError, with the damping that fixes it, when op's smallest eigenvalue (a Lanczos estimate, from
+    above) is not positive beyond rounding."""
+    top = top_eigenvalue(op)
+    low, _ = smallest_eigenvalue(op, 1.01 * top)
+    if low < -100 * torch.finfo(op.dtype).eps * top:
+        raise CurvatureError(f"{who}: the curvature has an eigenvalue of about {low:.3g} <= 0 (Lanczos estimate): it "
+                             "is not positive definite, and block CG steps on it do not solve for influence. Add "
+                             f"damping > {damping_needed(op, low):.3g}, or use curvature='gauss-newton'")
 
 
 def _l2_on(l2: float | Tensor, index: slice | Tensor) -> tuple[float, bool]:
@@ -101,10 +113,15 @@ class EKFAC:
         if others:
             out[f"diagonal of {len(others)} other parameter tensors"] = s * (op.p - sum(
                 layer.out * layer.width for layer in layers))
-        return out
+        return {**out, **(bottom_footprint(op) if self.refine else {})}
 
-    def fit(self, op: Operator) -> EKFAC:
-        """Collect the Kronecker statistics of the data behind op."""
+    def fit(self, op: Operator, floor: float | None = None) -> EKFAC:
+        """Collect the Kronecker statistics of the data behind op. With refine, and no known lower bound `floor`
+        on op's eigenvalues (l2 + damping for a positive semi-definite data part), op's smallest eigenvalue is
+        estimated first (Lanczos, at most 200 products) and a non-positive one refused: block CG on an indefinite
+        operator does not solve for influence, yet need not meet the negative curvature within a few steps."""
+        if self.refine and floor is None:
+            _check_definite(op, f"{type(self).__name__}(refine={self.refine})")
         base, shift, n_total = _data_backed(op)
         obj = base.obj
         size = world()[1]
