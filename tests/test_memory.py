@@ -49,6 +49,15 @@ def test_ekfac_plan_counts_its_factors(mlp, keep):
     assert kept == ([nbytes(inf.train_grads_)] if keep else [])
 
 
+@pytest.mark.parametrize("solver", ["lissa", "arnoldi", infl.EKFAC(refine=2)])
+def test_the_plan_lists_a_smallest_eigenvalue_estimate_only_where_one_runs(mlp, solver):
+    """None runs where l2 + damping bounds the curvature (Gauss-Newton); the MLP's Hessian has no known floor."""
+    estimate = lambda curvature: any(item.startswith("smallest-eigenvalue estimate") for item in  # noqa: E731
+                                     infl.Influence(mlp.model, mlp.loss_fn, l2=mlp.l2, solver=solver,
+                                                    curvature=curvature).plan(mlp.train))
+    assert estimate("hessian") and not estimate("gauss-newton")
+
+
 def test_exact_refuses_above_its_limit_and_names_the_size(mlp):
     inf = infl.Influence(mlp.model, mlp.loss_fn, l2=mlp.l2, solver=infl.Exact(max_params=10))
     with pytest.raises(infl.InputError, match=r"MiB while it is formed.*max_params=10") as error:

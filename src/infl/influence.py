@@ -23,6 +23,7 @@ from .solvers import CG, EKFAC, KFAC, Arnoldi, Exact, LiSSA, SolveInfo
 from .budget import GRAD_COPIES, PRODUCT_COPIES
 from .solvers import krylov
 from .solvers.base import itemsize
+from .solvers.spectrum import BOTTOM_ITEM
 
 GAUSS_NEWTON_ADVICE = "or use curvature='gauss-newton'"  # the solvers' advice beside damping
 GAUSS_NEWTON_IN_USE = ("or a larger l2: the Gauss-Newton matrix in use is positive semi-definite, so l2 + damping > 0 "
@@ -173,6 +174,8 @@ class Influence:
         op = self._operator_on(obj, X, y, dist.shard(X.shape[0]))
         s, n = itemsize(op), X.shape[0]
         out = dict(self.solver.footprint(op))
+        if self._floor(op, obj) is not None:  # no smallest-eigenvalue estimate is run
+            out = {item: size for item, size in out.items() if not item.startswith(BOTTOM_ITEM)}
         out[f"gradient chunk ({min(self.batch_size, n)} x {op.p}, x{GRAD_COPIES})"] = \
             min(self.batch_size, n) * op.p * s * GRAD_COPIES
         rows = min(self.batch_size, 256)
@@ -218,12 +221,17 @@ class Influence:
         return self
 
     def _fit_solver(self, op: Operator, obj: Objective) -> None:
-        if isinstance(self.solver, (LiSSA, Arnoldi, EKFAC)):  # l2 + damping bounds H's spectrum if the data part is PSD
-            psd = self.curvature == "gauss-newton" or _convex_linear(op)
-            floor = obj.l2_min + self.damping  # 0 (e.g. an unpenalised intercept) bounds nothing: estimate then
-            self.solver.fit(op, floor=floor if psd and floor > 0 else None)
+        if isinstance(self.solver, (LiSSA, Arnoldi, EKFAC)):
+            self.solver.fit(op, floor=self._floor(op, obj))
         else:
             self.solver.fit(op)
+
+    def _floor(self, op: Operator, obj: Objective) -> float | None:
+        """A lower bound on op's eigenvalues, l2 + damping, where the data part is positive semi-definite (Gauss-Newton,
+        a convex linear model); None where unknown (solvers that need one then estimate it)."""
+        psd = self.curvature == "gauss-newton" or _convex_linear(op)
+        floor = obj.l2_min + self.damping  # 0 (e.g. an unpenalised intercept) bounds nothing: estimate then
+        return floor if psd and floor > 0 else None
 
     @contextlib.contextmanager
     def _curvature_advice(self) -> Iterator[None]:

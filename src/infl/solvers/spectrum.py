@@ -40,12 +40,13 @@ class _Reflected(Operator):
 
 
 BOTTOM_BASIS = 100  # Lanczos vectors held while estimating the smallest eigenvalue
+BOTTOM_ITEM = "smallest-eigenvalue estimate"  # how footprints name it
 
 
 def bottom_footprint(op: Operator) -> dict[str, int]:
     """Bytes held while smallest_eigenvalue runs (where a solver's floor is unknown), as a footprint item."""
-    return {f"smallest-eigenvalue estimate where the floor is unknown (Lanczos basis {BOTTOM_BASIS} x {op.p}), "
-            "during fit": (BOTTOM_BASIS + 2) * op.p * itemsize(op)}
+    return {f"{BOTTOM_ITEM} where the floor is unknown (Lanczos basis {BOTTOM_BASIS} x {op.p}), during fit":
+            (BOTTOM_BASIS + 2) * op.p * itemsize(op)}
 
 
 def smallest_eigenvalue(op: Operator, c: float, seed: int = 0) -> tuple[float, float]:
