@@ -69,6 +69,12 @@ def test_an_interrupted_lds_resumes_from_its_checkpoint(tmp_path):
     with pytest.raises(InputError, match="written for other subsets.*the same sizes, other subsets.*same subsets, "
                                          "fraction and seed to resume"):
         lds(scores, retrain, subsets=12, fraction=0.3, seed=2, checkpoint=path)
+    with pytest.raises(InputError, match=r"subsets of 50 points, 3 test points; now 12 of 51, 3\): pass a new"):
+        lds(np.hstack([scores, scores[:, :1]]), retrain, subsets=12, fraction=0.3, seed=1, checkpoint=path)
+    old = tmp_path / "old.npz"
+    np.savez(old, format=np.array("infl-lds-checkpoint-1"), masks=masks, actual=res.actual, finished=np.ones(12, bool))
+    with pytest.raises(InputError, match="not an LDS checkpoint of this version.*format 'infl-lds-checkpoint-1'"):
+        lds(scores, retrain, subsets=12, fraction=0.3, seed=1, checkpoint=old)
     other = tmp_path / "mine.npz"
     np.savez(other, X=np.ones(3))
     before = other.read_bytes()

@@ -287,7 +287,7 @@ def test_class_names_are_read_only_when_asked_and_missing_labels_are_refused(tmp
     assert load_csv(path, text_labels=True)[1].tolist() == ["03", "7"]  # text as written, stripped
     for missing in ("NA", "nan", " "):
         path.write_text(f"a,label\n1,cat\n2,{missing}\n3,dog\n")
-        with pytest.raises(DataError, match="1 missing label.*line 3"):
+        with pytest.raises(DataError, match=f"1 missing label.*line 3: '{missing.strip()}'\\)"):
             load_csv(path, text_labels=True)
     for y in (np.array([" cat", "dog "]), np.array([b"cat", b"dog"])):
         np.savez(tmp_path / "d.npz", X=np.ones((2, 3)), y=y)
@@ -296,6 +296,14 @@ def test_class_names_are_read_only_when_asked_and_missing_labels_are_refused(tmp
         load_npz(tmp_path / "d.npz")
     np.savez(tmp_path / "d.npz", X=np.ones((2, 3)), y=np.array(["cat", ""]))
     with pytest.raises(DataError, match="1 missing label.*row 1"):
+        load_npz(tmp_path / "d.npz", text_labels=True)
+    np.savez(tmp_path / "d.npz", X=np.ones((2, 3)), y=np.array([b"caf\xe9", b"dog"]))
+    with pytest.raises(DataError, match="bytes that are not UTF-8"):
+        load_npz(tmp_path / "d.npz", text_labels=True)
+    np.savez(tmp_path / "d.npz", X=np.ones((3, 3)), y=np.array([2**53, 2**53 + 1, 5]))  # beyond float64's integers
+    assert load_npz(tmp_path / "d.npz", text_labels=True)[1].tolist() == [2**53, 2**53 + 1, 5]
+    np.savez(tmp_path / "d.npz", X=np.ones((2, 3)), y=np.array([True, False]))
+    with pytest.raises(DataError, match="labels must be integers"):
         load_npz(tmp_path / "d.npz", text_labels=True)
     np.savez(tmp_path / "d.npz", X=np.ones((2, 3)), y=np.array(["cat", 3], dtype=object))
     with pytest.raises(DataError, match=r"object array.*y.astype\(str\)"):

@@ -215,8 +215,11 @@ def load_data(data: str | None, train: Path | None, test: Path | None, label_col
 
 def _numbers_or_names(y_train: np.ndarray, y_test: np.ndarray, train: Path, test: Path
                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Both files' labels (as read: text, or IDX integers) as int64 when every one is a number (then integers
-    are required; "03" and "3" are one class), else as class names, str (the text as written)."""
+    """Both files' labels (as read: CSV text, .npz names or integers, IDX integers) as int64 when every one is a
+    number (then integers are required; "03" and "3" are one class), else as class names, str (the text as
+    written)."""
+    if y_train.dtype.kind in "iu" and y_test.dtype.kind in "iu":  # integers as stored: exact, whatever their size
+        return y_train, y_test
     y_train, y_test = y_train.astype(str), y_test.astype(str)
     try:
         numbers = [np.asarray(y, dtype=np.float64) for y in (y_train, y_test)]

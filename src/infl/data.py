@@ -177,8 +177,8 @@ def _kind(path: Path) -> str:
 def load_npz(path: str | Path, x_key: str = "X", y_key: str = "y", min_classes: int = 2,
              text_labels: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Load X (n, d) float64 and y (n,) int64 from arrays `x_key` and `y_key` of a .npz file (with
-    text_labels, y as text, str (n,): strings or bytes stripped of surrounding spaces, numbers as written
-    by str(); for class names)."""
+    text_labels, a y of strings or UTF-8 bytes is returned as str (n,), stripped of surrounding spaces: class
+    names)."""
     path = _existing(path)
     try:
         archive = np.load(path, allow_pickle=False)
@@ -205,9 +205,13 @@ def load_npz(path: str | Path, x_key: str = "X", y_key: str = "y", min_classes: 
         raise DataError(
             f"{path}: not a readable .npz archive ({error}); save it with np.savez(path, X=X, y=y)."
         ) from error
-    if text_labels:
-        y = _label_text(np.char.decode(y, "utf-8") if y.dtype.kind == "S" else np.asarray(y).astype(str),
-                        lambda i: f"row {i} of {y_key!r}", str(path))
+    if text_labels and y.dtype.kind in "SU":  # class names; numbers stay numbers (exact, whatever their size)
+        try:
+            y = np.char.decode(y, "utf-8") if y.dtype.kind == "S" else y
+        except UnicodeDecodeError as error:
+            raise DataError(f"{path}: the labels {y_key!r} are bytes that are not UTF-8 ({error}); save them as "
+                            "text: np.savez(path, X=X, y=y.astype(str)) after decoding them.") from error
+        y = _label_text(y, lambda i: f"row {i} of {y_key!r}", str(path))
     return check_arrays(X, y, str(path), min_classes, text_labels)
 
 
@@ -332,7 +336,7 @@ def _label_text(values: np.ndarray, where: Callable[[int], str], source: str) ->
     if missing.any():
         first = int(np.argmax(missing))
         raise DataError(f"{source}: {int(missing.sum())} missing label(s) (first at {where(first)}: "
-                        f"{values[first]!r}); label those rows or drop them.")
+                        f"{str(values[first])!r}); label those rows or drop them.")
     return values
 
 

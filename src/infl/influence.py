@@ -174,7 +174,7 @@ class Influence:
         op = self._operator_on(obj, X, y, dist.shard(X.shape[0]))
         s, n = itemsize(op), X.shape[0]
         out = dict(self.solver.footprint(op))
-        if self._floor(op, obj) is not None:  # no smallest-eigenvalue estimate is run
+        if self._psd(op) if isinstance(self.solver, EKFAC) else self._floor(op, obj) is not None:  # none is run
             out = {item: size for item, size in out.items() if not item.startswith(BOTTOM_ITEM)}
         out[f"gradient chunk ({min(self.batch_size, n)} x {op.p}, x{GRAD_COPIES})"] = \
             min(self.batch_size, n) * op.p * s * GRAD_COPIES
@@ -221,17 +221,22 @@ class Influence:
         return self
 
     def _fit_solver(self, op: Operator, obj: Objective) -> None:
-        if isinstance(self.solver, (LiSSA, Arnoldi, EKFAC)):
+        if isinstance(self.solver, EKFAC):  # it needs only to know op is positive semi-definite
+            self.solver.fit(op, floor=(self._floor(op, obj) or 0.0) if self._psd(op) else None)
+        elif isinstance(self.solver, (LiSSA, Arnoldi)):
             self.solver.fit(op, floor=self._floor(op, obj))
         else:
             self.solver.fit(op)
 
+    def _psd(self, op: Operator) -> bool:
+        """Whether the data part of op is positive semi-definite: Gauss-Newton, or a convex linear model."""
+        return self.curvature == "gauss-newton" or _convex_linear(op)
+
     def _floor(self, op: Operator, obj: Objective) -> float | None:
-        """A lower bound on op's eigenvalues, l2 + damping, where the data part is positive semi-definite (Gauss-Newton,
-        a convex linear model); None where unknown (solvers that need one then estimate it)."""
-        psd = self.curvature == "gauss-newton" or _convex_linear(op)
+        """A lower bound on op's eigenvalues, l2 + damping, where the data part is positive semi-definite; None
+        where unknown (solvers that need one then estimate it)."""
         floor = obj.l2_min + self.damping  # 0 (e.g. an unpenalised intercept) bounds nothing: estimate then
-        return floor if psd and floor > 0 else None
+        return floor if self._psd(op) and floor > 0 else None
 
     @contextlib.contextmanager
     def _curvature_advice(self) -> Iterator[None]:

@@ -318,7 +318,7 @@ def lds_of_predictions(predicted: Tensor | np.ndarray, masks: np.ndarray, retrai
     return DatamodelingScore(masks, P, actual, rho, float(np.nanmean(rho)) if np.isfinite(rho).any() else float("nan"))
 
 
-CHECKPOINT_FORMAT = "infl-lds-checkpoint-1"  # holds the subsets' SHA-256, the losses so far, which are done
+CHECKPOINT_FORMAT = "infl-lds-checkpoint-2"  # the subsets' shape and SHA-256, the losses so far, which are done
 
 
 def _resumed(path: Path, masks: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -331,26 +331,28 @@ def _resumed(path: Path, masks: np.ndarray, m: int) -> tuple[np.ndarray, np.ndar
         return np.empty((m, masks.shape[0])), None
     try:
         with np.load(path, allow_pickle=False) as held:
-            if str(held["format"]) != CHECKPOINT_FORMAT:
-                raise KeyError("format")
-            saved, actual, finished = held["masks_sha256"], held["actual"], held["finished"]
+            written = str(held["format"])
+            if written != CHECKPOINT_FORMAT:
+                raise KeyError(f"format {written!r}, not {CHECKPOINT_FORMAT!r}")
+            digest, shape = str(held["masks_sha256"]), tuple(held["masks_shape"].tolist())
+            actual, finished = held["actual"], held["finished"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-        raise InputError(f"checkpoint {path} exists but is not an LDS checkpoint ({type(error).__name__}: {error}); "
-                         "pass a new path (the file is left as it is)") from error
-    if str(saved) != _masks_digest(masks) or actual.shape != (m, masks.shape[0]):
-        same = "; the same sizes, other subsets" if actual.shape == (m, masks.shape[0]) else ""
-        raise InputError(f"checkpoint {path} was written for other subsets or test points (the file: "
-                         f"{actual.shape[1]} subsets, {actual.shape[0]} test points; now {masks.shape[0]} subsets of "
-                         f"{masks.shape[1]} points, {m} test points{same}): pass a new path to start afresh, or the "
-                         "same subsets, fraction and seed to resume")
+        raise InputError(f"checkpoint {path} exists but is not an LDS checkpoint of this version "
+                         f"({type(error).__name__}: {error}); pass a new path (the file is left as it is)") from error
+    if digest != _masks_digest(masks) or actual.shape != (m, masks.shape[0]):
+        same = "; the same sizes, other subsets" if shape == masks.shape and actual.shape[0] == m else ""
+        raise InputError(f"checkpoint {path} was written for other subsets or test points (the file: {shape[0]} "
+                         f"subsets of {shape[1]} points, {actual.shape[0]} test points; now {masks.shape[0]} of "
+                         f"{masks.shape[1]}, {m}{same}): pass a new path to start afresh, or the same subsets, "
+                         "fraction and seed to resume")
     return actual.astype(np.float64), finished.astype(bool)
 
 
 def _save_checkpoint(path: Path, masks: np.ndarray, actual: np.ndarray, finished: np.ndarray) -> None:
     """Write the LDS checkpoint atomically (a run killed while saving keeps the previous one)."""
     buffer = io.BytesIO()
-    np.savez(buffer, format=np.array(CHECKPOINT_FORMAT), masks_sha256=np.array(_masks_digest(masks)), actual=actual,
-             finished=finished)
+    np.savez(buffer, format=np.array(CHECKPOINT_FORMAT), masks_sha256=np.array(_masks_digest(masks)),
+             masks_shape=np.array(masks.shape), actual=actual, finished=finished)
     write_atomic(path, buffer.getvalue())
 
 

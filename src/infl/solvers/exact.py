@@ -120,4 +120,4 @@ def _parameter_names(op: Operator, flat: list[int]) -> list[str]:
         return []
     ends = torch.tensor([s.numel() for s in obj.shapes]).cumsum(0)
     owners = torch.searchsorted(ends, torch.tensor(flat), right=True).unique().tolist()
-    return [obj.names[i] for i in owners[:5]] + ([f"{len(owners) - 5} more"] if len(owners) > 5 else [])
+    return [obj.names[i] for i in owners[:5]] + ([f"and {len(owners) - 5} more"] if len(owners) > 5 else [])
