@@ -351,6 +351,17 @@ def test_refined_ekfac_refuses_an_indefinite_hessian_even_where_its_steps_miss_i
     advised = 1.5 * float(re.search(r"damping > ([0-9.e+-]+)", str(error.value)).group(1))
     infl.Influence(mlp.model, mlp.loss_fn, solver=infl.EKFAC(refine=2), **{**kw, "damping": advised}).fit(mlp.train)
     monkeypatch.setattr(kfac, "smallest_eigenvalue", lambda *a, **k: pytest.fail("estimated a known floor"))
+
+    class Pair(nn.Module):  # a tuple-returning model is refused before the estimate (it would be wasted)
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = mlp.model
+
+        def forward(self, x):
+            return self.net(x), x
+
+    with pytest.raises(InputError, match="returns a tuple"):
+        infl.Influence(Pair(), lambda out, y: mlp.loss_fn(out[0], y), solver=infl.EKFAC(refine=2), **kw).fit(mlp.train)
     infl.Influence(mlp.model, mlp.loss_fn, solver=infl.EKFAC(refine=2), curvature="gauss-newton",
                    **{**kw, "l2": 1e-3}).fit(mlp.train)
 

@@ -75,6 +75,9 @@ def test_an_interrupted_lds_resumes_from_its_checkpoint(tmp_path):
     np.savez(old, format=np.array("infl-lds-checkpoint-1"), masks=masks, actual=res.actual, finished=np.ones(12, bool))
     with pytest.raises(InputError, match="not an LDS checkpoint of this version.*format 'infl-lds-checkpoint-1'"):
         lds(scores, retrain, subsets=12, fraction=0.3, seed=1, checkpoint=old)
+    np.save(tmp_path / "one.npy", np.ones(3))
+    with pytest.raises(InputError, match="not an LDS checkpoint.*one array"):
+        lds(scores, retrain, subsets=12, fraction=0.3, seed=1, checkpoint=tmp_path / "one.npy")
     other = tmp_path / "mine.npz"
     np.savez(other, X=np.ones(3))
     before = other.read_bytes()

@@ -56,6 +56,8 @@ def test_the_plan_lists_a_smallest_eigenvalue_estimate_only_where_one_runs(mlp, 
                                      infl.Influence(mlp.model, mlp.loss_fn, l2=mlp.l2, solver=solver,
                                                     curvature=curvature).plan(mlp.train))
     assert estimate("hessian") and not estimate("gauss-newton")
+    assert not any(item.startswith("smallest-eigenvalue estimate") for item in  # a given depth needs no floor
+                   infl.Influence(mlp.model, mlp.loss_fn, l2=mlp.l2, solver=infl.LiSSA(depth=50)).plan(mlp.train))
     if isinstance(solver, infl.EKFAC):  # it needs only positive semi-definiteness, which Gauss-Newton has at l2 = 0
         plan = infl.Influence(mlp.model, mlp.loss_fn, l2=0.0, solver=solver, curvature="gauss-newton").plan(mlp.train)
         assert not any(item.startswith("smallest-eigenvalue estimate") for item in plan)

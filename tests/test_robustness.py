@@ -264,6 +264,12 @@ def test_cli_takes_class_names_as_labels_and_shows_them_in_every_output(tmp_path
     split = load_data(None, tmp_path / "tr1.csv", tmp_path / "te1.csv", None, ())  # text as written: 01 is not 1
     assert split.y_test.tolist() == [0, 1, 0]
 
+    big = 2**53 + np.arange(3) % 3  # integers float64 cannot tell apart, in an integer file against a CSV
+    np.savez(tmp_path / "big.npz", X=X[:60:20].repeat(20, 0), y=big.repeat(20))
+    (tmp_path / "big.csv").write_text(f"a,b,c,d,label\n0,0,0,0,{2**53 + 1}\n")
+    split = load_data(None, tmp_path / "big.npz", tmp_path / "big.csv", None, ())
+    assert split.classes == 3 and split.as_given(split.y_test).tolist() == [2**53 + 1]
+
     (tmp_path / "tr2.csv").write_text("\n".join(rows).replace("setosa", "<b>a&b</b>") + "\n")
     (tmp_path / "te2.csv").write_text("\n".join(rows[:7]).replace("setosa", "<b>a&b</b>") + "\n")
     run = CliRunner().invoke(main, ["explain", "--train", str(tmp_path / "tr2.csv"), "--test",

@@ -221,6 +221,10 @@ def _numbers_or_names(y_train: np.ndarray, y_test: np.ndarray, train: Path, test
     if y_train.dtype.kind in "iu" and y_test.dtype.kind in "iu":  # integers as stored: exact, whatever their size
         return y_train, y_test
     y_train, y_test = y_train.astype(str), y_test.astype(str)
+    try:  # integers as text, parsed exactly (a float64 would merge 2^53 + 1 with 2^53)
+        return np.asarray(y_train, dtype=np.int64), np.asarray(y_test, dtype=np.int64)
+    except (ValueError, OverflowError):
+        pass
     try:
         numbers = [np.asarray(y, dtype=np.float64) for y in (y_train, y_test)]
     except ValueError:

@@ -174,7 +174,8 @@ class Influence:
         op = self._operator_on(obj, X, y, dist.shard(X.shape[0]))
         s, n = itemsize(op), X.shape[0]
         out = dict(self.solver.footprint(op))
-        if self._psd(op) if isinstance(self.solver, EKFAC) else self._floor(op, obj) is not None:  # none is run
+        known = self._psd(op) if isinstance(self.solver, EKFAC) else self._floor(op, obj) is not None
+        if known:  # the solver runs no smallest-eigenvalue estimate
             out = {item: size for item, size in out.items() if not item.startswith(BOTTOM_ITEM)}
         out[f"gradient chunk ({min(self.batch_size, n)} x {op.p}, x{GRAD_COPIES})"] = \
             min(self.batch_size, n) * op.p * s * GRAD_COPIES
@@ -222,7 +223,7 @@ class Influence:
 
     def _fit_solver(self, op: Operator, obj: Objective) -> None:
         if isinstance(self.solver, EKFAC):  # it needs only to know op is positive semi-definite
-            self.solver.fit(op, floor=(self._floor(op, obj) or 0.0) if self._psd(op) else None)
+            self.solver.fit(op, floor=0.0 if self._psd(op) else None)
         elif isinstance(self.solver, (LiSSA, Arnoldi)):
             self.solver.fit(op, floor=self._floor(op, obj))
         else:

@@ -330,7 +330,10 @@ def _resumed(path: Path, masks: np.ndarray, m: int) -> tuple[np.ndarray, np.ndar
             raise InputError(f"checkpoint {path}: its folder {path.parent} does not exist; create it first")
         return np.empty((m, masks.shape[0])), None
     try:
-        with np.load(path, allow_pickle=False) as held:
+        held = np.load(path, allow_pickle=False)
+        if not isinstance(held, np.lib.npyio.NpzFile):
+            raise ValueError("one array, not an .npz archive")
+        with held:
             written = str(held["format"])
             if written != CHECKPOINT_FORMAT:
                 raise KeyError(f"format {written!r}, not {CHECKPOINT_FORMAT!r}")

@@ -111,7 +111,7 @@ def _indefinite(H: Tensor, op: Operator) -> CurvatureError:
 
 
 def _parameter_names(op: Operator, flat: list[int]) -> list[str]:
-    """The names of the model's parameters holding the flat positions `flat` (the first 5, then "k more"; none
+    """The names of the model's parameters holding the flat positions `flat` (the first 5, then "and k more"; none
     when op has no objective behind it)."""
     while not hasattr(op, "obj") and hasattr(op, "op"):
         op = op.op

@@ -48,13 +48,15 @@ def _data_backed(op: Operator) -> tuple[Operator, float, int | None]:
 
 def _check_definite(op: Operator, who: str) -> None:
     """CurvatureError, with the damping that fixes it, when op's smallest eigenvalue (a Lanczos estimate, from
-    above) is not positive beyond rounding."""
+    above) is not positive beyond rounding: negative, or 0 to this precision (singular)."""
     top = top_eigenvalue(op)
     low, _ = smallest_eigenvalue(op, 1.01 * top)
-    if low < -100 * torch.finfo(op.dtype).eps * top:
-        raise CurvatureError(f"{who}: the curvature has an eigenvalue of about {low:.3g} <= 0 (Lanczos estimate): it "
+    noise = 100 * torch.finfo(op.dtype).eps * top
+    if low <= noise:
+        size = "<= 0" if low <= 0 else "(0 to this precision)"
+        raise CurvatureError(f"{who}: the curvature has an eigenvalue of about {low:.3g} {size} (Lanczos estimate): it "
                              "is not positive definite, and block CG steps on it do not solve for influence. Add "
-                             f"damping > {damping_needed(op, low):.3g}, or use curvature='gauss-newton'")
+                             f"damping > {max(damping_needed(op, low), noise):.3g}, or use curvature='gauss-newton'")
 
 
 def _l2_on(l2: float | Tensor, index: slice | Tensor) -> tuple[float, bool]:
@@ -116,12 +118,10 @@ class EKFAC:
         return {**out, **(bottom_footprint(op) if self.refine else {})}
 
     def fit(self, op: Operator, floor: float | None = None) -> EKFAC:
-        """Collect the Kronecker statistics of the data behind op. With refine, and no known lower bound `floor`
-        on op's eigenvalues (l2 + damping for a positive semi-definite data part), op's smallest eigenvalue is
-        estimated first (Lanczos, at most 200 products) and a non-positive one refused: block CG on an indefinite
-        operator does not solve for influence, yet need not meet the negative curvature within a few steps."""
-        if self.refine and floor is None:
-            _check_definite(op, f"{type(self).__name__}(refine={self.refine})")
+        """Collect the Kronecker statistics of the data behind op. With refine, and `floor` None (op not known to
+        be positive semi-definite; any number says it is), op's smallest eigenvalue is estimated (Lanczos, at most
+        200 products) and a non-positive one refused: block CG on an indefinite operator does not solve for
+        influence, yet need not meet the negative curvature within a few steps."""
         base, shift, n_total = _data_backed(op)
         obj = base.obj
         size = world()[1]
@@ -130,6 +130,8 @@ class EKFAC:
                              f"{n_total}; use fewer processes, or solver='cg' with its default (Nystrom) "
                              "preconditioner")
         check_tensor_outputs(obj, base.X, self.name)
+        if self.refine and floor is None:  # after the cheap checks: it costs up to 230 products
+            _check_definite(op, f"{type(self).__name__}(refine={self.refine})")
         factors = fit_factors(obj, base.X, base.y, getattr(base, "batch_size", 512), self.eigen,
                               n_total=n_total, reduce=all_sum)
         if factors.diag_names:

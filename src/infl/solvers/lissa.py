@@ -60,7 +60,8 @@ class LiSSA:
 
     def footprint(self, op: Operator) -> dict[str, int]:
         """Bytes held, by item: the recursion's vectors per right-hand side (nothing is kept between solves)."""
-        return {f"per right-hand side (4 vectors of {op.p})": 4 * op.p * itemsize(op), **bottom_footprint(op)}
+        return {f"per right-hand side (4 vectors of {op.p})": 4 * op.p * itemsize(op),
+                **(bottom_footprint(op) if self.depth is None else {})}  # a given depth needs no floor
 
     def fit(self, op: Operator, floor: float | None = None) -> LiSSA:
         """Choose scale and depth for op; floor is a known lower bound on its eigenvalues (None: unknown, so
