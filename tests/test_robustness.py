@@ -264,6 +264,9 @@ def test_cli_takes_class_names_as_labels_and_shows_them_in_every_output(tmp_path
     split = load_data(None, tmp_path / "tr1.csv", tmp_path / "te1.csv", None, ())  # text as written: 01 is not 1
     assert split.y_test.tolist() == [0, 1, 0]
 
+    (tmp_path / "one.csv").write_text("a,b,c,d,label\n0,0,0,0,1\n0,0,0,0,01\n")  # numbers: one class
+    with pytest.raises(DataError, match="at least 2 classes, got only \\[1\\] \\(as numbers\\)"):
+        load_data(None, tmp_path / "one.csv", tmp_path / "one.csv", None, ())
     big = 2**53 + np.arange(3) % 3  # integers float64 cannot tell apart, in an integer file against a CSV
     np.savez(tmp_path / "big.npz", X=X[:60:20].repeat(20, 0), y=big.repeat(20))
     (tmp_path / "big.csv").write_text(f"a,b,c,d,label\n0,0,0,0,{2**53 + 1}\n")

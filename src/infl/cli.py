@@ -218,25 +218,25 @@ def _numbers_or_names(y_train: np.ndarray, y_test: np.ndarray, train: Path, test
     """Both files' labels (as read: CSV text, .npz names or integers, IDX integers) as int64 when every one is a
     number (then integers are required; "03" and "3" are one class), else as class names, str (the text as
     written)."""
-    if y_train.dtype.kind in "iu" and y_test.dtype.kind in "iu":  # integers as stored: exact, whatever their size
-        return y_train, y_test
-    y_train, y_test = y_train.astype(str), y_test.astype(str)
-    try:  # integers as text, parsed exactly (a float64 would merge 2^53 + 1 with 2^53)
-        return np.asarray(y_train, dtype=np.int64), np.asarray(y_test, dtype=np.int64)
-    except (ValueError, OverflowError):
-        pass
-    try:
-        numbers = [np.asarray(y, dtype=np.float64) for y in (y_train, y_test)]
-    except ValueError:
-        return y_train, y_test  # class names
-    for y, path in zip(numbers, (train, test)):
-        if not (np.isfinite(y).all() and np.equal(np.mod(y, 1), 0).all()):
-            raise DataError(f"{path}: labels must be integers or class names, got non-integer numbers "
-                            f"{y[~(np.isfinite(y) & np.equal(np.mod(y, 1), 0))][:3].tolist()}; map them to classes.")
-    if len(np.unique(numbers[0])) < 2:
-        raise DataError(f"{train}: labels need at least 2 classes, got only {np.unique(numbers[0]).tolist()} (as "
+    if not (y_train.dtype.kind in "iu" and y_test.dtype.kind in "iu"):  # stored integers stay exact as they are
+        y_train, y_test = y_train.astype(str), y_test.astype(str)
+        try:  # integers as text, parsed exactly (a float64 would merge 2^53 + 1 with 2^53)
+            y_train, y_test = np.asarray(y_train, dtype=np.int64), np.asarray(y_test, dtype=np.int64)
+        except (ValueError, OverflowError):
+            try:
+                numbers = [np.asarray(y, dtype=np.float64) for y in (y_train, y_test)]  # e.g. "1.0"
+            except ValueError:
+                return y_train, y_test  # class names
+            for y, path in zip(numbers, (train, test)):
+                whole = np.isfinite(y) & np.equal(np.mod(y, 1), 0)
+                if not whole.all():
+                    raise DataError(f"{path}: labels must be integers or class names, got non-integer numbers "
+                                    f"{y[~whole][:3].tolist()}; map them to classes.")
+            y_train, y_test = numbers[0].astype(np.int64), numbers[1].astype(np.int64)
+    if len(np.unique(y_train)) < 2:
+        raise DataError(f"{train}: labels need at least 2 classes, got only {np.unique(y_train).tolist()} (as "
                         "numbers); a classifier needs examples of two or more classes.")
-    return numbers[0].astype(np.int64), numbers[1].astype(np.int64)
+    return y_train, y_test
 
 
 def _class_indices(values: np.ndarray, y_train: np.ndarray, y_test: np.ndarray, test: Path
