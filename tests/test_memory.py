@@ -19,6 +19,15 @@ def test_exact_plan_is_the_dense_factor(logreg):
     assert plan[f"Cholesky factor ({p} x {p})"] == nbytes(inf.solver.factor)
 
 
+def test_the_exact_gauss_newton_plan_counts_the_output_jacobians_it_forms(mlp):
+    """to_dense holds a chunk of per-example output Jacobians (rows x m x p) and its product with Lambda."""
+    plan = infl.Influence(mlp.model, mlp.loss_fn, l2=mlp.l2, solver="exact", curvature="gauss-newton").plan(mlp.train)
+    p, m, n = sum(t.numel() for t in mlp.model.parameters()), mlp.model(mlp.X[:1]).numel(), len(mlp.y)
+    assert plan[f"output Jacobians while formed ({n} x {m} x {p}, x2)"] == 2 * n * m * p * 8
+    hessian = infl.Influence(mlp.model, mlp.loss_fn, l2=mlp.l2, solver="exact").plan(mlp.train)
+    assert not any(item.startswith("output Jacobians") for item in hessian)
+
+
 def test_plan_leaves_a_fitted_influence_as_it_was(logreg):
     """plan reads data only to size things: it used to reset a fitted Influence (the next query said fit)."""
     inf = infl.Influence(logreg.model, logreg.loss_fn, l2=logreg.l2).fit(logreg.train)

@@ -33,6 +33,11 @@ class Operator:
     def __add__(self, shift: float) -> Operator:
         return self if shift == 0 else Shifted(self, float(shift))
 
+    def dense_footprint(self) -> dict[str, int]:
+        """Bytes to_dense holds besides the p x p result, by item (footprints list them): none beyond a few
+        blocks of products here."""
+        return {}
+
     def to_dense(self, block: int = 256) -> Tensor:
         """The p x p matrix, built from products with blocks of identity rows."""
         out = torch.empty(self.p, self.p, dtype=self.dtype, device=self.device)
@@ -78,6 +83,9 @@ class Shifted(Operator):
     def subset(self, index: Tensor) -> Shifted:
         """The wrapped operator on a subset of its examples, with the same shift."""
         return Shifted(self.op.subset(index), self.shift)
+
+    def dense_footprint(self) -> dict[str, int]:
+        return self.op.dense_footprint()
 
     def to_dense(self, block: int = 256) -> Tensor:
         H = self.op.to_dense(block).clone()
@@ -168,6 +176,20 @@ class GaussNewton(Hessian):
             self._lams[key] = (F0.detach().clone(), y.clone(), Lam)
         return Lam
 
+    def _jacobian_rows(self) -> tuple[int, int]:
+        """Outputs per example m, and the examples whose output Jacobians (m, p) to_dense holds at once (the
+        chunk is at most 2^25 numbers, and at least one example)."""
+        with torch.no_grad():
+            m = self.obj.outputs(self.obj.theta, self.X[:1]).numel()
+        return m, max(1, min(self.batch_size, self.n, 2**25 // (m * self.p)))
+
+    def dense_footprint(self) -> dict[str, int]:
+        m, rows = self._jacobian_rows()
+        if m > self.p:
+            return {}
+        return {f"output Jacobians while formed ({rows} x {m} x {self.p}, x2)":
+                2 * rows * m * self.p * torch.finfo(self.dtype).bits // 8}
+
     def to_dense(self, block: int = 256) -> Tensor:
         """The p x p matrix from per-example output Jacobians J_i (m, p): m reverse passes per example.
 
@@ -175,12 +197,11 @@ class GaussNewton(Hessian):
         otherwise the products of Operator.to_dense.
         """
         obj = self.obj
-        m = obj.outputs(obj.theta, self.X[:1]).numel()
+        m, rows_per_chunk = self._jacobian_rows()
         if m > self.p:
             return super().to_dense(block)
         jacobians = vmap(jacrev(lambda theta, x: obj.outputs(theta, x.unsqueeze(0)).reshape(-1)), in_dims=(None, 0))
         G = torch.zeros(self.p, self.p, dtype=self.dtype, device=self.device)
-        rows_per_chunk = max(1, min(self.batch_size, 2**25 // (m * self.p)))  # J chunk <= 2^25 numbers
         for rows in batches(self.n, rows_per_chunk):
             X, y = self.X[rows], self.y[rows]
             try:

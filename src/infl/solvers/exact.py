@@ -31,12 +31,12 @@ class Exact:
     def footprint(self, op: Operator) -> dict[str, int]:
         """Bytes held, by item: the dense curvature while formed and symmetrised (x3), then its Cholesky factor."""
         return {f"dense curvature ({op.p} x {op.p}, x3), during fit": 3 * op.p**2 * itemsize(op),
-                f"Cholesky factor ({op.p} x {op.p})": op.p**2 * itemsize(op)}
+                f"Cholesky factor ({op.p} x {op.p})": op.p**2 * itemsize(op), **op.dense_footprint()}
 
     def fit(self, op: Operator) -> Exact:
         """Form and factor A = op.to_dense()."""
         if op.p > self.max_params:
-            peak = max(self.footprint(op).values())  # three p x p while it is formed
+            peak = 3 * op.p**2 * itemsize(op)  # three p x p while it is formed
             size = f"{peak / 2**30:.3g} GiB" if peak >= 2**30 else _mb(peak)
             raise InputError(
                 f"the exact solver forms a dense {op.p} x {op.p} curvature (up to {size} while it is formed); p is "
