@@ -282,6 +282,14 @@ def test_non_numeric_feature_column(tmp_path):
         load_csv(path)
 
 
+def test_labels_beyond_int64_are_refused_not_wrapped():
+    for y in (np.array([2**64 - 1, 3], dtype=np.uint64), np.array([1e19, 2e19])):
+        with pytest.raises(DataError, match="labels must fit in int64"):
+            check_arrays(np.ones((2, 1)), y)
+    extremes = np.array([np.iinfo(np.int64).min, np.iinfo(np.int64).max])
+    assert check_arrays(np.ones((2, 1)), extremes)[1].tolist() == extremes.tolist()
+
+
 def test_non_integer_labels(tmp_path):
     path = _write_csv(tmp_path / "d.csv", "a,label\n1,cat\n2,dog\n")
     with pytest.raises(DataError, match=r"non-numeric column 'label' \(line 2: 'cat'\).*labels integers \(or class names, with text_labels=True\)"):

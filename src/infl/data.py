@@ -473,7 +473,17 @@ def _labels(y: np.ndarray, source: str, min_classes: int = 2, text: bool = False
         raise DataError(f"{source}: labels must be integers, got dtype {y.dtype}; map classes to 0..K-1.")
     if not np.isfinite(y).all() or not np.equal(np.mod(y, 1), 0).all():
         raise DataError(f"{source}: labels must be integers, got non-integer values; map classes to 0..K-1.")
+    if _beyond_int64(y):
+        raise DataError(f"{source}: labels must fit in int64, got values up to {y.max()}; map classes to 0..K-1.")
     return _enough_classes(y.astype(np.int64), source, min_classes)
+
+
+def _beyond_int64(y: np.ndarray) -> bool:
+    """Whether integer-valued labels y (n,) hold a value int64 cannot (unsigned above its maximum, floats of
+    magnitude 2^63 or more)."""
+    if not y.size or y.dtype.kind not in "uf":
+        return False
+    return bool(y.max() > np.iinfo(np.int64).max) if y.dtype.kind == "u" else bool(np.abs(y).max() >= 2.0**63)
 
 
 def _enough_classes(y: np.ndarray, source: str, min_classes: int) -> np.ndarray:
