@@ -215,6 +215,15 @@ def test_leave_one_out_warns_that_an_unconverged_model_adds_a_shared_move():
     np.testing.assert_allclose(shifted.actual - res.actual, drift, rtol=1e-6)
 
 
+def test_newton_steps_warns_about_rows_that_ran_out_of_steps(logreg):
+    """A row neither converged nor diverging after max_iter used to pass silently, flagged only in `converged`."""
+    inf = infl.Influence(logreg.model, logreg.loss_fn, l2=logreg.l2).fit(logreg.train)
+    W = removal_weights(inf.n_train, [3, 4], baseline=True)
+    with pytest.warns(UserWarning, match="3 of 3 retrainings did not reach tol = 1e-30 within max_iter = 2"):
+        _, ok = newton_steps(inf, W, inf.solver, tol=1e-30, max_iter=2)
+    assert not ok.any()
+
+
 def test_retraining_a_float32_model_asks_only_for_a_reachable_tolerance(logreg):
     """tol = 1e-10 cannot be met in float32: every row ran out of Newton steps and then 1,000 L-BFGS iterations,
     each warning 'raise max_iter'. retrain_all now asks for reachable_tol(float32) and stays quiet."""

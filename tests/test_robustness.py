@@ -1,6 +1,8 @@
 """Inputs and models beyond the usual: index masks, NumPy and tensor scalars, narrow integer labels,
 layers that break per-example gradients, tied weights, and the CLI's test files."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -267,6 +269,12 @@ def test_cli_takes_class_names_as_labels_and_shows_them_in_every_output(tmp_path
     (tmp_path / "one.csv").write_text("a,b,c,d,label\n0,0,0,0,1\n0,0,0,0,01\n")  # numbers: one class
     with pytest.raises(DataError, match="at least 2 classes, got only \\[1\\] \\(as numbers\\)"):
         load_data(None, tmp_path / "one.csv", tmp_path / "one.csv", None, ())
+    for label in ("9223372036854775808", "-9223372036854775809", "1e19", "inf", "3.5"):  # refused with the value
+        (tmp_path / "bad.csv").write_text(f"a,b,c,d,label\n0,0,0,0,1\n0,0,0,0,2\n0,0,0,0,{label}\n")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # and without numpy's cast or remainder warnings
+            with pytest.raises(DataError, match=r"integers within int64 or class names, got \[[-+0-9.e inf]+\]"):
+                load_data(None, tmp_path / "bad.csv", tmp_path / "one.csv", None, ())
     big = 2**53 + np.arange(3) % 3  # integers float64 cannot tell apart, in an integer file against a CSV
     np.savez(tmp_path / "big.npz", X=X[:60:20].repeat(20, 0), y=big.repeat(20))
     (tmp_path / "big.csv").write_text(f"a,b,c,d,label\n0,0,0,0,{2**53 + 1}\n")

@@ -228,10 +228,12 @@ def _numbers_or_names(y_train: np.ndarray, y_test: np.ndarray, train: Path, test
             except ValueError:
                 return y_train, y_test  # class names
             for y, path in zip(numbers, (train, test)):
-                whole = np.isfinite(y) & np.equal(np.mod(y, 1), 0)
-                if not whole.all():
-                    raise DataError(f"{path}: labels must be integers or class names, got non-integer numbers "
-                                    f"{y[~whole][:3].tolist()}; map them to classes.")
+                with np.errstate(invalid="ignore"):
+                    whole = np.isfinite(y) & np.equal(np.mod(y, 1), 0)
+                if not whole.all() or np.abs(y).max() >= 2.0**63:
+                    bad = np.unique(y[~whole | (np.abs(y) >= 2.0**63)])[:3].tolist()
+                    raise DataError(f"{path}: labels must be integers within int64 or class names, got {bad}; "
+                                    "map them to classes.")
             y_train, y_test = numbers[0].astype(np.int64), numbers[1].astype(np.int64)
     if len(np.unique(y_train)) < 2:
         raise DataError(f"{train}: labels need at least 2 classes, got only {np.unique(y_train).tolist()} (as "

@@ -102,8 +102,8 @@ def newton_steps(inf: Influence, W: Tensor, solver: Solver, *, tol: float = 1e-1
     P fixed every row is a smooth function of its weights, so differences between rows are
     not blurred by line searches or adaptive step sizes. done(count) reports converged rows.
     With proximal > 0, fit `solver` on the curvature damped by proximal (damping=proximal), the
-    Hessian of that objective; a row whose gradient grows DIVERGED-fold is stopped (not converged), with a
-    warning unless warn_diverged=False. Use only the converged rows' Theta.
+    Hessian of that objective; a row whose gradient grows DIVERGED-fold is stopped (not converged); rows
+    diverged or out of steps warn unless warn_diverged=False. Use only the converged rows' Theta.
     """
     obj, X, y = inf.objective_, inf.X_train_, inf.y_train_
     start = obj.theta.detach()
@@ -125,6 +125,11 @@ def newton_steps(inf: Influence, W: Tensor, solver: Solver, *, tol: float = 1e-1
         if not active.numel() or step == max_iter:
             break
         Theta[active] -= solver.solve(G)[0]
+    short = int((~converged).sum()) - diverged  # neither converged nor stopped as diverging: out of steps
+    if short and warn_diverged:
+        warn(f"newton_steps: {short} of {W.shape[0]} retrainings did not reach tol = {tol:g} within max_iter = "
+             f"{max_iter} steps (converged False; their Theta rows are not optima): raise max_iter, or retrain "
+             "those rows with L-BFGS (infl.train.minimize)")
     if diverged and warn_diverged:
         warn(f"newton_steps: {diverged} of {W.shape[0]} retrainings diverged (gradient {DIVERGED:g}x its start) and "
              "were stopped (converged False; their Theta rows are not optima): fixed Newton steps overshoot when the "
