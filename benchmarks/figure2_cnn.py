@@ -98,7 +98,7 @@ def retrain(step: infl.Influence, W: torch.Tensor, proximal: float, steps: int, 
             loaded += len(W[rows])
             continue
         Theta[rows], converged[rows] = newton_steps(step, W[rows], step.solver, tol=TOL, max_iter=steps,
-                                                    proximal=proximal)
+                                                    proximal=proximal, warn_diverged=False)  # counted below
         torch.save((Theta[rows], converged[rows]), path.with_suffix(".tmp"))
         path.with_suffix(".tmp").replace(path)  # a run killed while saving leaves no half-written chunk
     print(f"{len(W) - loaded} rows retrained in {time.perf_counter() - t0:.0f} s, {loaded} loaded from {folder}; "

@@ -288,6 +288,11 @@ def test_labels_beyond_int64_are_refused_not_wrapped():
             check_arrays(np.ones((2, 1)), y)
     extremes = np.array([np.iinfo(np.int64).min, np.iinfo(np.int64).max])
     assert check_arrays(np.ones((2, 1)), extremes)[1].tolist() == extremes.tolist()
+    assert check_arrays(np.ones((2, 1)), np.array([-(2.0**63), 5.0]))[1].tolist() == [-(2**63), 5]  # in int64
+    top = np.array([2**63 - 1, 2**63], dtype=np.uint64)  # the first above int64 is caught, compared exactly
+    assert check_arrays(np.ones((1, 1)), top[:1], min_classes=1)[1].tolist() == [2**63 - 1]
+    with pytest.raises(DataError, match="labels must fit in int64"):
+        check_arrays(np.ones((2, 1)), top)
 
 
 def test_non_integer_labels(tmp_path):

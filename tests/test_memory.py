@@ -26,6 +26,11 @@ def test_the_exact_gauss_newton_plan_counts_the_output_jacobians_it_forms(mlp):
     assert plan[f"output Jacobians while formed ({n} x {m} x {p}, x2)"] == 2 * n * m * p * 8
     hessian = infl.Influence(mlp.model, mlp.loss_fn, l2=mlp.l2, solver="exact").plan(mlp.train)
     assert not any(item.startswith("output Jacobians") for item in hessian)
+    from infl.linear import make_objective
+    from infl.operators import GaussNewton
+
+    obj = make_objective(mlp.model, mlp.loss_fn, mlp.l2, mlp.X[:2])  # a process holding no rows plans too
+    assert sum(GaussNewton(obj, mlp.X[:0], mlp.y[:0]).dense_footprint().values()) == 0
 
 
 def test_plan_leaves_a_fitted_influence_as_it_was(logreg):

@@ -479,11 +479,13 @@ def _labels(y: np.ndarray, source: str, min_classes: int = 2, text: bool = False
 
 
 def _beyond_int64(y: np.ndarray) -> bool:
-    """Whether integer-valued labels y (n,) hold a value int64 cannot (unsigned above its maximum, floats of
-    magnitude 2^63 or more)."""
+    """Whether integer-valued labels y (n,) hold a value int64 cannot (unsigned above its maximum, floats outside
+    [-2^63, 2^63))."""
     if not y.size or y.dtype.kind not in "uf":
         return False
-    return bool(y.max() > np.iinfo(np.int64).max) if y.dtype.kind == "u" else bool(np.abs(y).max() >= 2.0**63)
+    if y.dtype.kind == "u":
+        return bool(y.max() > np.uint64(np.iinfo(np.int64).max))  # compared as uint64, exactly
+    return bool((y >= 2.0**63).any() or (y < -(2.0**63)).any())
 
 
 def _enough_classes(y: np.ndarray, source: str, min_classes: int) -> np.ndarray:

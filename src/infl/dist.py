@@ -144,9 +144,6 @@ class AllReduced(Operator):
         data = (self.op.matmat(V) - self.l2 * V) * local if local else torch.zeros_like(V)
         return all_sum(data) / self.n_total + self.l2 * V
 
-    def dense_footprint(self) -> dict[str, int]:
-        return self.op.dense_footprint()
-
     def subset(self, index: Tensor) -> AllReduced:
         """The curvature over the global examples `index` (mean over them): each rank keeps the ones it holds."""
         mine = index[(index >= self.start) & (index < self.start + self.op.n)] - self.start

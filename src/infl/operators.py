@@ -180,8 +180,8 @@ class GaussNewton(Hessian):
         """Outputs per example m, and the examples whose output Jacobians (m, p) to_dense holds at once (the
         chunk is at most 2^25 numbers, and at least one example)."""
         with torch.no_grad():
-            m = self.obj.outputs(self.obj.theta, self.X[:1]).numel()
-        return m, max(1, min(self.batch_size, self.n, 2**25 // (m * self.p)))
+            m = self.obj.outputs(self.obj.theta, self.X[:1]).numel() if self.n else 0
+        return m, max(1, min(self.batch_size, self.n, 2**25 // max(m * self.p, 1)))
 
     def dense_footprint(self) -> dict[str, int]:
         m, rows = self._jacobian_rows()
