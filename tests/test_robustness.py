@@ -3,6 +3,7 @@ layers that break per-example gradients, tied weights, and the CLI's test files.
 
 import warnings
 
+import click
 import numpy as np
 import pytest
 import torch
@@ -289,6 +290,35 @@ def test_cli_takes_class_names_as_labels_and_shows_them_in_every_output(tmp_path
     assert run.exit_code == 0, run.output
     page = (tmp_path / "e2" / "report.html").read_text()
     assert "&lt;b&gt;a&amp;b&lt;/b&gt;" in page and "<b>a&b</b>" not in page  # names are text, not markup
+
+
+def test_labels_files_go_to_the_idx_files_and_the_label_column_to_the_csv_files(tmp_path):
+    """--labels gives the labels of each IDX file in the order --train, --test (one, with a CSV training file and
+    IDX test images, is the test's); --label-column names the CSV file's column whichever file that is."""
+    import struct
+
+    from infl.cli import load_data
+
+    def idx(path, array, magic):
+        path.write_bytes(struct.pack(">I", magic) + struct.pack(f">{array.ndim}I", *array.shape)
+                         + array.astype(np.uint8).tobytes())
+        return path
+
+    rng = np.random.default_rng(5)
+    images, y = rng.integers(0, 255, size=(12, 2, 2)), np.arange(12) % 2
+    te_x, te_y = idx(tmp_path / "te-images-idx3-ubyte", images[:3], 0x803), idx(tmp_path / "te-labels-idx1-ubyte",
+                                                                                y[:3], 0x801)
+    rows = ["a,b,c,d,kind"] + [",".join(map(str, images[i].ravel())) + f",{y[i]}" for i in range(12)]
+    (tmp_path / "tr.csv").write_text("\n".join(rows) + "\n")
+    split = load_data(None, tmp_path / "tr.csv", te_x, "kind", (te_y,))
+    assert split.y_test.tolist() == y[:3].tolist() and split.X_test.shape == (3, 4)
+    tr_x, tr_y = idx(tmp_path / "tr-images-idx3-ubyte", images, 0x803), idx(tmp_path / "tr-labels-idx1-ubyte", y, 0x801)
+    assert load_data(None, tr_x, te_x, None, (tr_y, te_y)).y_train.tolist() == y.tolist()
+    for given in ((), (te_y, te_y, te_y)):
+        with pytest.raises(click.UsageError, match=f"labels file of each IDX image file.*2 here, got {len(given)}"):
+            load_data(None, tr_x, te_x, None, given)
+    with pytest.raises(click.UsageError, match="--label-column applies to CSV files"):
+        load_data(None, tr_x, te_x, "kind", (tr_y, te_y))
 
 
 def test_class_names_are_read_only_when_asked_and_missing_labels_are_refused(tmp_path):

@@ -158,19 +158,12 @@ def _remove_empty_created() -> None:
     _created.clear()
 
 
-def _load_file(path: Path, label_column: str | None, labels: Path | None, flag: str,
-               **extra: object) -> tuple[np.ndarray, np.ndarray]:
-    """X (n, d), y (n,) from `path`, with --label-column for CSV and --labels for IDX images; `extra`
-    passes load_file options (min_classes, and features for CSV)."""
+def _load_file(path: Path, label_column: str | None, labels: Path | None, **extra: object
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """X (n, d), y (n,) from `path`, with --label-column if it is a CSV file and --labels (`labels`) if IDX
+    images; `extra` passes load_file options (min_classes, and features for CSV)."""
     kind = file_kind(path)
-    if label_column is not None and kind != "csv":
-        raise click.ClickException(f"--label-column applies to CSV files, but {flag} {path} is not a .csv file.")
-    if kind == "idx" and labels is None:
-        raise click.ClickException(f"{path}: IDX images need their labels file; pass --labels FILE for {flag} "
-                                   "(give --labels twice: first for --train, then for --test).")
-    if kind != "idx" and labels is not None:
-        raise click.ClickException(f"--labels applies to IDX image files, but {flag} {path} is not one.")
-    options = {"label_column": label_column} if label_column is not None else {}
+    options = {"label_column": label_column} if label_column is not None and kind == "csv" else {}
     options.update({"labels_path": labels} if labels is not None else {})
     options.update({"text_labels": True} if kind in ("csv", "npz") else {})  # class names are mapped to indices
     options.update(extra)
@@ -192,13 +185,18 @@ def load_data(data: str | None, train: Path | None, test: Path | None, label_col
         raise click.UsageError(f"--data {data} and --train/--test are alternatives: pass one or the other.")
     if train is None or test is None:
         raise click.UsageError("--train and --test go together: pass both files, or neither for built-in data.")
-    if len(labels) > 2:
-        raise click.UsageError(f"--labels takes at most two files (train, then test), got {len(labels)}.")
-    pair = list(labels) + [None] * (2 - len(labels))
-    X_train, y_train = _load_file(train, label_column, pair[0], "--train")
+    if label_column is not None and "csv" not in (file_kind(train), file_kind(test)):
+        raise click.UsageError(f"--label-column applies to CSV files, but neither {train} nor {test} is one.")
+    images = [file_kind(path) == "idx" for path in (train, test)]
+    if len(labels) != sum(images):
+        raise click.UsageError(f"--labels gives the labels file of each IDX image file, in the order --train, "
+                               f"--test: {sum(images)} here, got {len(labels)}.")
+    given = iter(labels)
+    pair = [next(given) if image else None for image in images]
+    X_train, y_train = _load_file(train, label_column, pair[0])
     both_csv = file_kind(train) == "csv" and file_kind(test) == "csv"  # then columns are matched by name
     features = csv_features(train, label_column or "label") if both_csv else None
-    X_test, y_test = _load_file(test, label_column, pair[1], "--test", min_classes=1,
+    X_test, y_test = _load_file(test, label_column, pair[1], min_classes=1,
                                 **({"features": features} if features is not None else {}))
     d = X_train.shape[1]
     if X_test.shape[1] != d:
@@ -375,7 +373,8 @@ def data_options(command: Callable) -> Callable:
         click.option("--test", "test", type=click.Path(path_type=Path), help="Test file, same format as --train."),
         click.option("--label-column", help="CSV column holding the labels [default: label]."),
         click.option("--labels", type=click.Path(path_type=Path), multiple=True,
-                     help="IDX label file; give it twice: for --train, then for --test."),
+                     help="The labels file of an IDX image file; with both --train and --test as IDX, give it "
+                          "twice, in that order."),
     ]
     for option in reversed(options):
         command = option(command)
