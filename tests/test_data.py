@@ -297,7 +297,8 @@ def test_labels_beyond_int64_are_refused_not_wrapped():
 
 def test_non_integer_labels(tmp_path):
     path = _write_csv(tmp_path / "d.csv", "a,label\n1,cat\n2,dog\n")
-    with pytest.raises(DataError, match=r"non-numeric column 'label' \(line 2: 'cat'\).*labels integers \(or class names, with text_labels=True\)"):
+    with pytest.raises(DataError, match=r"non-numeric column 'label' \(line 2: 'cat'\).*labels must be integers "
+                                         r"\(or class names, with text_labels=True\)"):
         load_csv(path)
     with pytest.raises(DataError, match=r"labels must be integers, got non-integer values"):
         check_arrays(np.ones((2, 1)), np.array([0.5, 1.0]))

@@ -274,8 +274,11 @@ def test_cli_takes_class_names_as_labels_and_shows_them_in_every_output(tmp_path
         (tmp_path / "bad.csv").write_text(f"a,b,c,d,label\n0,0,0,0,1\n0,0,0,0,2\n0,0,0,0,{label}\n")
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # and without numpy's cast or remainder warnings
-            with pytest.raises(DataError, match=r"integers within int64 or class names, got \[[-+0-9.e inf]+\]"):
+            with pytest.raises(DataError, match=f"integers within int64 or class names, got \\['{label}'\\]"):
                 load_data(None, tmp_path / "bad.csv", tmp_path / "one.csv", None, ())
+    (tmp_path / "near.csv").write_text(f"a,b,c,d,label\n0,0,0,0,{2**53 + 1}\n0,0,0,0,{2**53}\n0,0,0,0,1.0\n")
+    split = load_data(None, tmp_path / "near.csv", tmp_path / "near.csv", None, ())  # decimals, not float64
+    assert split.classes == 3 and split.as_given(split.y_train).tolist() == [2**53 + 1, 2**53, 1]
     big = 2**53 + np.arange(3) % 3  # integers float64 cannot tell apart, in an integer file against a CSV
     np.savez(tmp_path / "big.npz", X=X[:60:20].repeat(20, 0), y=big.repeat(20))
     (tmp_path / "big.csv").write_text(f"a,b,c,d,label\n0,0,0,0,{2**53 + 1}\n")
@@ -330,6 +333,11 @@ def test_class_names_are_read_only_when_asked_and_missing_labels_are_refused(tmp
         load_csv(path)
     X, y = load_csv(path, text_labels=True)
     assert y.tolist() == ["cat", "dog", "cat"] and X[:, 0].tolist() == [1, 2, 3]
+    path.write_text(f"a,label\n1,{2**53 + 1}\n2,{2**53}\n3,1.0\n")  # integers, parsed exactly without text_labels
+    assert load_csv(path)[1].tolist() == [2**53 + 1, 2**53, 1]
+    path.write_text("a,label\n1,-9223372036854775809\n2,0\n")
+    with pytest.raises(DataError, match="within int64"):
+        load_csv(path)
     path.write_text("a,label\n1,03\n2, 7\n")
     assert load_csv(path, text_labels=True)[1].tolist() == ["03", "7"]  # text as written, stripped
     for missing in ("NA", "nan", " "):

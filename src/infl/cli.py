@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .data import (BUILTINS, DataError, Split, csv_features, file_kind, load_builtin, load_file,
+from .data import (BUILTINS, DataError, Split, csv_features, file_kind, integer_labels, load_builtin, load_file,
                    stored_image_shape)
 from .errors import InflError
 from .influence import SOLVERS, Influence
@@ -217,40 +217,14 @@ def _numbers_or_names(y_train: np.ndarray, y_test: np.ndarray, train: Path, test
     number (then integers are required; "03" and "3" are one class), else as class names, str (the text as
     written)."""
     if not (y_train.dtype.kind in "iu" and y_test.dtype.kind in "iu"):  # stored integers stay exact as they are
-        y_train, y_test = y_train.astype(str), y_test.astype(str)
-        try:  # integers as text, parsed exactly (a float64 would merge 2^53 + 1 with 2^53)
-            y_train, y_test = np.asarray(y_train, dtype=np.int64), np.asarray(y_test, dtype=np.int64)
-        except (ValueError, OverflowError):
-            integers = [_integer(v) for v in np.unique(np.concatenate([y_train, y_test]))]
-            if None not in integers:  # all integers, some beyond int64 (as floats they could round into it)
-                bad = [v for v in integers if not -2**63 <= v < 2**63][:3]
-                raise DataError(f"{train} / {test}: labels must be integers within int64 or class names, got "
-                                f"{bad}; map them to classes.")
-            try:
-                numbers = [np.asarray(y, dtype=np.float64) for y in (y_train, y_test)]  # e.g. "1.0"
-            except ValueError:
-                return y_train, y_test  # class names
-            for y, path in zip(numbers, (train, test)):
-                with np.errstate(invalid="ignore"):
-                    whole = np.isfinite(y) & np.equal(np.mod(y, 1), 0)
-                outside = (y >= 2.0**63) | (y < -(2.0**63))
-                if not whole.all() or outside.any():
-                    bad = np.unique(y[~whole | outside])[:3].tolist()
-                    raise DataError(f"{path}: labels must be integers within int64 or class names, got {bad}; "
-                                    "map them to classes.")
-            y_train, y_test = numbers[0].astype(np.int64), numbers[1].astype(np.int64)
+        both = integer_labels(np.concatenate([y_train.astype(str), y_test.astype(str)]), f"{train} / {test}")
+        if both is None:
+            return y_train.astype(str), y_test.astype(str)  # class names
+        y_train, y_test = both[:len(y_train)], both[len(y_train):]
     if len(np.unique(y_train)) < 2:
         raise DataError(f"{train}: labels need at least 2 classes, got only {np.unique(y_train).tolist()} (as "
                         "numbers); a classifier needs examples of two or more classes.")
     return y_train, y_test
-
-
-def _integer(text: str) -> int | None:
-    """text as a Python integer (any size; "+3", " 03 "), or None."""
-    try:
-        return int(text)
-    except ValueError:
-        return None
 
 
 def _class_indices(values: np.ndarray, y_train: np.ndarray, y_test: np.ndarray, test: Path

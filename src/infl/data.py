@@ -16,6 +16,7 @@ import struct
 import zipfile
 import zlib
 from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -226,11 +227,16 @@ def load_csv(path: str | Path, label_column: str = "label", min_classes: int = 2
     """
     header, lines, body = _read_csv(path, label_column)
     columns = dict(zip(header, list(zip(*body)) or [()] * len(header)))
-    parsed = {name: _numeric(col, name, lines, Path(path)) for name, col in columns.items()
-              if not (text_labels and name == label_column)}
-    if text_labels:
-        parsed[label_column] = _label_text(np.array(columns[label_column], dtype=str),
-                                           lambda i: f"line {lines[i]}", f"{path}: column {label_column!r}")
+    parsed = {name: _numeric(col, name, lines, Path(path)) for name, col in columns.items() if name != label_column}
+    parsed[label_column] = _label_text(np.array(columns[label_column], dtype=str), lambda i: f"line {lines[i]}",
+                                       f"{path}: column {label_column!r}")
+    if not text_labels:  # integers, parsed exactly
+        exact = integer_labels(parsed[label_column], f"{path}: column {label_column!r}")
+        if exact is None:
+            line, cell = next((i, c) for i, c in zip(lines, columns[label_column]) if not _is_float(c))
+            raise DataError(f"{path}: non-numeric column {label_column!r} (line {line}: {cell!r}); labels must be "
+                            "integers (or class names, with text_labels=True).")
+        parsed[label_column] = exact
     names = [name for name in header if name != label_column]
     if features is not None:
         missing, extra = [f for f in features if f not in parsed], [f for f in names if f not in features]
@@ -326,6 +332,25 @@ def _numeric(column: tuple[str, ...], name: str, lines: tuple[int, ...], path: P
         raise DataError(f"{path}: column {name!r} has {int(bad.sum())} NaN or infinite value(s) (first on line "
                         f"{lines[first]}: {column[first]!r}); impute or drop those rows.")
     return values
+
+
+def integer_labels(text: np.ndarray, source: str) -> np.ndarray | None:
+    """Labels written as text (n,) as exact int64 when every one is a number ("03", "+3", "3.0", "1e2"), None
+    when some is not (class names); DataError, with the values, for numbers that are not integers within int64.
+    Parsed as decimals, so 2^53 + 1 stays apart from 2^53."""
+    values, inverse = np.unique(np.char.strip(text.astype(str)), return_inverse=True)
+    numbers = []
+    for value in values:
+        try:
+            numbers.append(Decimal(str(value)))
+        except InvalidOperation:
+            return None
+    bad = [str(v) for v, d in zip(values, numbers)
+           if not d.is_finite() or d != d.to_integral_value() or not -2**63 <= int(d) < 2**63]
+    if bad:
+        raise DataError(f"{source}: labels must be integers within int64 or class names, got {bad[:3]}; map them "
+                        "to classes.")
+    return np.array([int(d) for d in numbers], dtype=np.int64)[inverse.reshape(-1)]
 
 
 def _label_text(values: np.ndarray, where: Callable[[int], str], source: str) -> np.ndarray:
