@@ -317,6 +317,9 @@ def test_labels_files_go_to_the_idx_files_and_the_label_column_to_the_csv_files(
     assert split.y_test.tolist() == y[:3].tolist() and split.X_test.shape == (3, 4)
     tr_x, tr_y = idx(tmp_path / "tr-images-idx3-ubyte", images, 0x803), idx(tmp_path / "tr-labels-idx1-ubyte", y, 0x801)
     assert load_data(None, tr_x, te_x, None, (tr_y, te_y)).y_train.tolist() == y.tolist()
+    np.savez(tmp_path / "wide.npz", X=rng.integers(0, 255, size=(12, 1, 4)), y=y)  # 4 features, another shape
+    with pytest.raises(DataError, match="images are 2 x 2 but the training images 1 x 4"):
+        load_data(None, tmp_path / "wide.npz", te_x, None, (te_y,))
     for given in ((), (te_y, te_y, te_y)):
         with pytest.raises(click.UsageError, match=f"labels file of each IDX image file.*2 here, got {len(given)}"):
             load_data(None, tr_x, te_x, None, given)

@@ -202,7 +202,11 @@ def load_data(data: str | None, train: Path | None, test: Path | None, label_col
     if X_test.shape[1] != d:
         raise DataError(f"{test}: test points have {X_test.shape[1]} features but the training points {d}; "
                         "both files must describe the same features.")
-    shape = stored_image_shape(train) or stored_image_shape(test)  # images as stored; (n, d) arrays are tabular
+    shapes = [stored_image_shape(path) for path in (train, test)]  # images as stored; (n, d) arrays are tabular
+    if None not in shapes and shapes[0] != shapes[1]:
+        raise DataError(f"{test}: its images are {shapes[1][0]} x {shapes[1][1]} but the training images "
+                        f"{shapes[0][0]} x {shapes[0][1]}; both files must hold images of one shape.")
+    shape = shapes[0] or shapes[1]
     y_train, y_test = _numbers_or_names(y_train, y_test, train, test)
     values = np.unique(y_train)
     y_train, y_test = _class_indices(values, y_train, y_test, test)
