@@ -221,9 +221,10 @@ def _numbers_or_names(y_train: np.ndarray, y_test: np.ndarray, train: Path, test
     number (then integers are required; "03" and "3" are one class), else as class names, str (the text as
     written)."""
     if not (y_train.dtype.kind in "iu" and y_test.dtype.kind in "iu"):  # stored integers stay exact as they are
-        both = integer_labels(np.concatenate([y_train.astype(str), y_test.astype(str)]), f"{train} / {test}")
+        y_train, y_test = y_train.astype(str), y_test.astype(str)
+        both = integer_labels(np.concatenate([y_train, y_test]), f"{train} / {test}")
         if both is None:
-            return y_train.astype(str), y_test.astype(str)  # class names
+            return y_train, y_test  # class names
         y_train, y_test = both[:len(y_train)], both[len(y_train):]
     if len(np.unique(y_train)) < 2:
         raise DataError(f"{train}: labels need at least 2 classes, got only {np.unique(y_train).tolist()} (as "

@@ -195,14 +195,11 @@ def load_npz(path: str | Path, x_key: str = "X", y_key: str = "y", min_classes: 
             X, y = archive[x_key], archive[y_key]
     except DataError:
         raise
-    except ValueError as error:
-        if "allow_pickle" in str(error):  # an object array, e.g. a pandas column's .values
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        if isinstance(error, ValueError) and "allow_pickle" in str(error):  # an object array, e.g. pandas' .values
             raise DataError(f"{path}: holds an object array (e.g. a pandas column's .values), which is not read "
                             "(loading it could run code); save numbers and class names as plain arrays: "
                             "np.savez(path, X=X.astype(float), y=y.astype(str)).") from error
-        raise DataError(f"{path}: not a readable .npz archive ({error}); save it with np.savez(path, X=X, y=y).") \
-            from error
-    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as error:
         raise DataError(
             f"{path}: not a readable .npz archive ({error}); save it with np.savez(path, X=X, y=y)."
         ) from error
@@ -232,8 +229,8 @@ def load_csv(path: str | Path, label_column: str = "label", min_classes: int = 2
                                        f"{path}: column {label_column!r}")
     if not text_labels:  # integers, parsed exactly
         exact = integer_labels(parsed[label_column], f"{path}: column {label_column!r}")
-        if exact is None:
-            line, cell = next((i, c) for i, c in zip(lines, columns[label_column]) if not _is_float(c))
+        if exact is None:  # the first cell that is not a number, by the same parse
+            line, cell = next((i, c) for i, c in zip(lines, columns[label_column]) if _decimal(c) is None)
             raise DataError(f"{path}: non-numeric column {label_column!r} (line {line}: {cell!r}); labels must be "
                             "integers (or class names, with text_labels=True).")
         parsed[label_column] = exact
@@ -338,19 +335,24 @@ def integer_labels(text: np.ndarray, source: str) -> np.ndarray | None:
     """Labels written as text (n,) as exact int64 when every one is a number ("03", "+3", "3.0", "1e2"), None
     when some is not (class names); DataError, with the values, for numbers that are not integers within int64.
     Parsed as decimals, so 2^53 + 1 stays apart from 2^53."""
-    values, inverse = np.unique(np.char.strip(text.astype(str)), return_inverse=True)
-    numbers = []
-    for value in values:
-        try:
-            numbers.append(Decimal(str(value)))
-        except InvalidOperation:
-            return None
+    values, inverse = np.unique(text.astype(str), return_inverse=True)
+    numbers = [_decimal(value) for value in values]
+    if None in numbers:
+        return None
     bad = [str(v) for v, d in zip(values, numbers)
            if not d.is_finite() or d != d.to_integral_value() or not -2**63 <= int(d) < 2**63]
     if bad:
         raise DataError(f"{source}: labels must be integers within int64 or class names, got {bad[:3]}; map them "
                         "to classes.")
     return np.array([int(d) for d in numbers], dtype=np.int64)[inverse.reshape(-1)]
+
+
+def _decimal(text: str) -> Decimal | None:
+    """text as a decimal number (surrounding spaces allowed), or None."""
+    try:
+        return Decimal(str(text))
+    except InvalidOperation:
+        return None
 
 
 def _label_text(values: np.ndarray, where: Callable[[int], str], source: str) -> np.ndarray:

@@ -174,8 +174,7 @@ class Influence:
         op = self._operator_on(obj, X, y, dist.shard(X.shape[0]))
         s, n = itemsize(op), X.shape[0]
         out = dict(self.solver.footprint(op))
-        known = self._psd(op) if isinstance(self.solver, EKFAC) else self._floor(op, obj) is not None
-        if known:  # the solver runs no smallest-eigenvalue estimate
+        if self._solver_floor(op, obj) is not None:  # the solver runs no smallest-eigenvalue estimate
             out = {item: size for item, size in out.items() if not item.startswith(BOTTOM_ITEM)}
         out[f"gradient chunk ({min(self.batch_size, n)} x {op.p}, x{GRAD_COPIES})"] = \
             min(self.batch_size, n) * op.p * s * GRAD_COPIES
@@ -222,12 +221,18 @@ class Influence:
         return self
 
     def _fit_solver(self, op: Operator, obj: Objective) -> None:
-        if isinstance(self.solver, EKFAC):  # it needs only to know op is positive semi-definite
-            self.solver.fit(op, floor=0.0 if self._psd(op) else None)
-        elif isinstance(self.solver, (LiSSA, Arnoldi)):
-            self.solver.fit(op, floor=self._floor(op, obj))
+        if isinstance(self.solver, (LiSSA, Arnoldi, EKFAC)):
+            self.solver.fit(op, floor=self._solver_floor(op, obj))
         else:
             self.solver.fit(op)
+
+    def _solver_floor(self, op: Operator, obj: Objective) -> float | None:
+        """The lower bound on op's eigenvalues the solver is given (None: unknown, so LiSSA, Arnoldi and refined
+        EK-FAC estimate one): l2 + damping (_floor); for EK-FAC, which needs to know only that op is positive
+        semi-definite, 0 wherever it is."""
+        if isinstance(self.solver, EKFAC):
+            return 0.0 if self._psd(op) else None
+        return self._floor(op, obj)
 
     def _psd(self, op: Operator) -> bool:
         """Whether the data part of op is positive semi-definite: Gauss-Newton, or a convex linear model."""

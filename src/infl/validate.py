@@ -178,8 +178,7 @@ def leave_one_out(inf: Influence, test: Any, train_indices: Sequence[int],
     obj = inf.objective_
     returned = retrain(inf, index)
     thetas = _retrained(returned, index, obj.theta)
-    baseline = _retrained(returned, [None], obj.theta)[None] if isinstance(returned, Mapping) and None in returned \
-        else None
+    baseline = _retrained(returned, [None], obj.theta)[None] if None in returned else None  # a Mapping by now
     if baseline is None and inf.grad_norm_ > inf.stationarity_tol:
         warn(f"leave_one_out: theta_hat is not a minimum (||grad R|| = {inf.grad_norm_:.3g}), so a retraining "
              "without z_j also moves by what training left undone, and `actual` holds that shared move too (a "
@@ -301,18 +300,16 @@ def lds_of_predictions(predicted: Tensor | np.ndarray, masks: np.ndarray, retrai
         raise InputError(f"predicted must be (m test points, {masks.shape[0]} subsets), got shape {P.shape}")
     _check_finite(P, "predictions")
     m = P.shape[0]
-    # float64: the retrained losses keep their own precision, whatever P's
     path = Path(checkpoint).expanduser() if checkpoint is not None else None
-    actual, finished = _resumed(path, masks, m) if path is not None else (np.empty(P.shape), None)
-    if finished is None:
-        finished = np.zeros(masks.shape[0], dtype=bool)
-    elif finished.any():
+    digest = _masks_digest(masks) if path is not None else ""
+    actual, finished = _resumed(path, masks, digest, m) if path is not None else _fresh(masks, m)
+    if finished.any():
         done(int(finished.sum()))
     for k in np.flatnonzero(~finished):
         actual[:, k] = _losses(retrain_fn(np.flatnonzero(masks[k])), m)
         finished[k] = True
         if path is not None:
-            _save_checkpoint(path, masks, actual, finished)
+            _save_checkpoint(path, masks.shape, digest, actual, finished)
         done(1)
     rho = np.array([stats.spearmanr(p, a)[0] if np.isfinite(a).all() else np.nan for p, a in zip(P, actual)])
     if np.isnan(rho).any():
@@ -326,14 +323,20 @@ def lds_of_predictions(predicted: Tensor | np.ndarray, masks: np.ndarray, retrai
 CHECKPOINT_FORMAT = "infl-lds-checkpoint-2"  # the subsets' shape and SHA-256, the losses so far, which are done
 
 
-def _resumed(path: Path, masks: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """The retrained losses (m, s) and which subsets are done (s,) from the checkpoint at `path`, or an empty
-    start (done None) when it does not exist; InputError for a file that is not an LDS checkpoint or was
-    written for other subsets or another number of test points (it is left as it is)."""
+def _fresh(masks: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Room for the retrained losses (m, s), float64 (they keep their own precision, whatever the predictions'),
+    and no subset done (s,)."""
+    return np.empty((m, masks.shape[0])), np.zeros(masks.shape[0], dtype=bool)
+
+
+def _resumed(path: Path, masks: np.ndarray, digest: str, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """The retrained losses (m, s) and which subsets are done (s,) from the checkpoint at `path`, or a fresh
+    start when it does not exist; InputError for a file that is not an LDS checkpoint or was written for other
+    subsets (`digest`: _masks_digest(masks)) or another number of test points (it is left as it is)."""
     if not path.exists():
         if not path.parent.is_dir():
             raise InputError(f"checkpoint {path}: its folder {path.parent} does not exist; create it first")
-        return np.empty((m, masks.shape[0])), None
+        return _fresh(masks, m)
     try:
         held = np.load(path, allow_pickle=False)
         if not isinstance(held, np.lib.npyio.NpzFile):
@@ -342,12 +345,12 @@ def _resumed(path: Path, masks: np.ndarray, m: int) -> tuple[np.ndarray, np.ndar
             written = str(held["format"])
             if written != CHECKPOINT_FORMAT:
                 raise KeyError(f"format {written!r}, not {CHECKPOINT_FORMAT!r}")
-            digest, shape = str(held["masks_sha256"]), tuple(held["masks_shape"].tolist())
+            written_digest, shape = str(held["masks_sha256"]), tuple(held["masks_shape"].tolist())
             actual, finished = held["actual"], held["finished"]
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
         raise InputError(f"checkpoint {path} exists but is not an LDS checkpoint of this version "
                          f"({type(error).__name__}: {error}); pass a new path (the file is left as it is)") from error
-    if digest != _masks_digest(masks) or actual.shape != (m, masks.shape[0]):
+    if written_digest != digest or actual.shape != (m, masks.shape[0]):
         same = "; the same sizes, other subsets" if shape == masks.shape and actual.shape[0] == m else ""
         raise InputError(f"checkpoint {path} was written for other subsets or test points (the file: {shape[0]} "
                          f"subsets of {shape[1]} points, {actual.shape[0]} test points; now {masks.shape[0]} of "
@@ -356,11 +359,13 @@ def _resumed(path: Path, masks: np.ndarray, m: int) -> tuple[np.ndarray, np.ndar
     return actual.astype(np.float64), finished.astype(bool)
 
 
-def _save_checkpoint(path: Path, masks: np.ndarray, actual: np.ndarray, finished: np.ndarray) -> None:
-    """Write the LDS checkpoint atomically (a run killed while saving keeps the previous one)."""
+def _save_checkpoint(path: Path, shape: tuple[int, int], digest: str, actual: np.ndarray, finished: np.ndarray
+                     ) -> None:
+    """Write the LDS checkpoint atomically (a run killed while saving keeps the previous one): the subsets'
+    shape and digest (_masks_digest), the losses so far and which subsets are done."""
     buffer = io.BytesIO()
-    np.savez(buffer, format=np.array(CHECKPOINT_FORMAT), masks_sha256=np.array(_masks_digest(masks)),
-             masks_shape=np.array(masks.shape), actual=actual, finished=finished)
+    np.savez(buffer, format=np.array(CHECKPOINT_FORMAT), masks_sha256=np.array(digest), masks_shape=np.array(shape),
+             actual=actual, finished=finished)
     write_atomic(path, buffer.getvalue())
 
 
