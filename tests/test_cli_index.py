@@ -119,7 +119,7 @@ def test_a_budget_too_small_lists_what_it_must_hold(tmp_path) -> None:
     message = run.output.splitlines()[-1]
     assert message.startswith("Error: --max-memory 0.954 MiB is too small: process so far"), message  # 1MB = 10^6
     assert "training data" in message and "curvature 650 x 650" in message and "listed in the plan" not in message
-    assert re.search(r"raise --max-memory to at least \d+MiB or pass --project K", message), message
+    assert re.search(r"raise --max-memory to at least \d+MiB \(the need \+ 5%: .*\) or pass --project K", message), message
     assert "max_memory" not in message and "project=" not in message
     assert not (tmp_path / "idx").exists()  # the folder it made, model included, is gone: nothing to resume
 

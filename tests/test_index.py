@@ -36,7 +36,7 @@ def test_full_index_equals_dense_reference(tmp_path, make) -> None:
     prob = make()
     idx = Index.build(influence(prob), tmp_path / "idx", prob.train, chunk_rows=7, verbose=False)
     ref = dense_scores(prob.model, prob.loss_fn, prob.train, prob.test, prob.l2)
-    assert len(list((tmp_path / "idx" / "grads").glob("*.npy"))) == -(-prob.X.shape[0] // 7)
+    assert len(list((tmp_path / "idx" / "grads").glob("[0-9]*.npy"))) == -(-prob.X.shape[0] // 7)
     reopened = Index.open(tmp_path / "idx", influence(prob))
     for index in (idx, reopened):
         torch.testing.assert_close(index.scores(prob.test), ref, rtol=1e-9, atol=1e-9)
@@ -289,13 +289,16 @@ def test_memory_budget_sets_chunks_and_refuses_too_little(tmp_path, capsys) -> N
     assert "plan (budget 3,815 MiB" in capsys.readouterr().err
 
 
-def test_resuming_with_another_loss_or_forward_is_refused(tmp_path) -> None:
+def test_resuming_or_opening_with_another_loss_or_forward_is_refused(tmp_path) -> None:
     """Parameters, data and settings match, so only the stored gradients can tell: mixing would be silent."""
     prob = logreg()
     Index.build(influence(prob), tmp_path / "idx", prob.train, chunk_rows=20, verbose=False)
     doubled = infl.Influence(prob.model, lambda out, y: 2 * prob.loss_fn(out, y), l2=prob.l2)
-    with pytest.raises(IndexMismatchError, match="gradients of the first training rows differ.*loss_fn or forward"):
-        Index.build(doubled, tmp_path / "idx", prob.train, verbose=False)
+    for attempt in (lambda: Index.build(doubled, tmp_path / "idx", prob.train, verbose=False),
+                    lambda: Index.open(tmp_path / "idx", doubled)):  # open has no training data: the probe rows
+        with pytest.raises(IndexMismatchError, match="gradients of the first training rows differ.*loss_fn or forward"):
+            attempt()
+    Index.open(tmp_path / "idx", influence(prob))  # the loss it was built with
     idx = Index.build(doubled, tmp_path / "idx", prob.train, force=True, verbose=False)
     fresh = Index.build(doubled, tmp_path / "fresh", prob.train, chunk_rows=20, verbose=False)
     torch.testing.assert_close(idx.scores(prob.test), fresh.scores(prob.test), rtol=1e-9, atol=1e-12)

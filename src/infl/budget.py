@@ -124,4 +124,5 @@ def _too_small(budget: int, fixed: dict[str, int], rows: int, projected: bool) -
     fix = " or lower project" if projected else " or pass project=k to store projected gradients"
     return (f"max_memory={_mb(budget)} is too small: {parts} already need {_mb(sum(fixed.values()))}, and "
             f"{MIN_ROWS} rows of per-example gradients and curvature products another {_mb(rows)}; raise "
-            f"max_memory to at least {need}MiB{fix}")
+            f"max_memory to at least {need}MiB (the need + {HEADROOM - 1:.0%}: the process's own memory varies by "
+            f"run){fix}")

@@ -180,6 +180,10 @@ def load_data(data: str | None, train: Path | None, test: Path | None, label_col
     """The built-in split `data`, or the user's --train and --test files (images when a file stores them as
     such: IDX, or a .npz X of shape (n, h, w); otherwise tabular)."""
     if train is None and test is None:
+        given = [name for name, value in (("--label-column", label_column), ("--labels", labels)) if value]
+        if given:
+            raise click.UsageError(f"{' and '.join(given)} describe{'s' if len(given) == 1 else ''} the files of "
+                                   "--train and --test; built-in data has its own labels. Pass --train and --test.")
         return load_builtin(data or "mnist")
     if data is not None:
         raise click.UsageError(f"--data {data} and --train/--test are alternatives: pass one or the other.")

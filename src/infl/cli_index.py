@@ -135,7 +135,8 @@ _SPELLINGS = {  # the library's advice, as the command line spells it (first mat
               ("raise max_memory", "raise --max-memory"), ("max_memory=", "--max-memory "),
               ("max_memory must", "--max-memory must"),
               ("Run Index.build", "Run infl index"), ("run Index.build", "run infl index")),
-    "query": (("Use the model, data and settings it was built with, another folder, or force=True to rebuild it",
+    "query": (("Use the model, data and settings it was built with, or another folder, or rebuild it (Index.build "
+               "with force=True)",
                "Leave out --l2 and --damping to use the index's own, pass the --data it was built on, or rebuild it "
                "with infl index --force"), ("Index.build with force=True", "infl index --force"),
               ("force=True", "infl index --force"),

@@ -16,7 +16,9 @@ Folder layout (numpy .npy + JSON, readable without infl):
     manifest.json         format, configuration, fingerprints, n, p, k, chunk_rows, complete
     grads/000000.npy      (rows, k) stored gradients P g_i of chunk 0, rows [0, chunk_rows)
     grads/000000.json     its rows, SHA-256, shape and dtype (written after the .npy: a chunk is finished
-                          when its .json exists)
+                          when its .json exists); chunk 0's also records the probe
+    grads/probe-x.npy, probe-y.npy   chunk 0's first (two) training inputs and targets, from which Index.open
+                          recomputes their gradients to detect another loss_fn or forward code
     curvature.npy/.json   L, lower-triangular (k, k), with L L^T = P (H + damping I) P^T
 Every file is written atomically (infl.store); a killed build resumes where it
 stopped and never recomputes a finished chunk.
@@ -198,7 +200,26 @@ class Index:
             G = torch.cat([self.projection.apply(self.objective.per_example_grads(X[r], y[r]))
                            for r in _sub(rows, grad_rows)])
             record = store.write_array(self.folder / GRADS / f"{c:06d}.npy", G.cpu().numpy())
-            store.write_json(self._chunk_record(c), {**record, "rows": [rows.start, rows.stop]})
+            probe = self._write_probe(X[:2], y[:2]) if c == 0 else None
+            store.write_json(self._chunk_record(c), {**record, "rows": [rows.start, rows.stop]}
+                             | ({"probe": probe} if probe else {}))
+
+    def _write_probe(self, X: Tensor, y: Tensor) -> dict | None:
+        """Write the first training rows (inputs and targets) beside chunk 0; their records, or None for inputs
+        NumPy cannot hold (e.g. bfloat16), which Index.open then cannot check."""
+        try:
+            arrays = {"x": X.detach().cpu().numpy(), "y": y.detach().cpu().numpy()}
+        except (TypeError, RuntimeError):
+            return None
+        return {key: store.write_array(self.folder / GRADS / f"probe-{key}.npy", a) for key, a in arrays.items()}
+
+    def _check_probe(self) -> None:
+        """At open: the gradients of the probe rows (if the index holds them) must be the stored ones."""
+        probe = store.read_json(self._chunk_record(0)).get("probe")
+        if probe:
+            X, y = (torch.as_tensor(store.read_array(self.folder / GRADS, probe[key])).to(self.objective.device)
+                    for key in ("x", "y"))
+            self._same_gradients(X, y, force=False)
 
     def _intact(self, c: int) -> bool:
         """Whether chunk c was finished and is intact (its record readable, its rows and checksum right); a
@@ -213,9 +234,9 @@ class Index:
         return True
 
     def _same_gradients(self, X: Tensor, y: Tensor, force: bool) -> bool:
-        """Whether the stored gradients of the first (two) training rows (chunk 0, if written) are those of this model
-        and loss (relative difference <= sqrt(eps)); a parameters fingerprint cannot see another loss_fn or
-        forward code. An IndexMismatchError, or False with force."""
+        """Whether the stored gradients of the first (two) training rows X, y (chunk 0, if written) are those of
+        this model and loss (relative difference <= sqrt(eps)); a parameters fingerprint cannot see another loss_fn
+        or forward code. An IndexMismatchError, or False with force."""
         if not self._chunk_record(0).exists():
             return True
         try:
@@ -231,9 +252,9 @@ class Index:
             return False
         raise IndexMismatchError(
             f"the index in {self.folder} was built for another setup: the stored gradients of the first training rows "
-            f"differ from this model's and loss's by {gap:.3g} (relative), though parameters, data and settings "
-            "match: another loss_fn or forward code. Use the ones it was built with, another folder, or force=True "
-            "to rebuild it")
+            f"differ from this model's and loss's by {gap:.3g} (relative), though parameters and settings match: "
+            "another loss_fn or forward code. Use the ones it was built with, or another folder, or rebuild it "
+            "(Index.build with force=True)")
 
     def _write_curvature(self, op: Any, product_rows: int, progress: bool = False) -> Tensor:
         """The Cholesky factor of P (H + damping) P^T: read back if written intact, else computed (collectively,
@@ -278,7 +299,7 @@ class Index:
         P = self.projection
         K = torch.empty(P.k, P.k, dtype=self.objective.dtype, device=self.objective.device)
         pieces = list(batches(P.k, CURVATURE_PIECE))
-        for j, rows in enumerate(tqdm(pieces, desc=f"curvature ({CURVATURE_PIECE} products per step)", unit="step",
+        for j, rows in enumerate(tqdm(pieces, desc=f"curvature ({min(P.k, CURVATURE_PIECE)} products per step)", unit="step",
                                       file=sys.stderr, disable=not (progress and rank == 0))):
             part = self._read_curvature_rows(j, rows)
             if part is None:
@@ -316,7 +337,8 @@ class Index:
         """Reopen a finished index for queries with `inf` (an infl.Influence; not fitted, no training data).
 
         Refuses, with IndexMismatchError, a model or configuration other than the one the index was
-        built with, and, with IncompleteIndexError, a build that has not finished.
+        built with (a loss_fn or forward code too, by the stored probe rows' gradients), and, with
+        IncompleteIndexError, a build that has not finished.
         """
         folder = Path(folder)
         manifest = _read_manifest(folder)
@@ -325,6 +347,7 @@ class Index:
         _compare(folder, manifest, config, model_fingerprint(obj), None)
         _check_complete(folder, manifest)
         index = cls(folder, manifest, obj, torch.empty(0), inf.batch_size)
+        index._check_probe()
         index.factor = index._read_factor()
         return index
 
@@ -469,8 +492,8 @@ def _compare(folder: Path, manifest: dict, config: dict, model: str, data: str |
         diffs.append("training data differ (fingerprint)")
     if diffs:
         raise IndexMismatchError(f"the index in {folder} was built for another setup: {'; '.join(diffs)}. Use the "
-                                 "model, data and settings it was built with, another folder, or force=True to "
-                                 "rebuild it")
+                                 "model, data and settings it was built with, or another folder, or rebuild it "
+                                 "(Index.build with force=True)")
 
 
 def _existing(folder: Path, manifest: dict, force: bool) -> dict | None:
@@ -523,7 +546,7 @@ def _start(folder: Path, manifest: dict, resume: bool) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     if not resume:  # only the index's own files
         _remove_numbered(folder / GRADS)
-        for name in (MANIFEST, f"{CURVATURE}.npy", f"{CURVATURE}.json"):
+        for name in (MANIFEST, f"{CURVATURE}.npy", f"{CURVATURE}.json", *(f"{GRADS}/probe-{k}.npy" for k in "xy")):
             (folder / name).unlink(missing_ok=True)
         _clear_curvature_rows(folder)
     (folder / GRADS).mkdir(exist_ok=True)
