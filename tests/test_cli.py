@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import html
 import re
 
 import numpy as np
@@ -198,6 +199,12 @@ def test_library_advice_is_spelled_as_the_command_line_takes_it():
     lissa = spell("LiSSA: ... so the series cannot converge. Add damping > 0.3, or use curvature='gauss-newton'")
     assert "Add --damping above 0.3, or a larger --l2" in lissa and "curvature=" not in lissa
     assert "max_params" not in spell("Use solver='cg' (matrix-free), or raise max_params if the memory is there")
+    loo = ("leave_one_out: theta_hat is not a minimum (||grad R|| = 3.2e+07), so ... (a shift per test point: the "
+           "correlations keep, the values do not): train to convergence, or have retrain return the same retraining on "
+           "all points under the key None, the baseline (e.g. newton_steps on removal_weights(n, indices, "
+           "baseline=True) with proximal = the damping, README)")
+    assert spell(loo).endswith("the values do not): the command's training stopped short of the minimum: standardise "
+                               "features of very different sizes (they slow L-BFGS), or raise --l2")
     for solver in ("KFAC(refine=4)", "EKFAC(refine=4)", "Arnoldi(refine=5)"):  # the solvers' own advice
         advice = f"{solver} (block CG steps on the true curvature; more where it still warns) or solver='cg' solves it"
         assert spell(advice) == "--solver exact or --solver cg solves it"
@@ -291,3 +298,56 @@ def test_an_l2_so_large_that_training_overflows_is_named(tmp_path):
                      "--out", str(tmp_path / "o"))
     assert result.exit_code == 1 and "training with --l2 1e+300 gave NaN or infinite weights" in result.output
     assert "an --l2 of 1e-4 to 1" in result.output and "Traceback" not in result.output
+
+
+def test_warnings_reach_the_report_and_it_shows_the_explained_points_solve(tmp_path):
+    """A run whose model gets every test point right explains the first ones, and says so on stderr and atop the
+    report; the report's solver row is the explained points' solve (leave-one-out solves again, one point)."""
+    rng = np.random.default_rng(0)
+    y = np.arange(40) % 2
+    X = rng.normal(size=(40, 3)) * 0.1 + 3 * y[:, None]  # far apart: every test point right
+    np.savez(tmp_path / "tr.npz", X=X, y=y)
+    np.savez(tmp_path / "te.npz", X=X[:6], y=y[:6])
+    out = tmp_path / "out"
+    run = _invoke("--train", str(tmp_path / "tr.npz"), "--test", str(tmp_path / "te.npz"), "--loo", "4", "--solver",
+                  "lissa", "--out", str(out))
+    assert run.exit_code == 0, run.output
+    assert "warning: the model gets no test point wrong, so the first 3 test points are explained" in run.stderr
+    page = (out / "report.html").read_text()
+    assert "Warnings (" in page and "the model gets no test point wrong" in page
+    from infl import report
+    assert report.RUN_WARNINGS == []  # not carried into pages written later in the same process
+    solver = re.search(r"^solver: (.*)$", run.stdout, flags=re.M).group(1)
+    assert "on 3 of 3 right-hand sides" in solver
+    assert html.escape(solver) in page  # the same solve as stdout's, not leave-one-out's (1 of 1)
+    quiet = _invoke("--train", str(tmp_path / "tr.npz"), "--test", str(tmp_path / "te.npz"), "--test-index", "1",
+                    "--loo", "0", "--out", str(tmp_path / "quiet"))
+    assert quiet.exit_code == 0 and "Warnings (" not in (tmp_path / "quiet" / "report.html").read_text()
+
+
+def test_l2_zero_on_separable_data_is_refused(tmp_path):
+    """Without weight decay separable data have no minimum: the weights only grow, so influence means nothing."""
+    rng = np.random.default_rng(1)
+    y = np.arange(30) % 2
+    np.savez(tmp_path / "tr.npz", X=rng.normal(size=(30, 2)) + 4 * y[:, None], y=y)
+    run = _invoke("--train", str(tmp_path / "tr.npz"), "--test", str(tmp_path / "tr.npz"), "--l2", "0", "--damping",
+                  "0.001", "--out", str(tmp_path / "o"))
+    assert run.exit_code != 0 and "separates (train accuracy 1)" in run.output and "--l2 > 0" in run.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_csv_messages_name_the_separator_and_the_labels_every_file_needs(tmp_path):
+    (tmp_path / "semi.csv").write_text("a;b;label\n1;2;0\n3;4;1\n")
+    (tmp_path / "tr.csv").write_text("a,b,label\n1,2,0\n3,4,1\n1,1,0\n")
+    (tmp_path / "nolabel.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "text.csv").write_text("a,b,label\n1,x,0\n3,4,1\n1,1,0\n")
+    run = _invoke("--train", str(tmp_path / "semi.csv"), "--test", str(tmp_path / "tr.csv"), "--out",
+                  str(tmp_path / "o"))
+    assert run.exit_code != 0 and "separated by ';'" in run.output and "comma-separated" in run.output
+    run = _invoke("--train", str(tmp_path / "tr.csv"), "--test", str(tmp_path / "nolabel.csv"), "--out",
+                  str(tmp_path / "o"))
+    assert run.exit_code != 0 and "Every file needs its labels (test points too" in run.output
+    assert "Pass --label-column NAME if they are under another name" in run.output
+    run = _invoke("--train", str(tmp_path / "text.csv"), "--test", str(tmp_path / "tr.csv"), "--out",
+                  str(tmp_path / "o"))
+    assert run.exit_code != 0 and "non-numeric column 'b'" in run.output and "text_labels" not in run.output

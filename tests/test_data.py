@@ -343,7 +343,8 @@ def test_csv_without_a_header_or_with_an_unnamed_index_column_is_refused(tmp_pat
 
 def test_csv_missing_label_column_lists_columns(tmp_path):
     path = _write_csv(tmp_path / "d.csv", "a,b,y\n1,2,0\n")
-    with pytest.raises(DataError, match=r"no column 'label'; the columns are 'a', 'b', 'y'\. Pass label_column"):
+    with pytest.raises(DataError, match=r"no column 'label'; the columns are 'a', 'b', 'y'\. Every file needs its "
+                                        r"labels.*Pass label_column"):
         load_csv(path)
 
 

@@ -270,3 +270,55 @@ def test_the_command_line_shows_warnings_as_one_line_without_source(tmp_path):
 
     result = CliRunner().invoke(noisy, [])
     assert result.exit_code == 0 and result.stderr == "warning: LiSSA needs depth 9000\n"
+
+
+def _bce(out, t):
+    return F.binary_cross_entropy_with_logits(out.squeeze(1), t, reduction="none")
+
+
+def test_a_test_point_whose_loss_gradient_is_exactly_zero_is_named():
+    """float32: a confidently right prediction (logit -17, target 0) has a loss gradient that torch.func rounds to 0
+    (autograd does not): every score is 0 for it, a tie, and float64 keeps the gradient."""
+    torch.manual_seed(0)
+    X = torch.randn(20, 3)
+    y = (X[:, 0] > 0).float()
+    model = nn.Linear(3, 1)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[2.0, 0.5, -0.5]]))
+        model.bias.zero_()
+    test = (torch.tensor([[1.0, 0, 0], [-8.5, 0, 0]]), torch.tensor([1.0, 0.0]))
+    with pytest.warns(UserWarning, match="stationary"):
+        inf = infl.Influence(model, _bce, l2=0.1).fit((X, y))
+    zero = r"exactly 0 for 1 test point\(s\) \(the first: \[1\]\).*not flat there: in float32.*compute in float64"
+    with pytest.warns(UserWarning, match=zero):
+        S = inf.scores(test)
+    assert (S[1] == 0).all() and (S[0] != 0).any()
+    import warnings
+    with pytest.MonkeyPatch.context() as patch, warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        patch.setattr("infl.influence.rows_per_test_group", lambda *args: 1)  # a group per test point
+        inf.scores((test[0].repeat(3, 1), test[1].repeat(3)))
+    told = [str(w.message) for w in seen if "exactly 0" in str(w.message)]
+    assert len(told) == 1 and "for 3 test point(s) (the first: [1, 3, 5])" in told[0]  # once, over every group
+
+
+def test_the_exact_solver_warns_where_the_condition_number_outruns_the_precision():
+    """float32, two nearly equal features, l2 = 1e-6: cond(H) ~ 3e5, so answers may be off by ~3% though every
+    residual is at rounding; float64 has the digits."""
+    torch.manual_seed(10)
+    Z = torch.randn(100, 6, dtype=torch.float64)
+    Z[:, 1] = Z[:, 0] + 1e-3 * torch.randn(100, dtype=torch.float64)
+    y = (torch.rand(100, dtype=torch.float64) < torch.sigmoid(Z[:, 0] - Z[:, 2])).double()
+    model = nn.Linear(6, 1).double()
+    obj = infl.objective.Objective(model, _bce, 1e-6)
+    infl.train.assign(model, obj, infl.train.minimize(obj, Z, y, tol=1e-12))
+    with pytest.warns(UserWarning, match=r"condition number is about [0-9.]+e\+0[56], so in float32 the answers may be "
+                                         r"off by up to about 0\.0\d.*Compute in float64"):
+        infl.Influence(model.float(), _bce, l2=1e-6).fit((Z.float(), y.float()))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        infl.Influence(model.double(), _bce, l2=1e-6).fit((Z, y))  # cond x eps64 ~ 6e-11: nothing to say
+    from infl.solvers.exact import condition_estimate
+    A = torch.diag(torch.tensor([1e-3, 1.0, 2.0, 5.0], dtype=torch.float64))
+    assert condition_estimate(torch.linalg.cholesky(A)) == pytest.approx(5e3, rel=1e-6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -299,6 +300,17 @@ def test_resuming_or_opening_with_another_loss_or_forward_is_refused(tmp_path) -
         with pytest.raises(IndexMismatchError, match="gradients of the first training rows differ.*loss_fn or forward"):
             attempt()
     Index.open(tmp_path / "idx", influence(prob))  # the loss it was built with
+    probe = tmp_path / "idx" / "grads" / "probe-x.npy"
+    np.save(probe, np.load(probe) + 1)  # damaged: refused as such, and the build the message advises repairs it
+    with pytest.raises(CorruptIndexError, match="probe-x.npy is corrupted.*Run Index.build again"):
+        Index.open(tmp_path / "idx", influence(prob))
+    with pytest.warns(UserWarning, match="recomputing a damaged index chunk"):
+        Index.build(influence(prob), tmp_path / "idx", prob.train, verbose=False)
+    Index.open(tmp_path / "idx", influence(prob))
+    record = tmp_path / "idx" / "grads" / "000000.json"
+    record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "probe"}))
+    with pytest.warns(UserWarning, match="holds no probe rows.*cannot check that loss_fn"):  # an older index
+        Index.open(tmp_path / "idx", doubled)
     idx = Index.build(doubled, tmp_path / "idx", prob.train, force=True, verbose=False)
     fresh = Index.build(doubled, tmp_path / "fresh", prob.train, chunk_rows=20, verbose=False)
     torch.testing.assert_close(idx.scores(prob.test), fresh.scores(prob.test), rtol=1e-9, atol=1e-12)

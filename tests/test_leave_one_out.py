@@ -260,3 +260,16 @@ def test_training_on_unscaled_features_reaches_the_tolerance_where_the_line_sear
     theta = obj.theta.detach().clone().requires_grad_(True)
     risk = obj.losses(theta, torch.tensor(X), torch.tensor(y)).mean() + 0.5 * l2 * theta.square().sum()
     assert torch.autograd.grad(risk, theta)[0].abs().max() <= 1e-9
+
+
+def test_a_stalled_line_search_is_told_apart_from_running_out_of_iterations():
+    """Stopping after 1 of max_iter iterations read as the limit reached; a stall names its usual cause."""
+    from infl.train import fit_logistic
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(60, 3))
+    y = (X[:, 0] > 0).astype(int)
+    X[:, 1] = X[:, 1] * 1e6 + 1e9  # one feature far larger than the others
+    with pytest.warns(UserWarning, match=r"stopped after \d+ iterations?, its line search making no progress "
+                                         r"\(max_iter=1000\).*standardise features"):
+        fit_logistic(X, y, 2, 0.01)

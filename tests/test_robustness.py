@@ -325,7 +325,8 @@ def test_labels_files_go_to_the_idx_files_and_the_label_column_to_the_csv_files(
             load_data(None, tr_x, te_x, None, given)
     with pytest.raises(click.UsageError, match="--label-column applies to CSV files"):
         load_data(None, tr_x, te_x, "kind", (tr_y, te_y))
-    for column, given, named in (("kind", (), "--label-column describes"), (None, (tr_y,), "--labels describes"),
+    for column, given, named in (("kind", (), "--label-column describes"), ("", (), "--label-column describes"),
+                                 (None, (tr_y,), "--labels describes"),
                                  ("kind", (tr_y,), "--label-column and --labels describe")):
         with pytest.raises(click.UsageError, match=f"{named} the files of --train and --test"):
             load_data("digits", None, None, column, given)  # not ignored beside built-in data

@@ -27,10 +27,11 @@ from tqdm import tqdm
 
 from .data import (BUILTINS, DataError, Split, csv_features, file_kind, integer_labels, load_builtin, load_file,
                    stored_image_shape)
-from .errors import InflError
+from .errors import InflError, warn
 from .influence import SOLVERS, Influence
 from .losses import cross_entropy
-from .report import ExplainedPoint, figure_loo, top_k, write_explain_report
+from .report import RUN_WARNINGS, ExplainedPoint, figure_loo, top_k, write_explain_report
+from .solvers.base import SolveInfo
 from .train import fit_logistic
 from .validate import LeaveOneOut, leave_one_out, retrain_all
 
@@ -170,7 +171,8 @@ def _load_file(path: Path, label_column: str | None, labels: Path | None, **extr
     try:
         return load_file(path, **options)
     except DataError as error:  # say the option as the command line spells it
-        message = str(error).replace("Pass label_column=...", "Pass --label-column NAME.")
+        message = str(error).replace("Pass label_column=...", "Pass --label-column NAME if they are under another "
+                                     "name.").replace(" (or class names, with text_labels=True)", " or class names")
         raise DataError(message.replace("Pass x_key=... and y_key=...", "Save the arrays as X and y "
                                         "(np.savez(path, X=X, y=y)).")) from error
 
@@ -180,7 +182,7 @@ def load_data(data: str | None, train: Path | None, test: Path | None, label_col
     """The built-in split `data`, or the user's --train and --test files (images when a file stores them as
     such: IDX, or a .npz X of shape (n, h, w); otherwise tabular)."""
     if train is None and test is None:
-        given = [name for name, value in (("--label-column", label_column), ("--labels", labels)) if value]
+        given = [name for name, value in (("--label-column", label_column is not None), ("--labels", labels)) if value]
         if given:
             raise click.UsageError(f"{' and '.join(given)} describe{'s' if len(given) == 1 else ''} the files of "
                                    "--train and --test; built-in data has its own labels. Pass --train and --test.")
@@ -253,11 +255,16 @@ def _class_indices(values: np.ndarray, y_train: np.ndarray, y_test: np.ndarray, 
 
 def train_model(split: Split, l2: float) -> nn.Linear:
     """The paper's model: multinomial logistic regression nn.Linear(d, classes) in float64, trained to
-    argmin mean cross-entropy + (l2/2)||theta||^2 by L-BFGS from zero."""
+    argmin mean cross-entropy + (l2/2)||theta||^2 by L-BFGS from zero; refuses l2 = 0 on separable data (no
+    minimum exists)."""
     model = fit_logistic(split.X_train, split.y_train, split.classes, l2, tol=TRAIN_TOL)
     if not all(torch.isfinite(param).all() for param in model.parameters()):
         raise click.ClickException(f"training with --l2 {l2:g} gave NaN or infinite weights (an overflow): use "
                                    "features of moderate size (e.g. scaled to [0, 1]) and an --l2 of 1e-4 to 1")
+    if l2 == 0 and (predict(model, split.X_train) == split.y_train).all():
+        raise click.BadParameter("0 on training data the model separates (train accuracy 1): without weight decay "
+                                 "the loss has no minimum, the weights grow until training stops, and influence at "
+                                 "that point means nothing. Pass --l2 > 0 (e.g. 0.01).", param_hint="--l2")
     return model
 
 
@@ -325,9 +332,9 @@ def run_loo(inf: Influence, split: Split, test: int, k: int, seed: int) -> Leave
         return leave_one_out(inf, (X, y), indices, retrain=lambda inf, idx: retrain_all(inf, idx, done=bar.update))
 
 
-def summary_table(split: Split, inf: Influence, opts: dict, accuracy: tuple[float, float],
+def summary_table(split: Split, inf: Influence, info: SolveInfo, opts: dict, accuracy: tuple[float, float],
                   loo: LeaveOneOut | None, clock: Clock) -> dict[str, str]:
-    """The run summary shown in the report."""
+    """The run summary shown in the report; info: the solve of the explained points."""
     n, d = split.X_train.shape
     table = {
         "data": f"{split.name}: {n} train, {len(split.y_test)} test, {d} features, {split.classes} classes",
@@ -335,7 +342,7 @@ def summary_table(split: Split, inf: Influence, opts: dict, accuracy: tuple[floa
         "l2, damping": f"{inf.l2:g}, {inf.damping:g}",
         "train / test accuracy": f"{accuracy[0]:.4f} / {accuracy[1]:.4f}",
         "||grad R(theta_hat)||": f"{inf.grad_norm_:.3g}",
-        "solver": f"{opts['solver']}: {inf.info!r}",
+        "solver": f"{opts['solver']}: {info!r}",
     }
     if loo is not None:
         table["leave-one-out"] = (f"{len(loo.indices)} points, Pearson R = {loo.pearson[0]:.4f}, "
@@ -446,6 +453,9 @@ SPELLINGS = (  # the library's advice as every command spells it: (regular expre
     (r"Add damping \(or a larger l2\)", "Add --damping (or a larger --l2)"),
     (r"the optimum is not tight: raise max_iter", "the optimum is not tight: standardise features of very different "
      "sizes (they slow L-BFGS), or raise --l2"),
+    (r"train to convergence, or have retrain return the same retraining on all points under the key None, the "
+     r"baseline \(.*README\)", "the command's training stopped short of the minimum: standardise features of very "
+     "different sizes (they slow L-BFGS), or raise --l2"),
 )
 
 
@@ -467,9 +477,11 @@ def run_command(body, opts: dict, *, spellings: Sequence[tuple[str, str]] = (),
     still empty, and the files --force replaced are put back."""
     _created.clear()  # folders made by an earlier command in this process are not this one's
     _replaced.clear()
+    RUN_WARNINGS.clear()  # recorded for the reports this command writes
 
     def show(message: Warning | str, category: type, filename: str, lineno: int, file=None, line=None) -> None:
-        tqdm.write(f"warning: {spell(str(message), spellings)}", file=sys.stderr)  # on its own line, under a bar
+        RUN_WARNINGS.append(spell(str(message), spellings))
+        tqdm.write(f"warning: {RUN_WARNINGS[-1]}", file=sys.stderr)  # on its own line, under a bar
 
     try:
         try:
@@ -487,6 +499,8 @@ def run_command(body, opts: dict, *, spellings: Sequence[tuple[str, str]] = (),
     except BaseException:  # errors, Ctrl-C, and the quiet exit of a closed pipe
         _finish_outputs(succeeded=False)
         raise
+    finally:
+        RUN_WARNINGS.clear()  # this command's only: not in pages written later in the same process
     _finish_outputs(succeeded=True)
 
 
@@ -517,12 +531,16 @@ def _explain(opts: dict) -> None:
     accuracy = float(np.mean(predict(model, split.X_train) == split.y_train)), float(np.mean(predicted == split.y_test))
     click.echo(f"{split.name}: train accuracy {accuracy[0]:.4f}, test accuracy {accuracy[1]:.4f}")
     tests = requested or pick_tests(split, predicted)
+    if not requested and (predicted == split.y_test).all():
+        warn(f"the model gets no test point wrong, so the first {len(tests)} test points are explained instead; "
+             "pass --test-index to choose")
     with clock.stage(f"fitting influence ({opts['solver']} solver)"):
         inf = Influence(model, cross_entropy, l2=opts["l2"], damping=opts["damping"], solver=opts["solver"])
         inf.fit((torch.as_tensor(split.X_train), torch.as_tensor(split.y_train)))
     with clock.stage(f"scoring {n} training points for test points {tests}"):
         points = explain_points(inf, split, predicted, tests)
-    click.echo(f"solver: {inf.info!r}")
+    info = inf.info  # of the explained points' solve (leave-one-out solves again)
+    click.echo(f"solver: {info!r}")
     for point in points:
         print_point(point, opts["top"], split.as_given(split.y_train))
     loo = None
@@ -533,7 +551,7 @@ def _explain(opts: dict) -> None:
                    f"Pearson R = {loo.pearson[0]:.4f}, Spearman = {loo.spearman[0]:.4f}")
         figure_loo(loo.predicted[0], loo.actual[0], out / LOO_FIGURE)
     with clock.stage("writing the report"):
-        summary = summary_table(split, inf, opts, accuracy, loo, clock)
+        summary = summary_table(split, inf, info, opts, accuracy, loo, clock)
         path = write_explain_report(out / REPORT_NAME, points=points, X_train=split.X_train,
                                     y_train=split.as_given(split.y_train),
                                     image_shape=split.image_shape, top=opts["top"], loo=loo,

@@ -137,8 +137,9 @@ _SPELLINGS = {  # the library's advice, as the command line spells it (first mat
               ("Run Index.build", "Run infl index"), ("run Index.build", "run infl index")),
     "query": (("Use the model, data and settings it was built with, or another folder, or rebuild it (Index.build "
                "with force=True)",
-               "Leave out --l2 and --damping to use the index's own, pass the --data it was built on, or rebuild it "
-               "with infl index --force"), ("Index.build with force=True", "infl index --force"),
+               "Its model.npz is not the model the index was built from (query always uses the index's own "
+               "settings): put the original back, or rebuild the index with infl index --force"),
+              ("Index.build with force=True", "infl index --force"),
               ("force=True", "infl index --force"),
               ("Run Index.build with the same model, data and settings to resume it", "Run the same infl index "
                "command again (same --out, --data and options) to resume it"),
@@ -167,19 +168,18 @@ def _built_on(folder: Path) -> str:
               help="The built-in data set of the test points [default: the one the index was built on].")
 @click.option("--test-index", type=int, multiple=True, required=True, help="Test point (repeatable).")
 @click.option("--top", type=click.IntRange(min=1), default=5, show_default=True, help="Points shown per side.")
-@click.option("--l2", type=NONNEGATIVE, help="As for `infl index` [default: the index's own].")
-@click.option("--damping", type=NONNEGATIVE, help="As for `infl index` [default: the index's own].")
 def query(**opts: object) -> None:
     """Print the top training points by I_up,loss (positive = harmful) for each --test-index.
 
-    Reads only the index (streamed chunk by chunk), never the training gradients again."""
+    Reads only the index (streamed chunk by chunk), never the training gradients again; l2 and damping are
+    the index's own."""
     run_command(_query, opts, spellings=_SPELLINGS["query"], failed_io="read the index")
 
 
 def _query(opts: dict) -> None:
     folder, test_index = opts["folder"], list(dict.fromkeys(opts["test_index"]))  # each point once, as explain
     built = require_complete(folder)["config"]  # an unfinished or missing index says so before the model is looked for
-    l2, damping = (built[key] if opts[key] is None else opts[key] for key in ("l2", "damping"))
+    l2, damping = built["l2"], built["damping"]
     split = load_data(opts["data"] or _built_on(folder), None, None, None, ())
     bad = [t for t in test_index if not 0 <= t < len(split.y_test)]
     if bad:

@@ -288,6 +288,11 @@ def _blank(row: list[str]) -> bool:
 def _header(rows: list[list[str]], label_column: str, path: str | Path) -> list[str]:
     """The header row's names, stripped; it must name `label_column` and every column, none twice."""
     header = [name.strip() for name in rows[0]]
+    separator = next((sep for sep in ";\t|" if len(header) == 1 and sep in header[0]), None)
+    if separator is not None:
+        raise DataError(f"{path}: the header is one column, {header[0]!r}, separated by {separator!r}: infl reads "
+                        f"comma-separated files; convert it (e.g. pandas.read_csv(path, sep={separator!r})"
+                        ".to_csv(new_path, index=False)).")
     if label_column not in header and all(_is_float(name) for name in header):
         raise DataError(f"{path}: the first row holds only numbers, so the file has no header row; add one naming "
                         f"the columns, with {label_column!r} for the labels.")
@@ -296,8 +301,8 @@ def _header(rows: list[list[str]], label_column: str, path: str | Path) -> list[
                         "to_csv writes by default?); drop it (to_csv(index=False)) or name it.")
     if label_column not in header:
         raise DataError(
-            f"{path}: no column {label_column!r}; the columns are {', '.join(map(repr, header))}. "
-            "Pass label_column=..."
+            f"{path}: no column {label_column!r}; the columns are {', '.join(map(repr, header))}. Every file needs "
+            "its labels (test points too: influence is measured on their loss). Pass label_column=..."
         )
     duplicated = sorted({name for name in header if header.count(name) > 1})
     if duplicated:

@@ -213,13 +213,24 @@ class Index:
             return None
         return {key: store.write_array(self.folder / GRADS / f"probe-{key}.npy", a) for key, a in arrays.items()}
 
-    def _check_probe(self) -> None:
-        """At open: the gradients of the probe rows (if the index holds them) must be the stored ones."""
+    def _read_probe(self) -> tuple[Tensor, Tensor] | None:
+        """The probe rows (X, y) recorded with chunk 0, checked; None where it has none. CorruptIndexError if damaged."""
         probe = store.read_json(self._chunk_record(0)).get("probe")
-        if probe:
-            X, y = (torch.as_tensor(store.read_array(self.folder / GRADS, probe[key])).to(self.objective.device)
-                    for key in ("x", "y"))
-            self._same_gradients(X, y, force=False)
+        if not probe:
+            return None
+        X, y = (torch.as_tensor(store.read_array(self.folder / GRADS, probe[key])).to(self.objective.device)
+                for key in ("x", "y"))
+        return X, y
+
+    def _check_probe(self) -> None:
+        """At open: the gradients of the probe rows must be the stored ones (a warning where there are none)."""
+        probe = self._read_probe()
+        if probe is None:
+            warn(f"the index in {self.folder} holds no probe rows (written by an earlier infl, or inputs NumPy cannot "
+                 "hold, e.g. bfloat16), so Index.open cannot check that loss_fn and the forward code are the ones it "
+                 "was built with: use those, or rebuild it (Index.build with force=True) to add them")
+            return
+        self._same_gradients(*probe, force=False)
 
     def _intact(self, c: int) -> bool:
         """Whether chunk c was finished and is intact (its record readable, its rows and checksum right); a
@@ -228,6 +239,8 @@ class Index:
             return False
         try:
             self._read_chunk(c)
+            if c == 0:
+                self._read_probe()  # a damaged probe: chunk 0 is written again, with it
         except store.CorruptIndexError as error:
             warn(f"recomputing a damaged index chunk: {error}")
             return False

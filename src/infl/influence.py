@@ -73,6 +73,18 @@ def merge_infos(infos: list[SolveInfo], sizes: list[int]) -> SolveInfo:
                      all(i.converged for i in judged), note)
 
 
+def _warn_zero_gradients(zero: list[int], dtype: torch.dtype) -> None:
+    """Warn about the test points `zero` whose loss gradient is exactly 0: every training point's score for them is
+    0, a tie that ranks nothing."""
+    if zero:
+        name = str(dtype).removeprefix("torch.")
+        rounding = (f". If the loss is not flat there: in {name} a very confident prediction's gradient can round to "
+                    "0 (as torch.func computes it); compute in float64 (model.double() and float64 data)"
+                    if dtype != torch.float64 else "")
+        warn(f"the gradient of the test loss is exactly 0 for {len(zero)} test point(s) (the first: {zero[:5]}), so "
+             f"every training point's score for them is 0{rounding}")
+
+
 @contextlib.contextmanager
 def _unchecked(solver: Any, skip: bool) -> Iterator[None]:
     """While skip: the solver measures no residuals (its `check` is 0), so batched solves measure one sample."""
@@ -339,9 +351,12 @@ class Influence:
     def _solved_groups(self, X: Tensor, y: Tensor) -> Iterator[tuple[slice, Tensor]]:
         """(rows, H^{-1} grad L(z) for the test rows) per group of _test_groups; self.info_ covers the groups
         solved so far (an approximate solver's residuals measured on the first group only)."""
-        infos, sizes = [], []
+        infos, sizes, zero = [], [], []
         for rows in self._test_groups(X.shape[0]):
             G = stack_grads(self.objective_, X[rows], y[rows], self.batch_size)
+            zero += ((G == 0).all(1).nonzero().squeeze(1) + rows.start).tolist()
+            if rows.stop == X.shape[0]:  # warned once, before the last group's solve
+                _warn_zero_gradients(zero, G.dtype)
             with _unchecked(self.solver, bool(infos)):
                 T = self._solve(G)
             infos.append(self.info_)

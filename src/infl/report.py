@@ -37,7 +37,10 @@ img.test { width: 12em; height: 12em; } img.plot { max-width: 100%; }
 .harmful figcaption b { color: #b2182b; } .helpful figcaption b { color: #2166ac; }
 table { border-collapse: collapse; } td, th { padding: .2em .8em; text-align: left; border-bottom: 1px solid #eee; }
 .note { color: #555; font-size: .9em; }
+.warnings { background: #fff4e5; border-left: 4px solid #e08a00; padding: .3em 1em; }
 """
+
+RUN_WARNINGS: list[str] = []  # the running command's warnings (the CLI records them); atop every page it writes
 
 
 @dataclass(frozen=True)
@@ -188,8 +191,12 @@ def value_range(*arrays: np.ndarray) -> tuple[float, float]:
 
 
 def html_page(title: str, sections: Sequence[str], intro: str = "") -> str:
-    """A whole self-contained page: <h1>title</h1>, an optional intro note (HTML), then the sections (HTML)."""
+    """A whole self-contained page: <h1>title</h1>, an optional intro note (HTML), the warnings of the run so far
+    (RUN_WARNINGS, if any), then the sections (HTML)."""
     note = f"<p class='note'>{intro}</p>" if intro else ""
+    if RUN_WARNINGS:
+        items = "".join(f"<li>{html.escape(w)}</li>" for w in RUN_WARNINGS)
+        note += f"<div class='warnings'><h2>Warnings ({len(RUN_WARNINGS)})</h2><ul>{items}</ul></div>"
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>{note}{''.join(sections)}"
             "</body></html>\n")

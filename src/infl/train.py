@@ -71,7 +71,11 @@ def minimize(obj: Objective, X: Tensor, y: Tensor, *, weights: Tensor | None = N
         return value
 
     for _ in range(0, max_iter, chunk):
+        state = opt.state[var]
+        iters, evals = state.get("n_iter", 0), state.get("func_evals", 0)
         opt.step(closure)
+        # ended early, with iterations and evaluations to spare: the line search made no progress
+        stalled = state["n_iter"] - iters < chunk and state["func_evals"] - evals < opt.defaults["max_eval"]
         theta = to_theta(var.detach()).requires_grad_(True)
         weighted_risk(obj, theta, X, y, w, batch_size).backward()
         gmax = theta.grad.abs().max().item()
@@ -80,12 +84,15 @@ def minimize(obj: Objective, X: Tensor, y: Tensor, *, weights: Tensor | None = N
     if gmax > tol and polish:
         theta, gmax = newton_polish(lambda t: weighted_risk(obj, t, X, y, w, batch_size), theta.detach(), tol)
     if not gmax <= 10 * tol:  # NaN too
-        fix = ("raise max_iter" if tol >= reachable_tol(obj.dtype) else
-               f"in {obj.dtype} rounding keeps the gradient from tol: use a model in float64 (model.double()) or a "
-               f"tol of at least {reachable_tol(obj.dtype):.1e}")
-        steps = opt.state[var].get("n_iter", 0)  # below max_iter when the line search stalled
-        warn(f"L-BFGS stopped after {steps} of max_iter={max_iter} iterations{' and Newton steps' if polish else ''} "
-             f"with gradient max {gmax:.2e} > tol {tol:.0e}; the optimum is not tight: {fix}")
+        steps = opt.state[var]["n_iter"]
+        fix = (f"in {obj.dtype} rounding keeps the gradient from tol: use a model in float64 (model.double()) or a "
+               f"tol of at least {reachable_tol(obj.dtype):.1e}" if tol < reachable_tol(obj.dtype) else
+               "standardise features of very different sizes (they stall the line search)" if stalled else
+               "raise max_iter")
+        ran = (f"{steps} iteration{'s' * (steps != 1)}, its line search making no progress (max_iter={max_iter})"
+               if stalled else f"{steps} of max_iter={max_iter} iterations")
+        left = "and Newton steps after it left gradient max" if polish else "with gradient max"
+        warn(f"L-BFGS stopped after {ran}, {left} {gmax:.2e} > tol {tol:.0e}; the optimum is not tight: {fix}")
     return theta.detach()
 
 

@@ -11,6 +11,8 @@ from ..budget import _mb
 from .base import SolveInfo, itemsize, relative_residual
 
 CHECK_ROWS = 64  # rows of a quad() batch whose residual is measured (all rows would triple its cost)
+CONDITION_STEPS = 20  # power and inverse iterations that estimate the condition number (each O(p^2))
+LOST = 1e-2  # condition number x eps above which the answers may be off by more than this (relative): warned
 
 
 class Exact:
@@ -49,7 +51,18 @@ class Exact:
         if info.item() != 0:
             raise _indefinite(H, op)
         self.factor = L
+        self._check_condition()
         return self
+
+    def _check_condition(self) -> None:
+        """Warn where cond(A) x eps > LOST: a residual at rounding then still allows a relative error of that size
+        (A's entries carry rounding of their own), which the solves' residual checks cannot see."""
+        cond = condition_estimate(self.factor)
+        lost = cond * torch.finfo(self.factor.dtype).eps
+        if lost > LOST:
+            warn(f"exact: the curvature's condition number is about {cond:.2g}, so in "
+                 f"{str(self.factor.dtype).removeprefix('torch.')} the answers may be off by up to about {lost:.1g} "
+                 f"(relative) although the solves' residuals are small. {_precision_fix(self.factor.dtype)}")
 
     def solve(self, B: Tensor) -> tuple[Tensor, SolveInfo]:
         """X (k, p) with A x = b for each row b of B (k, p)."""
@@ -78,6 +91,21 @@ class Exact:
              f"{worst:.2g} (above {at:.1g}): the curvature is too ill-conditioned for this precision, and the answers "
              f"may be far from the solve. {_precision_fix(residual.dtype)}")
         return False
+
+
+def condition_estimate(L: Tensor, steps: int = CONDITION_STEPS) -> float:
+    """cond(A) = lambda_max / lambda_min of A = L L^T (L lower-triangular, (p, p)), estimated from below: power
+    iteration on A and inverse iteration (two triangular solves a step), `steps` each, from a seeded start."""
+    start = torch.randn(L.shape[0], 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    top = low = start.to(dtype=L.dtype, device=L.device)
+    for _ in range(steps):
+        top = L @ (L.mT @ top)
+        top = top / top.norm()
+        low = torch.linalg.solve_triangular(L.mT, torch.linalg.solve_triangular(L, low, upper=False), upper=True)
+        low = low / low.norm()
+    largest = (L.mT @ top).square().sum()  # Rayleigh quotients v^T A v = ||L^T v||^2
+    smallest = (L.mT @ low).square().sum()
+    return float(largest / smallest)
 
 
 def _precision_fix(dtype: torch.dtype) -> str:
