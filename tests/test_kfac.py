@@ -377,7 +377,7 @@ def test_refine_damping_raises_only_the_preconditioners_damping(mlp):
     X, info = inf.solver.solve(B)
     plain, _ = refine(inf.solver.op, B, 1, lambda R: R.clone(), "cg", "")
     assert info.max_residual > 0.1  # one step: far from converged, so the spaces must match
-    torch.testing.assert_close(X, plain, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(X, plain, rtol=1e-4, atol=1e-7)  # its directions come from a float32 preconditioner
     direct = [fitted(mlp.model, mlp.X, mlp.y, infl.EKFAC(refine_damping=d), l2=mlp.l2).solver.solve(B)[0]
               for d in (0.0, 5.0)]
     torch.testing.assert_close(direct[0], direct[1], rtol=0, atol=0)

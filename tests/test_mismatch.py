@@ -101,6 +101,9 @@ def test_weights_follow_the_definition_on_dense_scores(logreg):
     np.testing.assert_allclose(drivers.weight, weight, rtol=1e-8)
     assert drivers.top.tolist() == np.argsort(-weight, kind="stable")[:5].tolist()
     assert drivers.outsized.tolist() == np.flatnonzero(weight >= 2.0).tolist()
+    import pandas as pd
+    frame = pd.DataFrame(logreg.Xt.numpy()), pd.Series(logreg.yt.numpy())  # rows, not columns, picked
+    np.testing.assert_allclose(find_drivers(inf, frame, [1, 4], k=5, threshold=2.0).weight, drivers.weight, rtol=1e-12)
 
 
 def test_feature_values_keep_few_values_and_bin_the_rest_by_quantiles():

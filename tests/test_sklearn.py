@@ -8,7 +8,9 @@ import torch
 from sklearn.base import clone
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import Lasso, LogisticRegression, Ridge, SGDClassifier
+from sklearn.linear_model import Lasso, LogisticRegression, Ridge, RidgeCV, SGDClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
 import infl
@@ -154,10 +156,14 @@ def test_estimator_is_left_unchanged():
     (LogisticRegression(class_weight="balanced"), "class_weight='balanced'"),
     (SGDClassifier(loss="log_loss"), "loss='log_loss'.*use loss='hinge'"),
     (Ridge(positive=True), "positive=True"),
+    (SGDClassifier(early_stopping=True), "early_stopping=True.*trains on a part of X"),
+    (RidgeCV(), r"unsupported estimator RidgeCV.*refit Ridge\(alpha=est.alpha_\)"),
+    (make_pipeline(StandardScaler(), LogisticRegression()),
+     r"unsupported estimator Pipeline.*from_sklearn\(pipe\[-1\], pipe\[:-1\].transform\(X\), y\)"),
 ])
 def test_unsupported_estimators_are_refused(est, match):
     X, y, _, _ = breast_cancer(100)
-    if not isinstance(est, LogisticRegression) or est.class_weight is not None:
+    if not isinstance(est, LogisticRegression) or est.class_weight is not None:  # fitted, except the first
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             est.fit(X, y)

@@ -41,10 +41,9 @@ class Drivers:
 
 
 def find_drivers(inf: Influence, test: Any, wrong: Sequence[int], k: int = 20, threshold: float = 10.0) -> Drivers:
-    """The training points driving the predictions on test[wrong] (test: (X, y) arrays, wrong: indices)."""
-    X, y = test
-    if len(X) != len(y):
-        raise InputError(f"test inputs and labels differ in length ({len(X)} and {len(y)}); pass one label per input")
+    """The training points driving the predictions on test[wrong] (test: (X, y) arrays, tensors or pandas
+    objects, wrong: indices)."""
+    X, y = inf.test_tensors(test)  # checked, and indexable by rows whatever their container
     wrong = row_indices(wrong, len(y), "wrong (test indices)")
     if not wrong.size:
         raise InputError("there are no wrong test predictions to explain; the model gets every test point right")

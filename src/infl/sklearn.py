@@ -138,6 +138,16 @@ def _check_fitted(est: Any) -> None:
         raise InputError(f"expected a fitted scikit-learn estimator ({SUPPORTED}), got {type(est).__name__}") from exc
 
 
+def _instead(est: Any) -> str:
+    """What to pass instead of an unsupported estimator that wraps or picks a supported one."""
+    if hasattr(est, "steps"):  # a Pipeline
+        return (". For a Pipeline whose last step is one of these, pass that step and the data as it sees them: "
+                "from_sklearn(pipe[-1], pipe[:-1].transform(X), y)")
+    if type(est).__name__ == "RidgeCV":
+        return ". For RidgeCV, refit Ridge(alpha=est.alpha_) (same fit_intercept) on X, y and pass that"
+    return ""
+
+
 def _refuse(est: Any, what: str) -> InputError:
     return InputError(f"{type(est).__name__} with {what} is not supported: influence needs the L2-penalised "
                       f"objective this module knows. Supported: {SUPPORTED}, with the L2 penalty (or none)")
@@ -260,6 +270,8 @@ def _sgd(est: Any, hinge_t: float) -> Recipe:
         raise _refuse(est, f"penalty={est.penalty!r}")
     if est.average:
         raise _refuse(est, "average=True (averaged iterates do not minimise the objective)")
+    if est.early_stopping:
+        raise _refuse(est, "early_stopping=True (it trains on a part of X only, holding out validation_fraction)")
     coef, intercept = _arrays(est)
     l2 = {"weight": 0.0 if est.penalty is None else float(est.alpha)}
     return Recipe(coef, intercept, smooth_hinge_pm(hinge_t), l2, _plus_minus(est.classes_, coef.shape[0]), True)
@@ -284,7 +296,7 @@ def recipe_for(est: Any, n: int, hinge_t: float = DEFAULT_HINGE_T) -> Recipe:
 
     kinds = (LogisticRegression, LinearSVC, SGDClassifier, Ridge)
     if not isinstance(est, kinds):
-        raise InputError(f"unsupported estimator {type(est).__name__}; supported: {SUPPORTED}")
+        raise InputError(f"unsupported estimator {type(est).__name__}; supported: {SUPPORTED}{_instead(est)}")
     _check_fitted(est)
     _check_common(est)
     if isinstance(est, LogisticRegression):
