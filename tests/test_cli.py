@@ -205,6 +205,9 @@ def test_library_advice_is_spelled_as_the_command_line_takes_it():
            "baseline=True) with proximal = the damping, README)")
     assert spell(loo).endswith("the values do not): the command's training stopped short of the minimum: standardise "
                                "features of very different sizes (they slow L-BFGS), or raise --l2")
+    budget = spell("the optimum is not tight: standardise features of very different sizes (they make line searches "
+                   "long), or raise max_iter (it sets that budget)")
+    assert budget.endswith("(they make line searches long), or raise --l2") and "max_iter" not in budget
     for solver in ("KFAC(refine=4)", "EKFAC(refine=4)", "Arnoldi(refine=5)"):  # the solvers' own advice
         advice = f"{solver} (block CG steps on the true curvature; more where it still warns) or solver='cg' solves it"
         assert spell(advice) == "--solver exact or --solver cg solves it"

@@ -297,7 +297,7 @@ def test_resuming_or_opening_with_another_loss_or_forward_is_refused(tmp_path) -
     doubled = infl.Influence(prob.model, lambda out, y: 2 * prob.loss_fn(out, y), l2=prob.l2)
     for attempt in (lambda: Index.build(doubled, tmp_path / "idx", prob.train, verbose=False),
                     lambda: Index.open(tmp_path / "idx", doubled)):  # open has no training data: the probe rows
-        with pytest.raises(IndexMismatchError, match="gradients of the first training rows differ.*loss_fn or forward"):
+        with pytest.raises(IndexMismatchError, match=r"gradients of training rows 0\.\.1 differ.*loss_fn or forward"):
             attempt()
     Index.open(tmp_path / "idx", influence(prob))  # the loss it was built with
     probe = tmp_path / "idx" / "grads" / "probe-x.npy"
@@ -307,6 +307,14 @@ def test_resuming_or_opening_with_another_loss_or_forward_is_refused(tmp_path) -
     with pytest.warns(UserWarning, match="recomputing a damaged index chunk"):
         Index.build(influence(prob), tmp_path / "idx", prob.train, verbose=False)
     Index.open(tmp_path / "idx", influence(prob))
+    chunk = tmp_path / "idx" / "grads" / "000000.npy"
+    intact = chunk.read_bytes()
+    np.save(chunk, np.load(chunk) + 1)  # a damaged chunk 0: the next intact chunk's rows tell the loss apart
+    with pytest.raises(IndexMismatchError, match=r"gradients of training rows 20\.\.21 differ"):
+        Index.build(doubled, tmp_path / "idx", prob.train, verbose=False)
+    with pytest.raises(CorruptIndexError, match="000000.npy is corrupted"):
+        Index.open(tmp_path / "idx", doubled)
+    chunk.write_bytes(intact)
     record = tmp_path / "idx" / "grads" / "000000.json"
     record.write_text(json.dumps({k: v for k, v in json.loads(record.read_text()).items() if k != "probe"}))
     with pytest.warns(UserWarning, match="holds no probe rows.*cannot check that loss_fn"):  # an older index

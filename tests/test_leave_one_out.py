@@ -273,3 +273,13 @@ def test_a_stalled_line_search_is_told_apart_from_running_out_of_iterations():
     with pytest.warns(UserWarning, match=r"stopped after \d+ iterations?, its line search making no progress "
                                          r"\(max_iter=1000\).*standardise features"):
         fit_logistic(X, y, 2, 0.01)
+    for scale, max_iter, told in ((1e6, 2000, r"\d+ iterations, its function evaluations \(a budget max_iter=2000 "
+                                             r"sets\) spent on line searches.*standardise features.*or raise max_iter"),
+                                  (1.0, 1, r"1 of max_iter=1 iterations.*not tight: raise max_iter$")):
+        Z = rng.normal(size=(200, 5))
+        Z[:, 0] *= scale
+        model = torch.nn.Linear(5, 3).double()
+        torch.nn.init.zeros_(model.weight), torch.nn.init.zeros_(model.bias)
+        with pytest.warns(UserWarning, match=r"L-BFGS stopped after " + told):
+            minimize(Objective(model, cross_entropy, 1e-4), torch.as_tensor(Z),
+                     torch.as_tensor(rng.integers(0, 3, 200)), tol=1e-12, max_iter=max_iter)

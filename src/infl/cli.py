@@ -453,6 +453,7 @@ SPELLINGS = (  # the library's advice as every command spells it: (regular expre
     (r"Add damping \(or a larger l2\)", "Add --damping (or a larger --l2)"),
     (r"the optimum is not tight: raise max_iter", "the optimum is not tight: standardise features of very different "
      "sizes (they slow L-BFGS), or raise --l2"),
+    (r", or raise max_iter \(it sets that budget\)", ", or raise --l2"),
     (r"train to convergence, or have retrain return the same retraining on all points under the key None, the "
      r"baseline \(.*README\)", "the command's training stopped short of the minimum: standardise features of very "
      "different sizes (they slow L-BFGS), or raise --l2"),

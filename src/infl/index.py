@@ -230,7 +230,7 @@ class Index:
                  "hold, e.g. bfloat16), so Index.open cannot check that loss_fn and the forward code are the ones it "
                  "was built with: use those, or rebuild it (Index.build with force=True) to add them")
             return
-        self._same_gradients(*probe, force=False)
+        self._same_gradients(*probe, force=False, opening=True)
 
     def _intact(self, c: int) -> bool:
         """Whether chunk c was finished and is intact (its record readable, its rows and checksum right); a
@@ -246,28 +246,43 @@ class Index:
             return False
         return True
 
-    def _same_gradients(self, X: Tensor, y: Tensor, force: bool) -> bool:
-        """Whether the stored gradients of the first (two) training rows X, y (chunk 0, if written) are those of
-        this model and loss (relative difference <= sqrt(eps)); a parameters fingerprint cannot see another loss_fn
-        or forward code. An IndexMismatchError, or False with force."""
-        if not self._chunk_record(0).exists():
-            return True
-        try:
-            stored = torch.as_tensor(self._read_chunk(0)[:2]).to(self.objective.device)
-        except store.CorruptIndexError:
-            return True  # recomputed when resumed
-        rows = stored.shape[0]  # 1 when chunks hold one row
-        now = self.projection.apply(self.objective.per_example_grads(X[:rows], y[:rows]))
+    def _same_gradients(self, X: Tensor, y: Tensor, force: bool, opening: bool = False) -> bool:
+        """Whether the stored gradients of the first (two) rows of the first intact chunk (chunk 0 when `opening`,
+        where X, y are its probe rows) are those of this model and loss on X, y (relative difference <= sqrt(eps)); a
+        parameters fingerprint cannot see another loss_fn or forward code. An IndexMismatchError, or False with
+        force; when opening, a damaged chunk 0 raises CorruptIndexError (its queries would fail anyway)."""
+        found = self._first_stored(1 if opening else self.manifest["n_chunks"], strict=opening)
+        if found is None:
+            return True  # nothing written yet
+        rows, stored = found
+        now = self.projection.apply(self.objective.per_example_grads(X[rows], y[rows]))
         gap = float((now - stored).norm() / stored.norm().clamp_min(torch.finfo(stored.dtype).tiny))
         if gap <= torch.finfo(stored.dtype).eps ** 0.5:
             return True
         if force:
             return False
         raise IndexMismatchError(
-            f"the index in {self.folder} was built for another setup: the stored gradients of the first training rows "
-            f"differ from this model's and loss's by {gap:.3g} (relative), though parameters and settings match: "
+            f"the index in {self.folder} was built for another setup: the stored gradients of training rows "
+            f"{rows.start}..{rows.stop - 1} differ from this model's and loss's by {gap:.3g} (relative), though "
+            "parameters and settings match: "
             "another loss_fn or forward code. Use the ones it was built with, or another folder, or rebuild it "
             "(Index.build with force=True)")
+
+    def _first_stored(self, chunks: int, strict: bool) -> tuple[slice, Tensor] | None:
+        """(rows, stored gradients) of the first (two) rows of the first intact chunk among the first `chunks`, or
+        None; a damaged chunk is skipped, or raises (CorruptIndexError) when `strict`."""
+        for c in range(chunks):
+            if not self._chunk_record(c).exists():
+                continue
+            try:
+                stored = torch.as_tensor(self._read_chunk(c)[:2]).to(self.objective.device)
+            except store.CorruptIndexError:
+                if strict:
+                    raise
+                continue
+            start = self._chunk_rows(c).start
+            return slice(start, start + stored.shape[0]), stored
+        return None
 
     def _write_curvature(self, op: Any, product_rows: int, progress: bool = False) -> Tensor:
         """The Cholesky factor of P (H + damping) P^T: read back if written intact, else computed (collectively,

@@ -74,8 +74,9 @@ def minimize(obj: Objective, X: Tensor, y: Tensor, *, weights: Tensor | None = N
         state = opt.state[var]
         iters, evals = state.get("n_iter", 0), state.get("func_evals", 0)
         opt.step(closure)
-        # ended early, with iterations and evaluations to spare: the line search made no progress
-        stalled = state["n_iter"] - iters < chunk and state["func_evals"] - evals < opt.defaults["max_eval"]
+        # how the step ended: its iterations or its evaluations spent, or neither (no progress: stalled)
+        ended = ("iterations" if state["n_iter"] - iters >= chunk else
+                 "evaluations" if state["func_evals"] - evals >= opt.defaults["max_eval"] else "stalled")
         theta = to_theta(var.detach()).requires_grad_(True)
         weighted_risk(obj, theta, X, y, w, batch_size).backward()
         gmax = theta.grad.abs().max().item()
@@ -84,16 +85,31 @@ def minimize(obj: Objective, X: Tensor, y: Tensor, *, weights: Tensor | None = N
     if gmax > tol and polish:
         theta, gmax = newton_polish(lambda t: weighted_risk(obj, t, X, y, w, batch_size), theta.detach(), tol)
     if not gmax <= 10 * tol:  # NaN too
-        steps = opt.state[var]["n_iter"]
-        fix = (f"in {obj.dtype} rounding keeps the gradient from tol: use a model in float64 (model.double()) or a "
-               f"tol of at least {reachable_tol(obj.dtype):.1e}" if tol < reachable_tol(obj.dtype) else
-               "standardise features of very different sizes (they stall the line search)" if stalled else
-               "raise max_iter")
-        ran = (f"{steps} iteration{'s' * (steps != 1)}, its line search making no progress (max_iter={max_iter})"
-               if stalled else f"{steps} of max_iter={max_iter} iterations")
-        left = "and Newton steps after it left gradient max" if polish else "with gradient max"
-        warn(f"L-BFGS stopped after {ran}, {left} {gmax:.2e} > tol {tol:.0e}; the optimum is not tight: {fix}")
+        _warn_short(opt.state[var]["n_iter"], max_iter, ended, gmax, tol, polish, obj.dtype)
     return theta.detach()
+
+
+def _warn_short(steps: int, max_iter: int, ended: str, gmax: float, tol: float, polish: bool, dtype: torch.dtype
+                ) -> None:
+    """The warning of a minimisation that ended above tol, with the likely cause of how L-BFGS `ended`."""
+    if tol < reachable_tol(dtype):
+        fix = (f"in {dtype} rounding keeps the gradient from tol: use a model in float64 (model.double()) or a tol "
+               f"of at least {reachable_tol(dtype):.1e}")
+    elif ended == "iterations":
+        fix = "raise max_iter"
+    elif ended == "evaluations":
+        fix = ("standardise features of very different sizes (they make line searches long), or raise max_iter (it "
+               "sets that budget)")
+    else:
+        fix = ("standardise features of very different sizes (they stall it), or, where they are standardised, the "
+               "gradient has reached this precision's rounding: a tol that small is out of reach")
+    ran = {"iterations": f"{steps} of max_iter={max_iter} iterations",
+           "evaluations": f"{steps} iterations, its function evaluations (a budget max_iter={max_iter} sets) spent "
+                          "on line searches",
+           "stalled": f"{steps} iteration{'s' * (steps != 1)}, its line search making no progress (max_iter="
+                      f"{max_iter})"}[ended]
+    left = "and Newton steps after it left gradient max" if polish else "with gradient max"
+    warn(f"L-BFGS stopped after {ran}, {left} {gmax:.2e} > tol {tol:.0e}; the optimum is not tight: {fix}")
 
 
 POLISH_STEPS = 5  # Newton steps after L-BFGS at most
