@@ -17,7 +17,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import click
 import numpy as np
@@ -301,6 +301,11 @@ def explain_points(inf: Influence, split: Split, predicted: np.ndarray, tests: l
             for k, (t, loss, row) in enumerate(zip(tests, losses, scores))]
 
 
+def label_width(labels: Iterable[object]) -> int:
+    """The width of a table's label column: 5 ("label"), or the longest of `labels` (class names may be long)."""
+    return max([5] + [len(str(label)) for label in labels])
+
+
 def print_point(point: ExplainedPoint, top: int, y_train: np.ndarray) -> None:
     """The top-k harmful and helpful training points of one test point, as two tables on stdout."""
     harmful, helpful = top_k(point.scores, top)
@@ -308,7 +313,7 @@ def print_point(point: ExplainedPoint, top: int, y_train: np.ndarray) -> None:
                f"test loss {point.loss:.4g}")
     for title, rows in (("most harmful (score > 0: upweighting raises the test loss)", harmful),
                         ("most helpful (score < 0: upweighting lowers the test loss)", helpful)):
-        w = max([5] + [len(str(y_train[i])) for i in rows])  # class names may be long
+        w = label_width(y_train[i] for i in rows)
         click.echo(f"  {title}\n    {'rank':>4}  {'train index':>11}  {'label':>{w}}  {'score':>11}")
         for rank, i in enumerate(rows, 1):
             click.echo(f"    {rank:>4}  {i:>11}  {y_train[i]:>{w}}  {point.scores[i]:>+11.4g}")

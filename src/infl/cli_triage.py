@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from .cli import POSITIVE, REPORT_NAME, SEED, TRAIN_TOL, Clock, data_options, load_data, prepare_out, run_command, \
-    train_model
+    label_width, train_model
 from .data import Split
 from .influence import SOLVERS, Influence
 from .losses import cross_entropy
@@ -89,7 +89,7 @@ def run_as_is(split: Split, opts: dict, out: Path, clock: Clock) -> Path:
               ([r, i, given[i], f"{ranking.self_influence[i]:.6g}", f"{ranking.loss[i]:.6g}"]
                for r, i in enumerate(order, 1)))
     click.echo(f"\nfirst {opts['top']} training points to check (|self-influence| largest first):")
-    w = max([5] + [len(str(given[i])) for i in order[:opts["top"]]])  # class names may be long
+    w = label_width(given[i] for i in order[:opts["top"]])
     click.echo(f"  {'rank':>4}  {'index':>6}  {'label':>{w}}  {'self-influence':>14}  {'loss':>9}")
     for r, i in enumerate(order[:opts["top"]], 1):
         click.echo(f"  {r:>4}  {i:>6}  {given[i]:>{w}}  {ranking.self_influence[i]:>+14.4g}  "

@@ -288,7 +288,7 @@ def _blank(row: list[str]) -> bool:
 def _header(rows: list[list[str]], label_column: str, path: str | Path) -> list[str]:
     """The header row's names, stripped; it must name `label_column` and every column, none twice."""
     header = [name.strip() for name in rows[0]]
-    separator = next((sep for sep in ";\t|" if len(header) == 1 and sep in header[0]), None)
+    separator = next((sep for sep in ";\t|" if sep in header[0]), None) if len(header) == 1 else None
     if separator is not None:
         raise DataError(f"{path}: the header is one column, {header[0]!r}, separated by {separator!r}: infl reads "
                         f"comma-separated files; convert it (e.g. pandas.read_csv(path, sep={separator!r})"

@@ -214,7 +214,8 @@ class Index:
         return {key: store.write_array(self.folder / GRADS / f"probe-{key}.npy", a) for key, a in arrays.items()}
 
     def _read_probe(self) -> tuple[Tensor, Tensor] | None:
-        """The probe rows (X, y) recorded with chunk 0, checked; None where it has none. CorruptIndexError if damaged."""
+        """The probe rows (X, y) recorded with chunk 0, checked; None where it has none. CorruptIndexError if
+        damaged."""
         probe = store.read_json(self._chunk_record(0)).get("probe")
         if not probe:
             return None
@@ -264,9 +265,8 @@ class Index:
         raise IndexMismatchError(
             f"the index in {self.folder} was built for another setup: the stored gradients of training rows "
             f"{rows.start}..{rows.stop - 1} differ from this model's and loss's by {gap:.3g} (relative), though "
-            "parameters and settings match: "
-            "another loss_fn or forward code. Use the ones it was built with, or another folder, or rebuild it "
-            "(Index.build with force=True)")
+            "parameters and settings match: another loss_fn or forward code. Use the ones it was built with, or "
+            "another folder, or rebuild it (Index.build with force=True)")
 
     def _first_stored(self, chunks: int, strict: bool) -> tuple[slice, Tensor] | None:
         """(rows, stored gradients) of the first (two) rows of the first intact chunk among the first `chunks`, or
@@ -327,8 +327,9 @@ class Index:
         P = self.projection
         K = torch.empty(P.k, P.k, dtype=self.objective.dtype, device=self.objective.device)
         pieces = list(batches(P.k, CURVATURE_PIECE))
-        for j, rows in enumerate(tqdm(pieces, desc=f"curvature ({min(P.k, CURVATURE_PIECE)} products per step)", unit="step",
-                                      file=sys.stderr, disable=not (progress and rank == 0))):
+        desc = f"curvature ({min(P.k, CURVATURE_PIECE)} products per step)"
+        for j, rows in enumerate(tqdm(pieces, desc=desc, unit="step", file=sys.stderr,
+                                      disable=not (progress and rank == 0))):
             part = self._read_curvature_rows(j, rows)
             if part is None:
                 part = P.curvature_rows(op, rows, product_rows)

@@ -178,9 +178,9 @@ class EKFAC:
         return X
 
     def _preconditioner(self, R: Tensor) -> Tensor:
-        """refine's preconditioner: the factored inverse with its damping raised, in float32 for a float64 R (twice
-        as fast; block CG picks the curvature-norm-best answer in the space its directions span, so their
-        rounding moves no answer off that optimum)."""
+        """refine's preconditioner: the factored inverse with its damping raised, in float32 for a float64 R
+        (float32 products are cheaper; block CG picks the curvature-norm-best answer in the space its directions
+        span, so their rounding moves the answer only as much as it moves that space)."""
         low = torch.float32 if R.dtype == torch.float64 else R.dtype
         return self.power(R.to(low), -1.0, 1.0 + self.refine_damping).to(R.dtype)
 
