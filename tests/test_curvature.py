@@ -224,3 +224,34 @@ def test_svm_with_smooth_hinge_matches_dense_reference():
     model = trained(nn.Linear(3, 1).double(), loss, 0.05, X, y)
     S = infl.Influence(model, loss, l2=0.05).fit((X, y)).scores((Xt, yt))
     torch.testing.assert_close(S, dense_scores(model, loss, (X, y), (Xt, yt), 0.05), rtol=1e-7, atol=1e-10)
+
+
+def test_float32_forms_multiply_like_their_operators_and_leave_the_model_alone(mlp, logreg):
+    """in_float32 (what preconditioners are built on): the same products to float32 rounding for the Hessian,
+    the damped Gauss-Newton matrix and a linear model's closed form; the model and the float64 operator are
+    untouched. A model with float64 tensors of its own (not parameters or buffers) keeps the float64 operator."""
+    from infl.operators import Hessian, in_float32
+
+    before = [t.clone() for t in mlp.model.parameters()]
+    obj = Objective(mlp.model, mlp.loss_fn, {"0.weight": 0.1, "2.weight": 0.2})  # a per-entry l2 too
+    lin = make_objective(logreg.model, logreg.loss_fn, logreg.l2)
+    ops = [Hessian(obj, mlp.X, mlp.y, 11), GaussNewton(obj, mlp.X, mlp.y, 11) + 0.1,
+           curvature_operator(lin, logreg.X, logreg.y, 32)]
+    for op in ops:
+        low = in_float32(op)
+        V = torch.randn(3, op.p, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+        assert low.dtype == torch.float32 and op.dtype == torch.float64
+        torch.testing.assert_close(low.matmat(V.float()).double(), op.matmat(V), rtol=1e-5, atol=1e-6)
+    assert all(a.dtype == torch.float64 and torch.equal(a, b) for a, b in zip(mlp.model.parameters(), before))
+
+    class OwnConstant(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3).double()
+            self.mix = torch.eye(3, dtype=torch.float64)  # a plain attribute: stays float64
+
+        def forward(self, x):
+            return self.lin(x) @ self.mix
+
+    own = GaussNewton(Objective(OwnConstant(), mlp.loss_fn, 0.1), mlp.X, mlp.y)
+    assert in_float32(own) is own

@@ -117,6 +117,24 @@ def test_preconditioner_cuts_iterations():
     assert pre < plain / 2
 
 
+def test_cg_with_a_float32_sketch_still_solves_to_a_tight_tolerance():
+    """The Nystrom sketch runs on the operator's float32 form and the preconditioner is applied in float64
+    (symmetric, so CG's theory holds): CG reaches tol 1e-11 in about as many steps as with a float64 sketch."""
+    A, B = spd(200, 1e4), rhs(3, 200)
+    exact = torch.linalg.solve(A, B.T).T
+    op, plain = Counted(A), Counted(A)
+    plain.in_float32 = lambda: None
+    steps = []
+    for each in (op, plain):
+        solver = CG(tol=1e-11, rank=100).fit(each)
+        assert solver.precond.U.dtype == torch.float64
+        X, info = solver.solve(B)
+        assert info.converged and info.max_residual <= 1e-11
+        torch.testing.assert_close(X, exact, rtol=1e-8, atol=1e-12)
+        steps.append(info.iterations)
+    assert steps[0] <= steps[1] + 2
+
+
 def test_lissa_converges_to_exact_at_sufficient_depth():
     A, B = spd(15, 20), rhs(2, 15)
     ref = torch.linalg.solve(A, B.T).T
@@ -416,6 +434,28 @@ def test_arnoldi_as_a_preconditioner_fits_its_eigenpairs_loosely():
         infl.Arnoldi(tol=2.0)
 
 
+def test_arnoldi_fits_a_preconditioners_eigenpairs_in_float32_and_refines_in_float64():
+    """With refine (and its loose tol) the Lanczos products run on the operator's float32 form: fewer digits in
+    the preconditioner only, the refined answer as accurate as with float64 eigenpairs, and the answer float64.
+    A tight tol keeps float64 products, which float32 rounding could not meet."""
+    A, B = spd(300, 1e2, seed=6), rhs(4, 300)
+    exact = torch.linalg.solve(A, B.T).T
+    ops = [Counted(A), Counted(A), Counted(A)]
+    ops[1].in_float32 = lambda: None  # no float32 form: the float64 path
+    seen = []
+    for op in ops:
+        low = op.in_float32
+        op.in_float32 = lambda low=low: seen.append(low()) or seen[-1]
+    solvers = [infl.Arnoldi(rank=20, refine=20).fit(ops[0]), infl.Arnoldi(rank=20, refine=20).fit(ops[1]),
+               infl.Arnoldi(rank=20, refine=20, tol=1e-6).fit(ops[2])]
+    assert [s.U.dtype for s in solvers] == [torch.float32, torch.float64, torch.float64]
+    assert seen[0] is not None and seen[1] is None and len(seen) == 2  # the tight tol never asked for float32
+    X32, X64 = (s.solve(B)[0] for s in solvers[:2])
+    assert X32.dtype == torch.float64
+    error = [float((X - exact).norm() / exact.norm()) for X in (X32, X64)]
+    assert error[0] < 2e-2 and error[0] < 1.1 * error[1] + 1e-6
+
+
 def test_refinement_groups_right_hand_sides_and_stops_when_the_space_is_full(monkeypatch):
     """Block CG in groups of REFINE_BLOCK right-hand sides: each group's space is its own, and a group whose
     space stops growing (here: all of R^p) is exact in fewer steps than asked."""
@@ -442,13 +482,22 @@ def test_arnoldi_estimates_the_dropped_spectrum_of_a_dense_operator():
 
 
 class Counted(Dense):
-    """A dense operator that counts the vectors it has been multiplied with."""
+    """A dense operator that counts the vectors it has been multiplied with, its float32 form's too."""
 
-    products = 0
+    def __init__(self, H, tally=None):
+        super().__init__(H)
+        self.tally = tally or [0]
+
+    @property
+    def products(self):
+        return self.tally[0]
 
     def matmat(self, V):
-        self.products += V.shape[0]
+        self.tally[0] += V.shape[0]
         return super().matmat(V)
+
+    def in_float32(self):
+        return Counted(self.H.float(), self.tally)
 
 
 def test_block_lanczos_finds_the_dense_top_eigenpairs_through_thick_restarts():

@@ -144,6 +144,10 @@ class AllReduced(Operator):
         data = (self.op.matmat(V) - self.l2 * V) * local if local else torch.zeros_like(V)
         return all_sum(data) / self.n_total + self.l2 * V
 
+    def in_float32(self) -> AllReduced | None:
+        inner = self.op.in_float32()
+        return None if inner is None else AllReduced(inner, self.n_total, self.start)
+
     def subset(self, index: Tensor) -> AllReduced:
         """The curvature over the global examples `index` (mean over them): each rank keeps the ones it holds."""
         mine = index[(index >= self.start) & (index < self.start + self.op.n)] - self.start

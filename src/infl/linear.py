@@ -129,6 +129,10 @@ class LinearHessian(Operator):
     def n(self) -> int:
         return self.A.shape[0]
 
+    def in_float32(self) -> LinearHessian:
+        return LinearHessian(self.obj.to(torch.float32), self.X, self.y, self.batch_size,
+                             (self.A.float(), self.Lam.float()), self.gauss_newton)
+
     def matmat(self, V: Tensor) -> Tensor:
         obj = self.obj
         Vw, Vb = obj._split(V)

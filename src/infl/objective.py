@@ -13,6 +13,7 @@ model is never modified: every evaluation goes through
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 from typing import Callable, Iterator, Mapping, Union
@@ -231,6 +232,16 @@ class Objective:
     def p(self) -> int:
         """Number of trainable parameters."""
         return self.theta.numel()
+
+    def to(self, dtype: torch.dtype) -> Objective:
+        """A copy that evaluates in `dtype`: theta, the floating buffers and frozen parameters, and a per-entry
+        l2 cast (the model itself is not touched; it runs on the tensors passed in)."""
+        out = copy.copy(self)
+        out.theta, out.dtype = self.theta.to(dtype), dtype
+        out.fixed = {n: t.to(dtype) if t.is_floating_point() else t for n, t in self.fixed.items()}
+        if isinstance(self.l2, Tensor):
+            out.l2 = self.l2.to(dtype)
+        return out
 
     def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
         """theta (p,) -> {parameter name: tensor of its shape}."""

@@ -14,7 +14,9 @@ small eigenvalues are exactly where the inverse is large.
 refine=k > 0 then takes k steps of block conjugate gradients on the true
 operator, preconditioned by that approximate inverse (infl.solvers.krylov.refine):
 k more products per right-hand side, and the residual falls with k towards the
-exact solve.
+exact solve. The eigenpairs then only shape the preconditioner, so unless a tol
+below 1e-3 is asked, a float64 operator's are found with its float32 form
+(infl.operators.in_float32); the steps run in float64.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CurvatureError, InputError, warn
-from ..operators import Operator, damping_needed
+from ..operators import Operator, damping_needed, in_float32
 from .base import SolveInfo, check_count, count, refine_count, itemsize, measured, solved
 from .krylov import refine
 from .lanczos import basis_size, default_block, top_eigenpairs
@@ -33,6 +35,7 @@ BOTTOM_RATIO = 10  # a smallest eigenvalue this far below the dropped directions
 
 
 PRECONDITIONER_TOL = 0.1  # eigenpairs that only shape refine's preconditioner need no more
+FLOAT32_TOL = 1e-3  # with refine and a tol at least this, the pairs are found with float32 products
 
 
 class Arnoldi:
@@ -89,12 +92,13 @@ class Arnoldi:
                              f"use rank <= {op.p - 1}, or solver='exact' for "
                              "the whole spectrum, which is cheap at this size")
         self.op = op
-        lam, U = self._top_eigenpairs(op)
+        fit_on = in_float32(op) if self.refine and self.tol >= FLOAT32_TOL else op
+        lam, U = self._top_eigenpairs(fit_on)
         if lam[-1] <= 0:
             raise CurvatureError(f"the curvature has a non-positive eigenvalue {float(lam[-1]):.3g} among its top "
                                  f"{self.rank}; add damping or use curvature='gauss-newton'")
         self.lam, self.U = lam, U
-        rest = self._mean_dropped_eigenvalue(op)
+        rest = self._mean_dropped_eigenvalue(fit_on)
         if rest < -torch.finfo(lam.dtype).eps ** 0.5 * float(lam[0]):  # z^T A z >= 0 for PSD A, up to rounding
             raise CurvatureError(f"the curvature is not positive definite: the mean eigenvalue of the {op.p - self.rank} "
                                  f"directions outside the top {self.rank} is {rest:.3g} < 0, so some are negative; "
@@ -153,9 +157,11 @@ class Arnoldi:
         return float((Z * op.matmat(Z)).sum() / Z.square().sum())
 
     def inverse(self, B: Tensor) -> Tensor:
-        """The low-rank inverse applied to each row b of B (k, p)."""
-        C = B @ self.U.T
-        return (C / self.lam) @ self.U + (B - C @ self.U) / self.lam_rest
+        """The low-rank inverse applied to each row b of B (k, p), in the eigenpairs' precision (float32 when
+        they only shape refine's preconditioner), returned in B's."""
+        low = B.to(self.U.dtype)
+        C = low @ self.U.T
+        return ((C / self.lam) @ self.U + (low - C @ self.U) / self.lam_rest).to(B.dtype)
 
     def solve(self, B: Tensor) -> tuple[Tensor, SolveInfo]:
         """X (k, p) ~= A^{-1} b for each row b of B (k, p)."""

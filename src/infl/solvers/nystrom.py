@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..operators import Operator
+from ..operators import Operator, in_float32
 
 
 def nystrom(op: Operator, rank: int, seed: int = 0, power: int = 1) -> tuple[Tensor, Tensor]:
@@ -39,7 +39,9 @@ class NystromPreconditioner:
     eigenvalues of A are mapped to its smallest captured one; the rest is left alone."""
 
     def __init__(self, op: Operator, rank: int, seed: int = 0, power: int = 1) -> None:
-        self.U, self.lam = nystrom(op, rank, seed, power)
+        # a partial sketch only preconditions: float32 products where op allows; a full one is the exact inverse
+        U, lam = nystrom(op if rank >= op.p else in_float32(op), rank, seed, power)
+        self.U, self.lam = U.to(op.dtype), lam.to(op.dtype)  # applied in op's dtype
         self.rank = self.lam.numel()
 
     def __call__(self, R: Tensor) -> Tensor:
