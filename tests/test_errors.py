@@ -1,5 +1,6 @@
 """Bad input gets a clear error that names the problem and the fix."""
 
+import copy
 import math
 import re
 
@@ -44,6 +45,19 @@ def test_test_input_of_wrong_shape(logreg):
     inf = influence(logreg).fit(logreg.train)
     with pytest.raises(InputError, match=r"per-example shape \(4,\) but the training inputs have \(5,\)"):
         inf.scores((logreg.Xt[:, :4], logreg.yt))
+    with pytest.raises(InputError, match=r"test targets have per-example shape \(1,\) but the training targets "
+                       r"have \(\)"):  # was blamed on the loss depending on the batch
+        inf.scores((logreg.Xt, logreg.yt[:, None]))
+
+
+@pytest.mark.parametrize("solver", ["exact", "cg"])
+def test_a_half_precision_model_is_told_to_use_a_float32_copy(logreg, solver):
+    """CPU linear algebra has no float16 / bfloat16 kernels; the error was a forward-mode AD message whose advice
+    failed the same way."""
+    half = copy.deepcopy(logreg.model).to(torch.bfloat16)
+    inf = infl.Influence(half, logreg.loss_fn, l2=logreg.l2, solver=solver, stationarity_tol=float("inf"))
+    with pytest.raises(InputError, match=r"the model is in bfloat16, .*copy.deepcopy\(model\).float\(\)"):
+        inf.fit(logreg.train).scores(logreg.test)
 
 
 def test_model_that_cannot_take_the_input(logreg):
@@ -89,6 +103,11 @@ def test_unknown_solver_and_bad_settings(logreg):
         infl.Influence(logreg.model, logreg.loss_fn, l2=float("nan"))
     with pytest.raises(InputError, match="batch_size must be an integer >= 1"):
         influence(logreg, batch_size=0)
+    for bad in (-1.0, float("nan"), "abc"):  # a negative one warned at every minimum, nan switched the check off
+        with pytest.raises(InputError, match=r"stationarity_tol must be a number > 0 \(float\('inf'\) turns"):
+            influence(logreg, stationarity_tol=bad)
+    with pytest.raises(InputError, match="keep_train_grads must be True or False, got 'no'"):
+        influence(logreg, keep_train_grads="no")
 
 
 def test_queries_before_fit(logreg):
@@ -100,6 +119,10 @@ def test_training_index_out_of_range(logreg):
     inf = influence(logreg).fit(logreg.train)
     with pytest.raises(InputError, match=r"training indices \[90\] are out of range for 90"):
         inf.up_params([90])
+    with pytest.raises(InputError, match=r"one-dimensional .* got shape \(2, 2\); flatten them"):
+        inf.up_params([[1, 2], [3, 4]])  # was flattened into 4 answers without a word
+    with pytest.raises(InputError, match="must be integers .* got <U1 values"):
+        inf.pert_loss(logreg.test, ["a"])  # was a bare TypeError from torch
 
 
 class TwoHeads(nn.Module):
@@ -206,6 +229,14 @@ def test_a_parameter_the_loss_does_not_use_makes_the_curvature_singular_and_is_n
 def test_a_dict_of_arrays_is_refused_with_the_fix(logreg):
     with pytest.raises(InputError, match=r"got a dict with keys \['x', 'y'\]: pass \(data"):
         influence(logreg).fit({"x": logreg.X, "y": logreg.y})
+
+
+def test_a_data_loader_or_a_list_of_examples_is_refused_with_the_fix(logreg):
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(logreg.X, logreg.y), batch_size=8)
+    with pytest.raises(InputError, match=r"got DataLoader: pass its dataset \(train_loader.dataset\)"):
+        influence(logreg).fit(loader)
+    with pytest.raises(InputError, match=r"sequence of length 3; for a list of \(x, y\) examples pass"):
+        influence(logreg).fit([(logreg.X[i], logreg.y[i]) for i in range(3)])
 
 
 def test_rows_are_named_by_their_place_in_the_users_data(logreg):

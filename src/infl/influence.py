@@ -17,7 +17,8 @@ from .errors import CurvatureError, InputError, NotFittedError, warn
 from .grads import directional_pays, iter_directional, iter_grads, stack_grads, sum_grad
 from .inputs import batches, to_tensors
 from .linear import LinearHessian, check_curvature, curvature_operator, make_objective
-from .objective import L2, LossFn, Objective, check_l2, describe_l2, is_integer, nonnegative_number
+from .objective import (L2, LossFn, Objective, check_l2, describe_l2, is_integer, nonnegative_number,
+                        positive_number)
 from .operators import Operator
 from .solvers import CG, EKFAC, KFAC, Arnoldi, Exact, LiSSA, SolveInfo
 from .budget import GRAD_COPIES, PRODUCT_COPIES
@@ -147,8 +148,14 @@ class Influence:
         self.solver = make_solver(solver)
         check_curvature(curvature)
         self.curvature = curvature
-        self.batch_size, self.keep_train_grads = batch_size, keep_train_grads
-        self.stationarity_tol = stationarity_tol
+        if not isinstance(keep_train_grads, (bool, np.bool_)):
+            raise InputError(f"keep_train_grads must be True or False, got {keep_train_grads!r}")
+        tol = positive_number(stationarity_tol)
+        if tol is None and stationarity_tol != float("inf"):
+            raise InputError(f"stationarity_tol must be a number > 0 (float('inf') turns the check off), got "
+                             f"{stationarity_tol!r}")
+        self.batch_size, self.keep_train_grads = batch_size, bool(keep_train_grads)
+        self.stationarity_tol = float("inf") if tol is None else tol
 
     # ----------------------------------------------------------------- fit
     def _validated(self, train: Any) -> tuple[Objective, Tensor, Tensor]:
@@ -263,6 +270,11 @@ class Influence:
         try:
             yield
         except NotImplementedError as exc:
+            dtype = self.objective_.dtype
+            if dtype in (torch.float16, torch.bfloat16):
+                raise InputError(f"the model is in {str(dtype).removeprefix('torch.')}, which the curvature's linear "
+                                 f"algebra does not support here ({exc}); use a float32 or float64 copy: "
+                                 "infl.Influence(copy.deepcopy(model).float(), ...)") from exc
             raise InputError(f"the curvature products need forward-mode AD, which an operation in this model lacks "
                              f"({exc}); use curvature='gauss-newton' with solver='exact' (the other solvers, and "
                              "EK-FAC's residual check, take curvature products), or freeze the layer "
@@ -298,9 +310,10 @@ class Influence:
         """Test data as validated (X, y) tensors on the model's dtype and device."""
         self._fitted()
         X, y = to_tensors(test, self.objective_.dtype, self.objective_.device, "test")
-        if X.shape[1:] != self.X_train_.shape[1:]:
-            raise InputError(f"test inputs have per-example shape {tuple(X.shape[1:])} but the training inputs have "
-                             f"{tuple(self.X_train_.shape[1:])}; give test data shaped like the training data")
+        for part, given, train in (("inputs", X, self.X_train_), ("targets", y, self.y_train_)):
+            if given.shape[1:] != train.shape[1:]:
+                raise InputError(f"test {part} have per-example shape {tuple(given.shape[1:])} but the training "
+                                 f"{part} have {tuple(train.shape[1:])}; give test data shaped like the training data")
         self.objective_.check_loss(X, y)
         return X, y
 
@@ -413,7 +426,14 @@ class Influence:
 
     def _train_index(self, indices: Sequence[int] | Tensor) -> Tensor:
         self._fitted()
-        index = torch.as_tensor(np.asarray(indices.cpu() if isinstance(indices, Tensor) else indices))
+        given = np.asarray(indices.cpu() if isinstance(indices, Tensor) else indices)
+        if given.ndim > 1:
+            raise InputError(f"training indices must be one-dimensional (a list, or a mask over the training "
+                             f"points), got shape {given.shape}; flatten them if that is what you mean")
+        if given.size and given.dtype.kind not in "iufcb":
+            raise InputError(f"training indices must be integers (or a boolean mask), got {given.dtype} values "
+                             f"{given.reshape(-1)[:5].tolist()}")
+        index = torch.as_tensor(given)
         if index.numel() == 0:
             index = index.to(torch.long)
         if index.dtype == torch.bool:

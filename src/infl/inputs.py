@@ -45,7 +45,8 @@ def to_tensors(data: Any, dtype: torch.dtype, device: torch.device, name: str = 
     """
     if isinstance(data, (tuple, list)):
         if len(data) != 2:
-            raise InputError(f"{name} must be a pair (X, y), got a sequence of length {len(data)}")
+            raise InputError(f"{name} must be a pair (X, y), got a sequence of length {len(data)}; for a list of "
+                             "(x, y) examples pass (torch.stack(xs), torch.tensor(ys)), or a Dataset")
         X, y = _as_tensor(data[0], f"{name} X"), _as_tensor(data[1], f"{name} y")
     elif isinstance(data, dict):
         raise InputError(f"{name} must be a pair (X, y) of tensors or arrays, or a Dataset yielding (x, y); got a dict "
@@ -53,8 +54,9 @@ def to_tensors(data: Any, dtype: torch.dtype, device: torch.device, name: str = 
     elif hasattr(data, "__getitem__") and hasattr(data, "__len__"):
         X, y = _from_dataset(data, name)
     else:
+        loader = f": pass its dataset ({name}_loader.dataset); infl batches it itself" if hasattr(data, "dataset") else ""
         raise InputError(f"{name} must be a pair (X, y) of tensors or arrays, or a Dataset yielding (x, y); "
-                         f"got {type(data).__name__}")
+                         f"got {type(data).__name__}{loader}")
     if X.ndim == 0 or y.ndim == 0:
         raise InputError(f"{name} X and y need a leading example dimension; got shapes "
                          f"{tuple(X.shape)} and {tuple(y.shape)}")
