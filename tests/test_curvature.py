@@ -255,3 +255,11 @@ def test_float32_forms_multiply_like_their_operators_and_leave_the_model_alone(m
 
     own = GaussNewton(Objective(OwnConstant(), mlp.loss_fn, 0.1), mlp.X, mlp.y)
     assert in_float32(own) is own
+
+    def strict(out, t):  # any error a user's loss raises in float32 keeps the float64 form
+        if out.dtype != torch.float64:
+            raise ValueError("float64 outputs only")
+        return mlp.loss_fn(out, t)
+
+    picky = GaussNewton(Objective(mlp.model, strict, 0.1), mlp.X, mlp.y) + 0.1
+    assert in_float32(picky) is picky

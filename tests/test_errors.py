@@ -4,6 +4,7 @@ import copy
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,8 @@ from torch import nn
 
 import infl
 from infl.errors import CurvatureError, InputError, NotFittedError
+
+from conftest import trained
 
 
 def influence(problem, **kw):
@@ -45,9 +48,21 @@ def test_test_input_of_wrong_shape(logreg):
     inf = influence(logreg).fit(logreg.train)
     with pytest.raises(InputError, match=r"per-example shape \(4,\) but the training inputs have \(5,\)"):
         inf.scores((logreg.Xt[:, :4], logreg.yt))
-    with pytest.raises(InputError, match=r"test targets have per-example shape \(1,\) but the training targets "
-                       r"have \(\)"):  # was blamed on the loss depending on the batch
-        inf.scores((logreg.Xt, logreg.yt[:, None]))
+    soft = torch.nn.functional.one_hot(logreg.yt, 3).double()  # soft labels: cross-entropy takes them
+    torch.testing.assert_close(inf.scores((logreg.Xt, soft)), inf.scores(logreg.test))
+
+
+def test_test_targets_shaped_unlike_the_training_targets_are_named_when_the_loss_check_fails():
+    """Train y (n, 1), test y (m,), and a loss that broadcasts them: the check's error blamed statistics over the
+    batch only."""
+    X = torch.randn(30, 2, dtype=torch.float64)
+    y = X.sum(1, keepdim=True)
+    model = trained(nn.Linear(2, 1).double(), lambda out, t: ((out - t) ** 2).sum(1), 0.1, X, y)
+    mse = lambda out, t: ((out - t) ** 2).sum(1)  # noqa: E731
+    inf = infl.Influence(model, mse, l2=0.1, stationarity_tol=float("inf")).fit((X, y))
+    with pytest.raises(InputError, match=r"test targets have per-example shape \(\) but the training targets "
+                       r"have \(1,\)"):
+        inf.scores((X[:3], y[:3, 0]))
 
 
 @pytest.mark.parametrize("solver", ["exact", "cg"])
@@ -103,11 +118,15 @@ def test_unknown_solver_and_bad_settings(logreg):
         infl.Influence(logreg.model, logreg.loss_fn, l2=float("nan"))
     with pytest.raises(InputError, match="batch_size must be an integer >= 1"):
         influence(logreg, batch_size=0)
-    for bad in (-1.0, float("nan"), "abc"):  # a negative one warned at every minimum, nan switched the check off
-        with pytest.raises(InputError, match=r"stationarity_tol must be a number > 0 \(float\('inf'\) turns"):
+    for bad in (-1.0, float("nan"), "abc", "inf"):  # a negative one warned at every minimum, nan switched it off
+        with pytest.raises(InputError, match=r"stationarity_tol must be a number >= 0 \(float\('inf'\) turns"):
             influence(logreg, stationarity_tol=bad)
     with pytest.raises(InputError, match="keep_train_grads must be True or False, got 'no'"):
         influence(logreg, keep_train_grads="no")
+    for fine in (0, np.float32(1e-3), torch.tensor(float("inf")), np.inf):
+        influence(logreg, stationarity_tol=fine)
+    for fine in (1, 0, np.bool_(True), torch.tensor(True)):
+        assert influence(logreg, keep_train_grads=fine).keep_train_grads is bool(fine)
 
 
 def test_queries_before_fit(logreg):
@@ -121,6 +140,9 @@ def test_training_index_out_of_range(logreg):
         inf.up_params([90])
     with pytest.raises(InputError, match=r"one-dimensional .* got shape \(2, 2\); flatten them"):
         inf.up_params([[1, 2], [3, 4]])  # was flattened into 4 answers without a word
+    mask = torch.zeros(90, dtype=torch.bool)
+    mask[[4, 7]] = True
+    torch.testing.assert_close(inf.up_params(torch.nonzero(mask)), inf.up_params([4, 7]))  # a (2, 1) column
     with pytest.raises(InputError, match="must be integers .* got <U1 values"):
         inf.pert_loss(logreg.test, ["a"])  # was a bare TypeError from torch
 

@@ -386,6 +386,20 @@ def test_refine_damping_raises_only_the_preconditioners_damping(mlp):
             infl.EKFAC(refine_damping=bad)
 
 
+def test_the_preconditioner_runs_in_float32_only_where_its_eigenvalues_stand_clear_of_float32_rounding(mlp):
+    """Applied in float32, a factored inverse with eigenvalues below ~1e-7 of its largest is rounding noise there:
+    at l2 = 1e-9 it stays float64; at the fixture's l2 it runs in float32."""
+    seen = []
+    for l2, low in ((mlp.l2, True), (1e-9, False)):
+        inf = fitted(mlp.model, mlp.X, mlp.y, infl.EKFAC(refine=3), l2=l2)
+        assert inf.solver.float32_ is low
+        power = inf.solver.power
+        inf.solver.power = lambda B, *a: seen.append(B.dtype) or power(B, *a)
+        assert inf.s_test(mlp.test).dtype == torch.float64
+        assert set(seen) == {torch.float32 if low else torch.float64}
+        seen.clear()
+
+
 def test_zero_factored_eigenvalue_without_damping_is_refused(logreg):
     """Softmax outputs have a null direction, so without l2 or damping EK-FAC has a zero eigenvalue: say so."""
     with pytest.raises(infl.CurvatureError, match="damping"):

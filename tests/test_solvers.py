@@ -135,6 +135,44 @@ def test_cg_with_a_float32_sketch_still_solves_to_a_tight_tolerance():
     assert steps[0] <= steps[1] + 2
 
 
+@pytest.mark.parametrize("make", ["ill-conditioned", "low rank + 1e-9"])
+def test_preconditioners_reaching_below_float32s_resolution_are_built_in_float64(make):
+    """A float32 sketch cannot resolve eigenvalues below ~1e-7 of the largest: on such spectra CG took up to 8x
+    the steps and Arnoldi(refine) lost 4 digits. Where what they invert reaches below 1e-4 of the largest, they
+    are rebuilt in float64, so the answers are those of the float64 build, to the bit."""
+    B = rhs(4, 150)
+    if make == "ill-conditioned":  # Nystrom rank 100 of cond 1e10 captures eigenvalues down to ~1e-7 of the top
+        op, solvers = lambda: Counted(spd(150, 1e10)), [lambda: CG(rank=100, tol=1e-10, max_iter=3000)]  # noqa: E731
+    else:
+        J = torch.randn(10, 150, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        op = lambda: Counted(1e3 * J.T @ J) + 1e-9  # noqa: E731
+        solvers = [lambda: CG(rank=20, tol=1e-10, max_iter=3000), lambda: infl.Arnoldi(rank=12, refine=5)]
+    for solver in solvers:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ours, plain = op(), op()
+            plain.in_float32 = lambda: None
+            (X, info), (Y, ref) = (solver().fit(o).solve(B) for o in (ours, plain))
+        assert info.iterations == ref.iterations and torch.equal(X, Y)
+
+
+def test_lissa_shows_its_progress_when_asked_or_once_a_solve_runs_long(capsys, monkeypatch):
+    """A long default LiSSA ran minutes without a sign of life: its bar appears after PROGRESS_AFTER seconds
+    (here 0), from the start with progress=True, never with False; the answer is the same."""
+    from infl.solvers import lissa
+
+    A, B = spd(15, 20), rhs(2, 15)
+    answers = []
+    for progress, after, shown in ((False, 0.0, False), (None, 3600.0, False), (None, 0.0, True), (True, 3600.0, True)):
+        monkeypatch.setattr(lissa, "PROGRESS_AFTER", after)
+        answers.append(LiSSA(depth=50, progress=progress).fit(Dense(A)).solve(B)[0])
+        err = capsys.readouterr().err
+        assert ("LiSSA (2 right-hand sides)" in err and "50/50" in err) == shown, (progress, after, err)
+    assert all(torch.equal(X, answers[0]) for X in answers)
+    with pytest.raises(InputError, match="LiSSA progress must be None"):
+        LiSSA(progress="yes")
+
+
 def test_lissa_converges_to_exact_at_sufficient_depth():
     A, B = spd(15, 20), rhs(2, 15)
     ref = torch.linalg.solve(A, B.T).T

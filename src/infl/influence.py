@@ -17,8 +17,7 @@ from .errors import CurvatureError, InputError, NotFittedError, warn
 from .grads import directional_pays, iter_directional, iter_grads, stack_grads, sum_grad
 from .inputs import batches, to_tensors
 from .linear import LinearHessian, check_curvature, curvature_operator, make_objective
-from .objective import (L2, LossFn, Objective, check_l2, describe_l2, is_integer, nonnegative_number,
-                        positive_number)
+from .objective import L2, LossFn, Objective, check_l2, describe_l2, is_integer, nonnegative_number
 from .operators import Operator
 from .solvers import CG, EKFAC, KFAC, Arnoldi, Exact, LiSSA, SolveInfo
 from .budget import GRAD_COPIES, PRODUCT_COPIES
@@ -109,6 +108,22 @@ def _check_number(name: str, value: float) -> float:
     return number
 
 
+def _is_flag(value: Any) -> bool:
+    """Whether value reads as True or False: a bool, NumPy bool, 0 / 1, or such a one-element tensor (not a
+    string, where "no" would count as True)."""
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    return isinstance(value, (bool, np.bool_)) or (is_integer(value) and value in (0, 1))
+
+
+def _is_inf(value: Any) -> bool:
+    """Whether value is +inf (a Python, NumPy or one-element tensor number)."""
+    try:
+        return float(value) == float("inf") and not isinstance(value, str)
+    except (TypeError, ValueError):
+        return False
+
+
 class Influence:
     """Influence of upweighting each training point, for a trained model.
 
@@ -148,11 +163,11 @@ class Influence:
         self.solver = make_solver(solver)
         check_curvature(curvature)
         self.curvature = curvature
-        if not isinstance(keep_train_grads, (bool, np.bool_)):
+        if not _is_flag(keep_train_grads):
             raise InputError(f"keep_train_grads must be True or False, got {keep_train_grads!r}")
-        tol = positive_number(stationarity_tol)
-        if tol is None and stationarity_tol != float("inf"):
-            raise InputError(f"stationarity_tol must be a number > 0 (float('inf') turns the check off), got "
+        tol = nonnegative_number(stationarity_tol)
+        if tol is None and not _is_inf(stationarity_tol):
+            raise InputError(f"stationarity_tol must be a number >= 0 (float('inf') turns the check off), got "
                              f"{stationarity_tol!r}")
         self.batch_size, self.keep_train_grads = batch_size, bool(keep_train_grads)
         self.stationarity_tol = float("inf") if tol is None else tol
@@ -310,11 +325,17 @@ class Influence:
         """Test data as validated (X, y) tensors on the model's dtype and device."""
         self._fitted()
         X, y = to_tensors(test, self.objective_.dtype, self.objective_.device, "test")
-        for part, given, train in (("inputs", X, self.X_train_), ("targets", y, self.y_train_)):
-            if given.shape[1:] != train.shape[1:]:
-                raise InputError(f"test {part} have per-example shape {tuple(given.shape[1:])} but the training "
-                                 f"{part} have {tuple(train.shape[1:])}; give test data shaped like the training data")
-        self.objective_.check_loss(X, y)
+        if X.shape[1:] != self.X_train_.shape[1:]:
+            raise InputError(f"test inputs have per-example shape {tuple(X.shape[1:])} but the training inputs have "
+                             f"{tuple(self.X_train_.shape[1:])}; give test data shaped like the training data")
+        try:
+            self.objective_.check_loss(X, y)
+        except InputError as error:  # targets shaped unlike training's (soft labels may be fine) are a likely cause
+            if y.shape[1:] == self.y_train_.shape[1:]:
+                raise
+            raise InputError(f"{error} (note: the test targets have per-example shape {tuple(y.shape[1:])} but the "
+                             f"training targets have {tuple(self.y_train_.shape[1:])}; a loss that broadcasts them "
+                             "gives wrong losses: give targets shaped like the training targets)") from error
         return X, y
 
     # ------------------------------------------------------------- queries
@@ -427,7 +448,7 @@ class Influence:
     def _train_index(self, indices: Sequence[int] | Tensor) -> Tensor:
         self._fitted()
         given = np.asarray(indices.cpu() if isinstance(indices, Tensor) else indices)
-        if given.ndim > 1:
+        if sum(size > 1 for size in given.shape) > 1:  # a column of indices, as torch.nonzero gives, is fine
             raise InputError(f"training indices must be one-dimensional (a list, or a mask over the training "
                              f"points), got shape {given.shape}; flatten them if that is what you mean")
         if given.size and given.dtype.kind not in "iufcb":

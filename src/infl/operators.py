@@ -241,20 +241,39 @@ class GaussNewton(Hessian):
         return (G + G.T) / 2
 
 
+FLOAT32_SPREAD = 1e-4  # float32 products resolve eigenvalues to ~1e-7 of the largest: preconditioners built
+# with them must invert nothing below this fraction of it (else they are rebuilt in float64)
+
+
+def resolved_in_float32(smallest: float, largest: float) -> bool:
+    """Whether eigenvalues down to `smallest` stand clear of float32 rounding next to `largest`."""
+    return smallest >= FLOAT32_SPREAD * largest
+
+
 def in_float32(op: Operator) -> Operator:
-    """op's float32 form where op is float64 and has one that runs (a probe product), else op itself.
+    """op's float32 form where op is float64 and has one that runs (a probe product on this process's own data,
+    agreed by every process), else op itself.
 
     For building preconditioners: float32 products cost a third to a half as much, and a preconditioner's
-    rounding (relative 1e-7) changes only the space a Krylov solve searches, not the system it solves.
+    rounding (relative 1e-7) changes only the space a Krylov solve searches, not the system it solves, as long
+    as the eigenvalues it inverts stay above FLOAT32_SPREAD of the largest (resolved_in_float32: callers check).
     """
+    from .dist import all_sum, world  # dist builds on this module
+
     low = op.in_float32() if op.dtype == torch.float64 else None
     if low is None:
         return op
+    local = low
+    while hasattr(local, "op"):  # damping and the all-reduce wrap the data's own operator: probe that alone
+        local = local.op
     try:
-        probe = low.matmat(torch.ones(1, op.p, dtype=torch.float32, device=op.device))
-    except RuntimeError:  # a model or loss with float64 tensors of its own
-        return op
-    return low if probe.dtype == torch.float32 and bool(torch.isfinite(probe).all()) else op
+        probe = local.matmat(torch.ones(1, op.p, dtype=torch.float32, device=op.device))
+        works = probe.dtype == torch.float32 and bool(torch.isfinite(probe).all())
+    except Exception:  # noqa: BLE001 -- whatever a model or loss raises in float32, the float64 form stays
+        works = False
+    if world()[1] > 1:  # one answer for all processes, or their products would not line up
+        works = bool(all_sum(torch.tensor([0.0 if works else 1.0], device=op.device)).item() == 0)
+    return low if works else op
 
 
 def damping_in(op: Operator) -> float:

@@ -16,7 +16,8 @@ operator, preconditioned by that approximate inverse (infl.solvers.krylov.refine
 k more products per right-hand side, and the residual falls with k towards the
 exact solve. The eigenpairs then only shape the preconditioner, so unless a tol
 below 1e-3 is asked, a float64 operator's are found with its float32 form
-(infl.operators.in_float32); the steps run in float64.
+(infl.operators.in_float32), and again in float64 where the spectrum they
+invert reaches below what float32 resolves; the steps run in float64.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CurvatureError, InputError, warn
-from ..operators import Operator, damping_needed, in_float32
+from ..operators import Operator, damping_needed, in_float32, resolved_in_float32
 from .base import SolveInfo, check_count, count, refine_count, itemsize, measured, solved
 from .krylov import refine
 from .lanczos import basis_size, default_block, top_eigenpairs
@@ -93,12 +94,10 @@ class Arnoldi:
                              "the whole spectrum, which is cheap at this size")
         self.op = op
         fit_on = in_float32(op) if self.refine and self.tol >= FLOAT32_TOL else op
-        lam, U = self._top_eigenpairs(fit_on)
-        if lam[-1] <= 0:
-            raise CurvatureError(f"the curvature has a non-positive eigenvalue {float(lam[-1]):.3g} among its top "
-                                 f"{self.rank}; add damping or use curvature='gauss-newton'")
-        self.lam, self.U = lam, U
-        rest = self._mean_dropped_eigenvalue(fit_on)
+        lam, U, rest = self._spectrum(fit_on)
+        if fit_on is not op and not resolved_in_float32(min(float(lam[-1]), rest, floor or float("inf")),
+                                                        float(lam[0])):
+            lam, U, rest = self._spectrum(op)  # the spectrum reaches below what float32 products resolve
         if rest < -torch.finfo(lam.dtype).eps ** 0.5 * float(lam[0]):  # z^T A z >= 0 for PSD A, up to rounding
             raise CurvatureError(f"the curvature is not positive definite: the mean eigenvalue of the {op.p - self.rank} "
                                  f"directions outside the top {self.rank} is {rest:.3g} < 0, so some are negative; "
@@ -119,6 +118,16 @@ class Arnoldi:
         self.floor_ = floor
         self.bottom_ = self._check_bottom(op) if self._estimated() else floor
         return self
+
+    def _spectrum(self, op: Operator) -> tuple[Tensor, Tensor, float]:
+        """The top eigenpairs of op (lam (rank,), U (rank, p)), kept in self, and the dropped directions' mean
+        eigenvalue; CurvatureError for a non-positive top one."""
+        lam, U = self._top_eigenpairs(op)
+        if lam[-1] <= 0:
+            raise CurvatureError(f"the curvature has a non-positive eigenvalue {float(lam[-1]):.3g} among its top "
+                                 f"{self.rank}; add damping or use curvature='gauss-newton'")
+        self.lam, self.U = lam, U
+        return lam, U, self._mean_dropped_eigenvalue(op)
 
     def _estimated(self) -> bool:
         """Whether fit estimated the smallest eigenvalue (no floor given, no refine)."""

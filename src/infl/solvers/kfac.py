@@ -25,7 +25,7 @@ from ..dist import AllReduced, all_sum, world
 from ..errors import CurvatureError, InputError, warn
 from ..kronecker import find_layers, fit_factors
 from ..objective import nonnegative_number
-from ..operators import Operator, Shifted, check_tensor_outputs, damping_needed
+from ..operators import Operator, Shifted, check_tensor_outputs, damping_needed, resolved_in_float32
 from .base import SolveInfo, check_count, refine_count, itemsize, measured, solved
 from .krylov import refine
 from .spectrum import bottom_footprint, smallest_eigenvalue, top_eigenvalue
@@ -154,8 +154,9 @@ class EKFAC:
         self.diag_shift = shift + (obj.l2[factors.diag_index] if isinstance(obj.l2, Tensor) and obj.l2.ndim
                                    else float(obj.l2))
         self.uniform_l2 = uniform
-        eig = torch.cat([(layer.lam + s).reshape(-1) for layer, s in zip(factors.layers, self.shifts)]
-                        + ([factors.diag + self.diag_shift] if factors.diag.numel() else []))
+        eig = self._eigenvalues(1.0)
+        pre = self._eigenvalues(1.0 + self.refine_damping)  # refine's preconditioner's
+        self.float32_ = resolved_in_float32(float(pre.min()), float(pre.max()))
         # inverted one by one, the eigenvalues need only stand above rounding (a bound of eps * p * max refused
         # float32 models at l2 = 1e-4)
         if float(eig.min()) <= 100 * torch.finfo(eig.dtype).eps * float(eig.max()):
@@ -163,6 +164,13 @@ class EKFAC:
                                  f"{float(eig.min()):.3g}, largest {float(eig.max()):.3g}) and l2 + damping adds "
                                  "too little; pass damping > 0 (e.g. 1e-3 x the largest eigenvalue)")
         return self
+
+    def _eigenvalues(self, scale: float) -> Tensor:
+        """The factored curvature's eigenvalues, every layer's and the diagonal's, with the damping (l2 + damping)
+        multiplied by scale: flat."""
+        f = self.factors
+        return torch.cat([(layer.lam + scale * s).reshape(-1) for layer, s in zip(f.layers, self.shifts)]
+                         + ([f.diag + scale * self.diag_shift] if f.diag.numel() else []))
 
     def power(self, B: Tensor, exponent: float = -1.0, scale: float = 1.0) -> Tensor:
         """(G_kron + scale lambda I)^exponent b for each row b of B (k, p): -1 solves, +1 multiplies; computed in
@@ -180,8 +188,9 @@ class EKFAC:
     def _preconditioner(self, R: Tensor) -> Tensor:
         """refine's preconditioner: the factored inverse with its damping raised, in float32 for a float64 R
         (float32 products are cheaper; block CG picks the curvature-norm-best answer in the space its directions
-        span, so their rounding moves the answer only as much as it moves that space)."""
-        low = torch.float32 if R.dtype == torch.float64 else R.dtype
+        span, so their rounding moves the answer only as much as it moves that space) where its eigenvalues stand
+        clear of float32 rounding (resolved_in_float32)."""
+        low = torch.float32 if R.dtype == torch.float64 and self.float32_ else R.dtype
         return self.power(R.to(low), -1.0, 1.0 + self.refine_damping).to(R.dtype)
 
     def inverse(self, B: Tensor) -> Tensor:

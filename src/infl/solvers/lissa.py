@@ -10,9 +10,11 @@ of A_j / scale lie in (0, 2); the error of the truncated series shrinks like
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from ..errors import CurvatureError, DivergenceError, InputError, warn
 from ..operators import Operator, damping_needed
@@ -21,6 +23,7 @@ from .spectrum import bottom_footprint, smallest_eigenvalue, top_eigenvalue
 
 
 SETTLED = 0.1  # an estimated floor counts as settled when its Ritz residual is within this fraction of it
+PROGRESS_AFTER = 10.0  # seconds a solve runs before its progress bar appears (progress=None)
 
 
 class LiSSA:
@@ -36,6 +39,8 @@ class LiSSA:
         otherwise the whole op is used every step).
     check: right-hand sides per solve whose residual against A is measured (one
         product each; 0 skips); a median above 0.1 warns.
+    progress: a bar over the series' steps on stderr: None (default) once a
+        solve has run PROGRESS_AFTER seconds, True from the start, False never.
     Raises DivergenceError, naming the knob to change, when the iterates blow up,
     and CurvatureError when the estimated smallest eigenvalue is not positive.
     """
@@ -44,7 +49,7 @@ class LiSSA:
 
     def __init__(self, depth: int | None = None, repeats: int = 1, batch_size: int = 512,
                  scale: float | None = None, tol: float = 1e-3, max_depth: int = 20_000, seed: int = 0,
-                 check: int = 8) -> None:
+                 check: int = 8, progress: bool | None = None) -> None:
         repeats = count(repeats, "LiSSA repeats", "independent runs averaged", 1)
         batch_size = count(batch_size, "LiSSA batch_size", "examples per sampled batch", 1)
         max_depth = count(max_depth, "LiSSA max_depth", "the cap on the automatic depth", 1)
@@ -57,6 +62,10 @@ class LiSSA:
         self.depth, self.repeats, self.batch_size = depth, repeats, batch_size
         self.scale, self.tol, self.max_depth, self.seed = scale, tol, max_depth, seed
         self.check = check_count(check)
+        if progress not in (None, True, False):
+            raise InputError(f"LiSSA progress must be None (a bar once a solve takes {PROGRESS_AFTER:g} s), True or "
+                             f"False, got {progress!r}")
+        self.progress = progress
 
     def footprint(self, op: Operator) -> dict[str, int]:
         """Bytes held, by item: the recursion's vectors per right-hand side (nothing is kept between solves)."""
@@ -123,8 +132,11 @@ class LiSSA:
         gen = torch.Generator().manual_seed(self.seed)
         unit, size = unit_rows(B)
         total = torch.zeros_like(B)
-        for _ in range(self.repeats):
-            total += self._one_run(unit, gen)
+        bar = tqdm(total=self.depth_ * self.repeats, desc=f"LiSSA ({B.shape[0]} right-hand sides)", unit="step",
+                   file=sys.stderr, disable=self.progress is False, delay=0 if self.progress else PROGRESS_AFTER)
+        with bar:
+            for _ in range(self.repeats):
+                total += self._one_run(unit, gen, bar)
         X = total * (size / self.repeats)
         bound = (1 - self.floor / self.scale_) ** self.depth_ if self.floor > 0 else float("nan")
         source = " (estimated smallest eigenvalue)" if self.settled_ else " (estimated smallest eigenvalue, not settled)"
@@ -136,13 +148,14 @@ class LiSSA:
         return X, SolveInfo(self.name, self.depth_ * self.repeats, residual,
                             not self.capped_ and self.settled_ and within, note)
 
-    def _one_run(self, B: Tensor, gen: torch.Generator) -> Tensor:
+    def _one_run(self, B: Tensor, gen: torch.Generator, bar: tqdm) -> Tensor:
         H = B.clone()
         bnorm = B.norm(dim=1)
         # converging, ||h_j|| <= (j + 1) ||b|| and, with eigenvalues >= floor, <= (scale / floor) ||b||
         bound = 4 * self.scale_ / self.floor if self.floor > 0 else float("inf")
         for j in range(self.depth_):
             H = B + H - self._sample(gen).matmat(H) / self.scale_
+            bar.update()
             norms = H.norm(dim=1)
             if not torch.isfinite(norms).all() or (norms > bnorm * min(10 * (j + 2), bound)).any():
                 raise DivergenceError(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..operators import Operator, in_float32
+from ..operators import Operator, in_float32, resolved_in_float32
 
 
 def nystrom(op: Operator, rank: int, seed: int = 0, power: int = 1) -> tuple[Tensor, Tensor]:
@@ -39,8 +39,12 @@ class NystromPreconditioner:
     eigenvalues of A are mapped to its smallest captured one; the rest is left alone."""
 
     def __init__(self, op: Operator, rank: int, seed: int = 0, power: int = 1) -> None:
-        # a partial sketch only preconditions: float32 products where op allows; a full one is the exact inverse
-        U, lam = nystrom(op if rank >= op.p else in_float32(op), rank, seed, power)
+        # a partial sketch only preconditions: float32 products where op allows, unless the spectrum it captures
+        # reaches below what they resolve; a full one is the exact inverse
+        low = op if rank >= op.p else in_float32(op)
+        U, lam = nystrom(low, rank, seed, power)
+        if low is not op and lam.numel() and not resolved_in_float32(float(lam[-1]), float(lam[0])):
+            U, lam = nystrom(op, rank, seed, power)
         self.U, self.lam = U.to(op.dtype), lam.to(op.dtype)  # applied in op's dtype
         self.rank = self.lam.numel()
 
