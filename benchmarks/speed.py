@@ -125,10 +125,10 @@ def main() -> None:
     for r in rows:
         S = np.load(args.out / f"scores_{r['method']}.npy")
         corr = np.corrcoef(S.ravel(), exact.ravel())[0, 1]
-        vs_loop = base["loop"] / r["seconds"] if "loop" in base else float("nan")
-        vs_cg = base["pydvl_cg"] / r["seconds"] if "pydvl_cg" in base else float("nan")
-        print(f"{r['method']:>18s} {r['seconds']:8.2f} {vs_loop:8.1f}x {vs_cg:10.2f}x {r['peak_rss_mib']:9.0f} {corr:10.6f}")
-    print("(vs X = X's seconds / this method's seconds: above 1 means faster)")
+        vs_loop = f"{base['loop'] / r['seconds']:8.1f}x" if "loop" in base else f"{'-':>9s}"
+        vs_cg = f"{base['pydvl_cg'] / r['seconds']:10.2f}x" if "pydvl_cg" in base else f"{'-':>11s}"
+        print(f"{r['method']:>18s} {r['seconds']:8.2f} {vs_loop} {vs_cg} {r['peak_rss_mib']:9.0f} {corr:10.6f}")
+    print("(vs X = X's seconds / this method's seconds: above 1 means faster; - where X was not run)")
 
 
 if __name__ == "__main__":
