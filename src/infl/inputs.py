@@ -54,7 +54,8 @@ def to_tensors(data: Any, dtype: torch.dtype, device: torch.device, name: str = 
     elif hasattr(data, "__getitem__") and hasattr(data, "__len__"):
         X, y = _from_dataset(data, name)
     else:
-        loader = f": pass its dataset ({name}_loader.dataset); infl batches it itself" if hasattr(data, "dataset") else ""
+        loader = f": pass its dataset ({name}_loader.dataset); infl batches it itself" if hasattr(data, "dataset") \
+            else ""
         raise InputError(f"{name} must be a pair (X, y) of tensors or arrays, or a Dataset yielding (x, y); "
                          f"got {type(data).__name__}{loader}")
     if X.ndim == 0 or y.ndim == 0:

@@ -18,8 +18,10 @@ class CG:
     rank: eigen-directions captured by the Nystrom preconditioner (0 disables
     it); the sketch costs 2 x `rank` operator products once, at fit (one
     subspace iteration sharpens it), in float32 for a float64 operator
-    where rank < p (infl.operators.in_float32; applied in float64). preconditioner: 'nystrom', or 'ekfac' /
-    'kfac' (the Kronecker-factored inverse of infl.EKFAC, fitted once, for
+    where rank < p and the captured eigenvalues stay above 1e-4 of the
+    largest, else redone in float64 (infl.operators.in_float32; applied in
+    float64). preconditioner:
+    'nystrom', or 'ekfac' / 'kfac' (the Kronecker-factored inverse of infl.EKFAC, fitted once, for
     networks with Linear / Conv2d layers; the answer is still the exact
     solve, the factors only speed it up). Warns, with the residual, when
     max_iter is reached before tol.
