@@ -169,8 +169,9 @@ def test_lissa_shows_its_progress_when_asked_or_once_a_solve_runs_long(capsys, m
         err = capsys.readouterr().err
         assert ("LiSSA (2 right-hand sides)" in err and "50/50" in err) == shown, (progress, after, err)
     assert all(torch.equal(X, answers[0]) for X in answers)
-    with pytest.raises(InputError, match="LiSSA progress must be None"):
-        LiSSA(progress="yes")
+    for bad in ("yes", 0, np.False_):  # 0 passed as False but showed the bar
+        with pytest.raises(InputError, match="LiSSA progress must be None"):
+            LiSSA(progress=bad)
 
 
 def test_lissa_converges_to_exact_at_sufficient_depth():
@@ -473,21 +474,24 @@ def test_arnoldi_as_a_preconditioner_fits_its_eigenpairs_loosely():
 
 
 def test_arnoldi_fits_a_preconditioners_eigenpairs_in_float32_and_refines_in_float64():
-    """With refine (and its loose tol) the Lanczos products run on the operator's float32 form: fewer digits in
-    the preconditioner only, the refined answer as accurate as with float64 eigenpairs, and the answer float64.
-    A tight tol keeps float64 products, which float32 rounding could not meet."""
+    """With refine (and its loose tol) and a known floor the Lanczos products run on the operator's float32 form:
+    fewer digits in the preconditioner only, the refined answer as accurate as with float64 eigenpairs, and the
+    answer float64. A tight tol keeps float64 products, which float32 rounding could not meet; so does an unknown
+    floor, where small eigenvalues hidden among the dropped ones would go unseen."""
     A, B = spd(300, 1e2, seed=6), rhs(4, 300)
     exact = torch.linalg.solve(A, B.T).T
-    ops = [Counted(A), Counted(A), Counted(A)]
+    ops = [Counted(A), Counted(A), Counted(A), Counted(A)]
     ops[1].in_float32 = lambda: None  # no float32 form: the float64 path
     seen = []
     for op in ops:
         low = op.in_float32
         op.in_float32 = lambda low=low: seen.append(low()) or seen[-1]
-    solvers = [infl.Arnoldi(rank=20, refine=20).fit(ops[0]), infl.Arnoldi(rank=20, refine=20).fit(ops[1]),
-               infl.Arnoldi(rank=20, refine=20, tol=1e-6).fit(ops[2])]
-    assert [s.U.dtype for s in solvers] == [torch.float32, torch.float64, torch.float64]
-    assert seen[0] is not None and seen[1] is None and len(seen) == 2  # the tight tol never asked for float32
+    floor = 1.0  # spd's smallest eigenvalue
+    solvers = [infl.Arnoldi(rank=20, refine=20).fit(ops[0], floor), infl.Arnoldi(rank=20, refine=20).fit(ops[1], floor),
+               infl.Arnoldi(rank=20, refine=20, tol=1e-6).fit(ops[2], floor),
+               infl.Arnoldi(rank=20, refine=20).fit(ops[3])]
+    assert [s.U.dtype for s in solvers] == [torch.float32, torch.float64, torch.float64, torch.float64]
+    assert seen[0] is not None and seen[1] is None and len(seen) == 2  # tight tol, no floor: never asked
     X32, X64 = (s.solve(B)[0] for s in solvers[:2])
     assert X32.dtype == torch.float64
     error = [float((X - exact).norm() / exact.norm()) for X in (X32, X64)]

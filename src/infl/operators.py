@@ -260,17 +260,20 @@ def in_float32(op: Operator) -> Operator:
     """
     from .dist import all_sum, world  # dist builds on this module
 
-    low = op.in_float32() if op.dtype == torch.float64 else None
-    if low is None:
+    if op.dtype != torch.float64:
         return op
-    local = low
-    while hasattr(local, "op"):  # damping and the all-reduce wrap the data's own operator: probe that alone
-        local = local.op
     try:
-        probe = local.matmat(torch.ones(1, op.p, dtype=torch.float32, device=op.device))
-        works = probe.dtype == torch.float32 and bool(torch.isfinite(probe).all())
+        low = op.in_float32()
+        local = low
+        while hasattr(local, "op"):  # damping and the all-reduce wrap the data's own operator: probe that alone
+            local = local.op
+        if low is None:
+            works = False
+        else:
+            probe = local.matmat(torch.ones(1, op.p, dtype=torch.float32, device=op.device))
+            works = probe.dtype == torch.float32 and bool(torch.isfinite(probe).all())
     except Exception:  # noqa: BLE001 -- whatever a model or loss raises in float32, the float64 form stays
-        works = False
+        low, works = None, False
     if world()[1] > 1:  # one answer for all processes, or their products would not line up
         works = bool(all_sum(torch.tensor([0.0 if works else 1.0], device=op.device)).item() == 0)
     return low if works else op

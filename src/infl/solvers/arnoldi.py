@@ -14,10 +14,12 @@ small eigenvalues are exactly where the inverse is large.
 refine=k > 0 then takes k steps of block conjugate gradients on the true
 operator, preconditioned by that approximate inverse (infl.solvers.krylov.refine):
 k more products per right-hand side, and the residual falls with k towards the
-exact solve. The eigenpairs then only shape the preconditioner, so unless a tol
-below 1e-3 is asked, a float64 operator's are found with its float32 form
-(infl.operators.in_float32), and again in float64 where the spectrum they
-invert reaches below what float32 resolves; the steps run in float64.
+exact solve. The eigenpairs then only shape the preconditioner, so where a
+positive lower bound on the eigenvalues is known (l2 + damping on a positive
+semi-definite curvature) and no tol below 1e-3 is asked, a float64 operator's
+are found with its float32 form (infl.operators.in_float32), and again in
+float64 where the spectrum reaches below what float32 resolves; the steps run
+in float64.
 """
 
 from __future__ import annotations
@@ -93,10 +95,10 @@ class Arnoldi:
                              f"use rank <= {op.p - 1}, or solver='exact' for "
                              "the whole spectrum, which is cheap at this size")
         self.op = op
-        fit_on = in_float32(op) if self.refine and self.tol >= FLOAT32_TOL else op
+        # float32 only with a known floor: small eigenvalues hidden among the dropped ones would go unseen
+        fit_on = in_float32(op) if self.refine and self.tol >= FLOAT32_TOL and floor else op
         lam, U, rest = self._spectrum(fit_on)
-        if fit_on is not op and not resolved_in_float32(min(float(lam[-1]), rest, floor or float("inf")),
-                                                        float(lam[0])):
+        if fit_on is not op and not resolved_in_float32(min(float(lam[-1]), rest, floor), float(lam[0])):
             lam, U, rest = self._spectrum(op)  # the spectrum reaches below what float32 products resolve
         if rest < -torch.finfo(lam.dtype).eps ** 0.5 * float(lam[0]):  # z^T A z >= 0 for PSD A, up to rounding
             raise CurvatureError(f"the curvature is not positive definite: the mean eigenvalue of the {op.p - self.rank} "

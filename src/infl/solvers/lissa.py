@@ -62,7 +62,7 @@ class LiSSA:
         self.depth, self.repeats, self.batch_size = depth, repeats, batch_size
         self.scale, self.tol, self.max_depth, self.seed = scale, tol, max_depth, seed
         self.check = check_count(check)
-        if progress not in (None, True, False):
+        if not (progress is None or isinstance(progress, bool)):
             raise InputError(f"LiSSA progress must be None (a bar once a solve takes {PROGRESS_AFTER:g} s), True or "
                              f"False, got {progress!r}")
         self.progress = progress
