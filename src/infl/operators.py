@@ -7,6 +7,7 @@ the product with each row. Operators compose: `op + c` shifts by c * I.
 from __future__ import annotations
 
 import copy
+from typing import Callable, TypeVar
 
 import torch
 from torch import Tensor
@@ -15,6 +16,8 @@ from torch.func import hessian, jacrev, jvp, vjp, vmap
 from .errors import InputError
 from .inputs import batches
 from .objective import Objective
+
+T = TypeVar("T")
 
 
 class Operator:
@@ -277,6 +280,17 @@ def in_float32(op: Operator) -> Operator:
     if world()[1] > 1:  # one answer for all processes, or their products would not line up
         works = bool(all_sum(torch.tensor([0.0 if works else 1.0], device=op.device)).item() == 0)
     return low if works else op
+
+
+def built_in_float32(op: Operator, build: Callable[[Operator], T], extremes: Callable[[T], tuple[float, float]]
+                     ) -> T:
+    """build(in_float32(op)), built again as build(op) where the float32 form was taken but the smallest and
+    largest eigenvalue the result inverts, extremes(result), are not resolved_in_float32."""
+    low = in_float32(op)
+    out = build(low)
+    if low is not op and not resolved_in_float32(*extremes(out)):
+        out = build(op)
+    return out
 
 
 def damping_in(op: Operator) -> float:

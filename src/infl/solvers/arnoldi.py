@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from ..errors import CurvatureError, InputError, warn
-from ..operators import Operator, damping_needed, in_float32, resolved_in_float32
+from ..operators import Operator, built_in_float32, damping_needed
 from .base import SolveInfo, check_count, count, refine_count, itemsize, measured, solved
 from .krylov import refine
 from .lanczos import basis_size, default_block, top_eigenpairs
@@ -96,10 +96,11 @@ class Arnoldi:
                              "the whole spectrum, which is cheap at this size")
         self.op = op
         # float32 only with a known floor: small eigenvalues hidden among the dropped ones would go unseen
-        fit_on = in_float32(op) if self.refine and self.tol >= FLOAT32_TOL and floor else op
-        lam, U, rest = self._spectrum(fit_on)
-        if fit_on is not op and not resolved_in_float32(min(float(lam[-1]), rest, floor), float(lam[0])):
-            lam, U, rest = self._spectrum(op)  # the spectrum reaches below what float32 products resolve
+        if self.refine and self.tol >= FLOAT32_TOL and floor:
+            lam, U, rest = built_in_float32(op, self._spectrum,
+                                            lambda fit: (min(float(fit[0][-1]), fit[2], floor), float(fit[0][0])))
+        else:
+            lam, U, rest = self._spectrum(op)
         if rest < -torch.finfo(lam.dtype).eps ** 0.5 * float(lam[0]):  # z^T A z >= 0 for PSD A, up to rounding
             raise CurvatureError(f"the curvature is not positive definite: the mean eigenvalue of the {op.p - self.rank} "
                                  f"directions outside the top {self.rank} is {rest:.3g} < 0, so some are negative; "

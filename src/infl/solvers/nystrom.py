@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor
 
-from ..operators import Operator, in_float32, resolved_in_float32
+from ..operators import Operator, built_in_float32
 
 
 def nystrom(op: Operator, rank: int, seed: int = 0, power: int = 1) -> tuple[Tensor, Tensor]:
@@ -34,6 +36,12 @@ def nystrom(op: Operator, rank: int, seed: int = 0, power: int = 1) -> tuple[Ten
     return U[:, keep].T.contiguous(), lam[keep]
 
 
+def _captured(sketch: tuple[Tensor, Tensor]) -> tuple[float, float]:
+    """The smallest and largest eigenvalue a sketch (U, lam) captured; (1, 1) for none (nothing to resolve)."""
+    lam = sketch[1]
+    return (float(lam[-1]), float(lam[0])) if lam.numel() else (1.0, 1.0)
+
+
 class NystromPreconditioner:
     """P^{-1} r = lam_min * U^T diag(1/lam) U r + (r - U^T U r): the top `rank`
     eigenvalues of A are mapped to its smallest captured one; the rest is left alone."""
@@ -41,10 +49,8 @@ class NystromPreconditioner:
     def __init__(self, op: Operator, rank: int, seed: int = 0, power: int = 1) -> None:
         # a partial sketch only preconditions: float32 products where op allows, unless the spectrum it captures
         # reaches below what they resolve; a full one is the exact inverse
-        low = op if rank >= op.p else in_float32(op)
-        U, lam = nystrom(low, rank, seed, power)
-        if low is not op and lam.numel() and not resolved_in_float32(float(lam[-1]), float(lam[0])):
-            U, lam = nystrom(op, rank, seed, power)
+        sketch = partial(nystrom, rank=rank, seed=seed, power=power)
+        U, lam = sketch(op) if rank >= op.p else built_in_float32(op, sketch, _captured)
         self.U, self.lam = U.to(op.dtype), lam.to(op.dtype)  # applied in op's dtype
         self.rank = self.lam.numel()
 
