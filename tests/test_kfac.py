@@ -388,11 +388,12 @@ def test_refine_damping_raises_only_the_preconditioners_damping(mlp):
 
 def test_the_preconditioner_runs_in_float32_only_where_its_eigenvalues_stand_clear_of_float32_rounding(mlp):
     """Applied in float32, a factored inverse with eigenvalues below ~1e-7 of its largest is rounding noise there:
-    at l2 = 1e-9 it stays float64; at the fixture's l2 it runs in float32."""
+    at l2 = 1e-9 it stays float64; at the fixture's l2 it runs in float32, and so do the steps' products."""
     seen = []
     for l2, low in ((mlp.l2, True), (1e-9, False)):
         inf = fitted(mlp.model, mlp.X, mlp.y, infl.EKFAC(refine=3), l2=l2)
         assert inf.solver.float32_ is low
+        assert (inf.solver.low_ is not None and inf.solver.low_.dtype == torch.float32) is low
         power = inf.solver.power
         inf.solver.power = lambda B, *a: seen.append(B.dtype) or power(B, *a)
         assert inf.s_test(mlp.test).dtype == torch.float64

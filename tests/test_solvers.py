@@ -473,7 +473,7 @@ def test_arnoldi_as_a_preconditioner_fits_its_eigenpairs_loosely():
         infl.Arnoldi(tol=2.0)
 
 
-def test_arnoldi_fits_a_preconditioners_eigenpairs_in_float32_and_refines_in_float64():
+def test_arnoldi_fits_a_preconditioners_eigenpairs_in_float32_where_a_floor_is_known():
     """With refine (and its loose tol) and a known floor the Lanczos products run on the operator's float32 form:
     fewer digits in the preconditioner only, the refined answer as accurate as with float64 eigenpairs, and the
     answer float64. A tight tol keeps float64 products, which float32 rounding could not meet; so does an unknown
@@ -540,6 +540,56 @@ class Counted(Dense):
 
     def in_float32(self):
         return Counted(self.H.float(), self.tally)
+
+
+class Typed(Counted):
+    """A Counted operator that also notes the dtype and row count of every product, its float32 form's too."""
+
+    def __init__(self, H, tally=None, seen=None):
+        super().__init__(H, tally)
+        self.seen = [] if seen is None else seen
+
+    def matmat(self, V):
+        self.seen.append((V.dtype, V.shape[0]))
+        return super().matmat(V)
+
+    def in_float32(self):
+        return Typed(self.H.float(), self.tally, self.seen)
+
+
+def test_refinement_steps_take_float32_products_where_op_confirms_them_and_redo_in_float64_where_not():
+    """Given the operator's float32 form, refine's block CG steps take its products; the operator itself then
+    measures the true residuals of a few rows (CLOSING_PROBES), and those reported are the returned answers'
+    own. Ten steps: the answers are the float64 steps' to a hundredth of their error. Thirty, down to
+    float32's rounding: the group is solved again in float64, the float64 answers to the bit."""
+    from infl.solvers.krylov import CLOSING_PROBES
+
+    A, B = spd(300, 10, seed=6), rhs(12, 300)
+    exact = torch.linalg.solve(A, B.T).T
+    for steps in (10, 30):
+        op = Typed(A)
+        solver = infl.Arnoldi(rank=5, refine=steps).fit(op, 1.0)
+        assert solver.low_ is not None and solver.U.dtype == torch.float32
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            op.seen.clear()
+            X, info = solver.solve(B)
+            seen, solver.low_ = list(op.seen), None
+            Y, ref = solver.solve(B)  # the same preconditioner, float64 steps
+        fine = steps == 30
+        assert X.dtype == torch.float64 and ("redone in float64" in info.note) == fine
+        assert seen[0] == (torch.float32, B.shape[0])
+        if fine:  # float32 steps, then the float64 ones from the start
+            assert (torch.float64, B.shape[0]) in seen and seen[-1][0] == torch.float64
+            assert torch.equal(X, Y) and ref.converged
+            continue
+        assert (torch.float64, CLOSING_PROBES) in seen and (torch.float64, B.shape[0]) not in seen
+        gap, error = float((X - Y).norm()), float((Y - exact).norm())
+        assert gap < 1e-2 * error and error > 1e-5 * float(exact.norm())  # not yet solved: the steps count
+        true = (B - X @ A).norm(dim=1) / B.norm(dim=1)
+        known = ~info.residual.isnan()
+        assert int(known.sum()) == CLOSING_PROBES
+        torch.testing.assert_close(info.residual[known], true[known], rtol=1e-6, atol=0)
 
 
 def test_block_lanczos_finds_the_dense_top_eigenpairs_through_thick_restarts():

@@ -283,14 +283,15 @@ def in_float32(op: Operator) -> Operator:
 
 
 def built_in_float32(op: Operator, build: Callable[[Operator], T], extremes: Callable[[T], tuple[float, float]]
-                     ) -> T:
+                     ) -> tuple[T, Operator]:
     """build(in_float32(op)), built again as build(op) where the float32 form was taken but the smallest and
-    largest eigenvalue the result inverts, extremes(result), are not resolved_in_float32."""
+    largest eigenvalue the result inverts, extremes(result), are not resolved_in_float32; with the form built
+    with (op itself, or its float32 form)."""
     low = in_float32(op)
     out = build(low)
     if low is not op and not resolved_in_float32(*extremes(out)):
-        out = build(op)
-    return out
+        return build(op), op
+    return out, low
 
 
 def damping_in(op: Operator) -> float:

@@ -18,8 +18,9 @@ exact solve. The eigenpairs then only shape the preconditioner, so where a
 positive lower bound on the eigenvalues is known (l2 + damping on a positive
 semi-definite curvature) and no tol below 1e-3 is asked, a float64 operator's
 are found with its float32 form (infl.operators.in_float32), and again in
-float64 where the spectrum reaches below what float32 resolves; the steps run
-in float64.
+float64 where the spectrum reaches below what float32 resolves; where the
+float32 form is kept, the steps take their products with it too, checked in
+float64 (infl.solvers.krylov.refine).
 """
 
 from __future__ import annotations
@@ -96,9 +97,10 @@ class Arnoldi:
                              "the whole spectrum, which is cheap at this size")
         self.op = op
         # float32 only with a known floor: small eigenvalues hidden among the dropped ones would go unseen
+        self.low_ = None  # op's float32 form for refine's products, where the float32 fit was kept
         if self.refine and self.tol >= FLOAT32_TOL and floor:
-            lam, U, rest = built_in_float32(op, self._spectrum,
-                                            lambda fit: (min(float(fit[0][-1]), fit[2], floor), float(fit[0][0])))
+            (lam, U, rest), self.low_ = built_in_float32(
+                op, self._spectrum, lambda fit: (min(float(fit[0][-1]), fit[2], floor), float(fit[0][0])))
         else:
             lam, U, rest = self._spectrum(op)
         if rest < -torch.finfo(lam.dtype).eps ** 0.5 * float(lam[0]):  # z^T A z >= 0 for PSD A, up to rounding
@@ -182,7 +184,7 @@ class Arnoldi:
                 f"treated as one eigenvalue {self.lam_rest:.3g}"
                 + (f"; smallest eigenvalue about {self.bottom_:.3g} (Lanczos)" if self._estimated() else ""))
         if self.refine:
-            return refine(self.op, B, self.refine, self.inverse, self.name, note)
+            return refine(self.op, B, self.refine, self.inverse, self.name, note, self.low_)
         X = self.inverse(B)
         residual, note = measured(self.op, X, B, self.check, self.name,
                                   "Arnoldi(refine=5) (block CG steps on the true curvature; more where it still warns) or "

@@ -13,7 +13,10 @@ refine=k > 0 takes k steps of block conjugate gradients on the true
 curvature, preconditioned by the factored inverse with its damping raised
 (refine_damping), then a closing step (infl.solvers.krylov.refine; step 1
 already improves on the factored answer): k more curvature products per
-right-hand side, and the residual falls with k towards the exact solve.
+right-hand side, and the residual falls with k towards the exact solve. Where
+the curvature is known to be positive definite with eigenvalues clear of
+float32 rounding, the steps take their products in float32, checked in
+float64 (infl.solvers.krylov.refine).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from ..dist import AllReduced, all_sum, world
 from ..errors import CurvatureError, InputError, warn
 from ..kronecker import find_layers, fit_factors
 from ..objective import nonnegative_number
-from ..operators import Operator, Shifted, check_tensor_outputs, damping_needed, resolved_in_float32
+from ..operators import Operator, Shifted, check_tensor_outputs, damping_needed, in_float32, resolved_in_float32
 from .base import SolveInfo, check_count, refine_count, itemsize, measured, solved
 from .krylov import refine
 from .spectrum import bottom_footprint, smallest_eigenvalue, top_eigenvalue
@@ -157,6 +160,7 @@ class EKFAC:
         eig = self._eigenvalues(1.0)
         pre = self._eigenvalues(1.0 + self.refine_damping)  # refine's preconditioner's
         self.float32_ = resolved_in_float32(float(pre.min()), float(pre.max()))
+        self.low_ = self._steps_form(op, floor, obj.l2_min + shift) if self.refine else None
         # inverted one by one, the eigenvalues need only stand above rounding (a bound of eps * p * max refused
         # float32 models at l2 = 1e-4)
         if float(eig.min()) <= 100 * torch.finfo(eig.dtype).eps * float(eig.max()):
@@ -164,6 +168,19 @@ class EKFAC:
                                  f"{float(eig.min()):.3g}, largest {float(eig.max()):.3g}) and l2 + damping adds "
                                  "too little; pass damping > 0 (e.g. 1e-3 x the largest eigenvalue)")
         return self
+
+    def _steps_form(self, op: Operator, floor: float | None, bound: float) -> Operator | None:
+        """op's float32 form for refine's products (krylov.refine), where op's eigenvalues are known to stand
+        clear of float32 rounding: op positive semi-definite in its data part (`floor` given) so l2 + damping,
+        `bound`, is a lower bound, resolved_in_float32 next to the sum of the factored blocks' largest
+        eigenvalues, which bounds op's largest from above (for a PSD matrix, by its diagonal blocks'); None
+        elsewhere."""
+        if floor is None or not bound > 0:
+            return None
+        f = self.factors
+        parts = [layer.lam + s for layer, s in zip(f.layers, self.shifts)] + ([f.diag + self.diag_shift]
+                                                                              if f.diag.numel() else [])
+        return in_float32(op) if resolved_in_float32(bound, sum(float(x.max()) for x in parts)) else None
 
     def _eigenvalues(self, scale: float) -> Tensor:
         """The factored curvature's eigenvalues, every layer's and the diagonal's, with the damping (l2 + damping)
@@ -200,7 +217,7 @@ class EKFAC:
     def solve(self, B: Tensor) -> tuple[Tensor, SolveInfo]:
         """X (k, p) ~= A^{-1} b for each row b of B (k, p); the note says how close on a sample of rows."""
         if self.refine:
-            return refine(self.op, B, self.refine, self._preconditioner, self.name, self._note())
+            return refine(self.op, B, self.refine, self._preconditioner, self.name, self._note(), self.low_)
         X = self.inverse(B)
         residual, note = measured(self.op, X, B, self.check, self.name,
                                   f"{type(self).__name__}(refine=4) (block CG steps on the true curvature; more where "

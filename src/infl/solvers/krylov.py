@@ -72,8 +72,11 @@ def _cg(matmat: MatMat, B: Tensor, tol: float, max_iter: int, M: MatMat) -> tupl
 REFINE_BLOCK = 128  # right-hand sides sharing one block Krylov space
 
 
-def refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: str, note: str
-           ) -> tuple[Tensor, SolveInfo]:
+MIXED_SHARE = 0.01  # float32 products may move a checked residual by this fraction of it, else op settles all
+
+
+def refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: str, note: str,
+           low: Operator | None = None) -> tuple[Tensor, SolveInfo]:
     """`steps` steps of preconditioned block conjugate gradients on op for the rows of B (k, p).
 
     The right-hand sides, in groups of up to REFINE_BLOCK, share one Krylov
@@ -87,25 +90,34 @@ def refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: st
     application and a product on CLOSING_PROBES rows of the group only. A
     group's answers depend on its own rows only. The note adds the residuals
     reached.
+
+    low: op's float32 form, where the caller knows op's eigenvalues stand clear
+    of float32 rounding (operators.resolved_in_float32): the steps then take
+    its products (a third to a half of the cost) with a float32 basis, and op
+    checks the answers on CLOSING_PROBES rows per group (`_checked`); a group
+    whose answers reach float32's rounding (more accurate than the float32
+    products can tell) is solved again with op.
     """
     if not (isinstance(steps, int) and steps >= 1):
         raise InputError(f"refine needs an integer number of CG steps >= 1, got {steps!r}")
     if not B.shape[0]:
         return B.clone(), SolveInfo(f"{name}+cg", 0, B.new_empty(0), True, note)
     unit, size = unit_rows(B)  # a tiny right-hand side's norms would underflow
-    X, info = _refine(op, unit, steps, approx_inverse, name, note)
+    low = None if low is op else low
+    X, info = _refine(op, unit, steps, approx_inverse, name, note, low)
     return X.mul_(size), info
 
 
-def _refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: str, note: str
-            ) -> tuple[Tensor, SolveInfo]:
+def _refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: str, note: str,
+            low: Operator | None) -> tuple[Tensor, SolveInfo]:
     """refine() on rows of unit size (or zero): block CG, then the closing step, per group of REFINE_BLOCK rows
     (so a group's answer does not depend on the rows solved with it in other groups)."""
     X, res, taken = torch.empty_like(B), B.new_empty(B.shape[0]), 0
     bnorm = B.norm(dim=1).clamp_min(torch.finfo(B.dtype).tiny)
-    after, alphas, probed, refused = [], [], [], False
+    after, alphas, probed, refused, redone = [], [], [], False, False
     for rows in batches(B.shape[0], REFINE_BLOCK):
-        Xb, Rb, used = _block_galerkin(op, B[rows], steps, approx_inverse)
+        Xb, Rb, used, again = _group_galerkin(op, B[rows], steps, approx_inverse, low)
+        redone |= again
         taken = max(taken, used)
         rb = Rb.norm(dim=1) / bnorm[rows]
         after.append(rb)
@@ -118,7 +130,9 @@ def _refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: s
                 probed.append(rb[~rb.isnan() & movable])
         X[rows], res[rows] = Xb, rb
     after = torch.cat(after)
-    note = (f"{note}; refined by {taken} preconditioned block CG steps on {op.name}: relative residual "
+    mixed = "" if low is None else (" (float32 products reached their rounding: redone in float64)" if redone
+                                    else " (float32 products, the answers checked in float64)")
+    note = (f"{note}; refined by {taken} preconditioned block CG steps on {op.name}{mixed}: relative residual "
             f"median {float(after.median()):.3g}, max {float(after.max()):.3g}")
     if refused:
         note += "; no closing step (the preconditioned residuals met non-positive curvature)"
@@ -151,7 +165,7 @@ def _closing_step(op: Operator, M: MatMat, X: Tensor, R: Tensor, res: Tensor, bn
     alpha None, when an alpha_i is not a positive number (M or A not positive definite there).
     """
     rows = torch.nonzero(movable).squeeze(1)
-    at = torch.linspace(0, rows.numel() - 1, min(CLOSING_PROBES, rows.numel())).round().long().to(rows.device)
+    at = spread(rows.numel(), CLOSING_PROBES).to(rows.device)
     probed = rows[at]
     D = M(R[rows])
     AD = op.matmat(D[at])
@@ -165,18 +179,21 @@ def _closing_step(op: Operator, M: MatMat, X: Tensor, R: Tensor, res: Tensor, bn
     return X.index_add_(0, rows, D, alpha=alpha), known, alpha
 
 
-def _block_galerkin(op: Operator, B: Tensor, steps: int, M: MatMat) -> tuple[Tensor, Tensor, int]:
+def _block_galerkin(op: Operator, B: Tensor, steps: int, M: MatMat, low: Operator | None = None
+                    ) -> tuple[Tensor, Tensor, int]:
     """X (k, p) minimising each row's error in the A-norm over the block Krylov space of M A from M B
     (`steps` blocks); its residuals B - A X (k, p) and the blocks used (fewer once the space stops growing).
 
     The basis V (orthonormal rows) and AV fill preallocated buffers; T = V A V^T grows by its new column
-    block each step, so nothing is recomputed.
+    block each step, so nothing is recomputed. With `low` (op's float32 form) V and AV are float32 and
+    low's (T is formed in op's precision), and so are the residuals.
     """
     k, p = B.shape
     cap = min(steps * k, p)  # the basis never exceeds p rows
-    V, AV = B.new_empty(cap, p), B.new_empty(cap, p)
+    work, product = (B, op.matmat) if low is None else (B.to(low.dtype), low.matmat)
+    V, AV = work.new_empty(cap, p), work.new_empty(cap, p)
     T = B.new_zeros(cap, cap)
-    m, used, W = 0, 0, M(B)
+    m, used, W = 0, 0, M(work)
     for step in range(steps):
         Q = _new_directions(W, V[:m])
         if Q is None or m == cap:  # the space is invariant (or all of R^p): the answer in it is exact
@@ -184,8 +201,8 @@ def _block_galerkin(op: Operator, B: Tensor, steps: int, M: MatMat) -> tuple[Ten
         Q = Q[:cap - m]
         q = Q.shape[0]
         V[m:m + q] = Q
-        AV[m:m + q] = op.matmat(Q)
-        C = V[:m + q] @ AV[m:m + q].T  # (m + q, q): the new column block of T
+        AV[m:m + q] = product(Q)
+        C = (V[:m + q] @ AV[m:m + q].T).to(T.dtype)  # (m + q, q): the new column block of T
         T[:m + q, m:m + q], T[m:m + q, :m] = C, C[:m].T
         T[m:m + q, m:m + q] = (C[m:] + C[m:].T) / 2
         m, used = m + q, used + 1
@@ -195,8 +212,39 @@ def _block_galerkin(op: Operator, B: Tensor, steps: int, M: MatMat) -> tuple[Ten
     if info.item():
         raise CurvatureError("block conjugate gradients met negative curvature: the operator is not positive "
                              "definite on the Krylov space. Add damping, or use curvature='gauss-newton'")
-    Y = torch.cholesky_solve(V[:m] @ B.T, L)  # (m, k) coordinates in the basis
-    return Y.T @ V[:m], B - Y.T @ AV[:m], used
+    Y = torch.cholesky_solve((V[:m] @ work.T).to(T.dtype), L).T.to(work.dtype)  # (k, m) coordinates in the basis
+    return (Y @ V[:m]).to(B.dtype), B - (Y @ AV[:m]).to(B.dtype), used
+
+
+def _group_galerkin(op: Operator, B: Tensor, steps: int, M: MatMat, low: Operator | None
+                    ) -> tuple[Tensor, Tensor, int, bool]:
+    """_block_galerkin with low's products where its answers stand (all steps taken, op's check passed), else
+    with op's; and whether it was solved again with op's."""
+    if low is None:
+        return (*_block_galerkin(op, B, steps, M), False)
+    try:
+        X, R, used = _block_galerkin(op, B, steps, M, low)
+        R = _checked(op, B, X, R) if used == steps else None
+    except CurvatureError:  # op itself decides
+        R = None
+    return (X, R, used, False) if R is not None else (*_block_galerkin(op, B, steps, M), True)
+
+
+def _checked(op: Operator, B: Tensor, X: Tensor, R: Tensor) -> Tensor | None:
+    """R (k, p), the residuals of answers X (k, p) to B (k, p) as float32 products see them, with the true ones
+    (op's) on CLOSING_PROBES rows spread over them (one product); None where one of those differs from its
+    float32 value by more than MIXED_SHARE of its size: the answers reach float32's rounding there."""
+    at = spread(B.shape[0], CLOSING_PROBES).to(B.device)
+    true = B[at] - op.matmat(X[at])
+    if ((true - R[at]).norm(dim=1) > MIXED_SHARE * true.norm(dim=1)).any():
+        return None
+    R[at] = true
+    return R
+
+
+def spread(n: int, count: int) -> Tensor:
+    """min(count, n) indices spread evenly over range(n), the first and last included."""
+    return torch.linspace(0, n - 1, min(count, n)).round().long()
 
 
 def _new_directions(W: Tensor, V: Tensor) -> Tensor | None:

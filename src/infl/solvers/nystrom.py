@@ -50,7 +50,7 @@ class NystromPreconditioner:
         # a partial sketch only preconditions: float32 products where op allows, unless the spectrum it captures
         # reaches below what they resolve; a full one is the exact inverse
         sketch = partial(nystrom, rank=rank, seed=seed, power=power)
-        U, lam = sketch(op) if rank >= op.p else built_in_float32(op, sketch, _captured)
+        U, lam = sketch(op) if rank >= op.p else built_in_float32(op, sketch, _captured)[0]
         self.U, self.lam = U.to(op.dtype), lam.to(op.dtype)  # applied in op's dtype
         self.rank = self.lam.numel()
 
