@@ -561,12 +561,18 @@ def test_refinement_steps_take_float32_products_where_op_confirms_them_and_redo_
     """Given the operator's float32 form, refine's block CG steps take its products; the operator itself then
     measures the true residuals of a few rows (CLOSING_PROBES), and those reported are the returned answers'
     own. Ten steps: the answers are the float64 steps' to a hundredth of their error. Thirty, down to
-    float32's rounding: the group is solved again in float64, the float64 answers to the bit."""
-    from infl.solvers.krylov import CLOSING_PROBES
+    float32's rounding: the group is solved again in float64, the float64 answers to the bit. So is a group
+    where one row not measured is solved down to float32's rounding while the measured ones are not (its
+    answer is the space's first direction for row 0)."""
+    from infl.solvers.krylov import CLOSING_PROBES, spread
 
     A, B = spd(300, 10, seed=6), rhs(12, 300)
-    exact = torch.linalg.solve(A, B.T).T
-    for steps in (10, 30):
+    easy = B.clone()
+    start = infl.Arnoldi(rank=5, refine=10).fit(Typed(A), 1.0).inverse((B[:1] / B[0].abs().max()).float())
+    easy[4] = (A @ start.double().T).T[0]
+    assert 4 not in spread(12, CLOSING_PROBES)
+    for steps, B in ((10, B), (30, B), (10, easy)):
+        exact = torch.linalg.solve(A, B.T).T
         op = Typed(A)
         solver = infl.Arnoldi(rank=5, refine=steps).fit(op, 1.0)
         assert solver.low_ is not None and solver.U.dtype == torch.float32
@@ -576,12 +582,12 @@ def test_refinement_steps_take_float32_products_where_op_confirms_them_and_redo_
             X, info = solver.solve(B)
             seen, solver.low_ = list(op.seen), None
             Y, ref = solver.solve(B)  # the same preconditioner, float64 steps
-        fine = steps == 30
+        fine = steps == 30 or B is easy
         assert X.dtype == torch.float64 and ("redone in float64" in info.note) == fine
         assert seen[0] == (torch.float32, B.shape[0])
         if fine:  # float32 steps, then the float64 ones from the start
             assert (torch.float64, B.shape[0]) in seen and seen[-1][0] == torch.float64
-            assert torch.equal(X, Y) and ref.converged
+            assert torch.equal(X, Y) and ref.converged == (steps == 30)
             continue
         assert (torch.float64, CLOSING_PROBES) in seen and (torch.float64, B.shape[0]) not in seen
         gap, error = float((X - Y).norm()), float((Y - exact).norm())

@@ -72,7 +72,7 @@ def _cg(matmat: MatMat, B: Tensor, tol: float, max_iter: int, M: MatMat) -> tupl
 REFINE_BLOCK = 128  # right-hand sides sharing one block Krylov space
 
 
-MIXED_SHARE = 0.01  # float32 products may move a checked residual by this fraction of it, else op settles all
+MIXED_SHARE = 0.01  # float32's error may reach this fraction of a row's residual, else op solves the group
 
 
 def refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: str, note: str,
@@ -232,14 +232,15 @@ def _group_galerkin(op: Operator, B: Tensor, steps: int, M: MatMat, low: Operato
 
 def _checked(op: Operator, B: Tensor, X: Tensor, R: Tensor) -> Tensor | None:
     """R (k, p), the residuals of answers X (k, p) to B (k, p) as float32 products see them, with the true ones
-    (op's) on CLOSING_PROBES rows spread over them (one product); None where one of those differs from its
-    float32 value by more than MIXED_SHARE of its size: the answers reach float32's rounding there."""
+    (op's) on CLOSING_PROBES rows spread over them (one product). Their differences give float32's error per
+    unit of answer, ||R_true - R|| / ||X|| (the largest seen); None where that error, for any row's answer,
+    exceeds MIXED_SHARE of its residual: the answers reach float32's rounding there."""
     at = spread(B.shape[0], CLOSING_PROBES).to(B.device)
     true = B[at] - op.matmat(X[at])
-    if ((true - R[at]).norm(dim=1) > MIXED_SHARE * true.norm(dim=1)).any():
-        return None
+    size = X.norm(dim=1)
+    rate = ((true - R[at]).norm(dim=1) / size[at].clamp_min(torch.finfo(X.dtype).tiny)).max()
     R[at] = true
-    return R
+    return None if (MIXED_SHARE * R.norm(dim=1) < rate * size).any() else R
 
 
 def spread(n: int, count: int) -> Tensor:
