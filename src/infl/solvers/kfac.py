@@ -170,11 +170,11 @@ class EKFAC:
         return self
 
     def _steps_form(self, op: Operator, floor: float | None, bound: float) -> Operator | None:
-        """op's float32 form for refine's products (krylov.refine), where op's eigenvalues are known to stand
-        clear of float32 rounding: op positive semi-definite in its data part (`floor` given) so l2 + damping,
-        `bound`, is a lower bound, resolved_in_float32 next to the sum of the factored blocks' largest
-        eigenvalues, which bounds op's largest from above (for a PSD matrix, by its diagonal blocks'); None
-        elsewhere."""
+        """op's float32 form for refine's products (krylov.refine), where op's eigenvalues should stand clear of
+        float32 rounding: op positive semi-definite in its data part (`floor` given) so l2 + damping, `bound`, is
+        a lower bound, resolved_in_float32 next to an estimate of the largest, the factored blocks' largest
+        summed (the largest of a PSD matrix is at most its diagonal blocks' summed, but a factored block's can
+        fall short of the true block's: the check after the steps measures what float32 costs); None elsewhere."""
         if floor is None or not bound > 0:
             return None
         f = self.factors

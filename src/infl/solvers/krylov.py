@@ -93,9 +93,9 @@ def refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: st
 
     low: op's float32 form, where the caller knows op's eigenvalues stand clear
     of float32 rounding (operators.resolved_in_float32): the steps then take
-    its products (a third to a half of the cost) with a float32 basis, and op
-    checks the answers on CLOSING_PROBES rows per group (`_checked`); a group
-    whose answers reach float32's rounding (more accurate than the float32
+    its products (a third to a half of the cost), and op checks the answers
+    on CLOSING_PROBES rows per group (`_checked`); a group whose residuals
+    float32's rounding reaches (answers more accurate than the float32
     products can tell) is solved again with op.
     """
     if not (isinstance(steps, int) and steps >= 1):
@@ -114,10 +114,10 @@ def _refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: s
     (so a group's answer does not depend on the rows solved with it in other groups)."""
     X, res, taken = torch.empty_like(B), B.new_empty(B.shape[0]), 0
     bnorm = B.norm(dim=1).clamp_min(torch.finfo(B.dtype).tiny)
-    after, alphas, probed, refused, redone = [], [], [], False, False
+    after, alphas, probed, refused, redone, groups = [], [], [], False, 0, 0
     for rows in batches(B.shape[0], REFINE_BLOCK):
         Xb, Rb, used, again = _group_galerkin(op, B[rows], steps, approx_inverse, low)
-        redone |= again
+        redone, groups = redone + again, groups + 1
         taken = max(taken, used)
         rb = Rb.norm(dim=1) / bnorm[rows]
         after.append(rb)
@@ -130,8 +130,11 @@ def _refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: s
                 probed.append(rb[~rb.isnan() & movable])
         X[rows], res[rows] = Xb, rb
     after = torch.cat(after)
-    mixed = "" if low is None else (" (float32 products reached their rounding: redone in float64)" if redone
-                                    else " (float32 products, the answers checked in float64)")
+    mixed = "" if low is None else (
+        " (float32 products, the answers checked in float64" + (
+            f"; {'the' if redone == groups else f'{redone} of {groups}'} group{'s' if groups > 1 else ''} of "
+            "right-hand sides solved again in float64, as float32's rounding reached their residuals)"
+            if redone else ")"))
     note = (f"{note}; refined by {taken} preconditioned block CG steps on {op.name}{mixed}: relative residual "
             f"median {float(after.median()):.3g}, max {float(after.max()):.3g}")
     if refused:
@@ -185,15 +188,16 @@ def _block_galerkin(op: Operator, B: Tensor, steps: int, M: MatMat, low: Operato
     (`steps` blocks); its residuals B - A X (k, p) and the blocks used (fewer once the space stops growing).
 
     The basis V (orthonormal rows) and AV fill preallocated buffers; T = V A V^T grows by its new column
-    block each step, so nothing is recomputed. With `low` (op's float32 form) V and AV are float32 and
-    low's (T is formed in op's precision), and so are the residuals.
+    block each step, so nothing is recomputed. With `low` (op's float32 form) the products are low's, and so
+    are AV and the residuals; everything else is as without it (in float32, the basis would lose the
+    directions below float32's rounding that tell nearly equal right-hand sides apart).
     """
     k, p = B.shape
     cap = min(steps * k, p)  # the basis never exceeds p rows
-    work, product = (B, op.matmat) if low is None else (B.to(low.dtype), low.matmat)
-    V, AV = work.new_empty(cap, p), work.new_empty(cap, p)
+    product = op.matmat if low is None else (lambda Q: low.matmat(Q.to(low.dtype)).to(Q.dtype))
+    V, AV = B.new_empty(cap, p), B.new_empty(cap, p)
     T = B.new_zeros(cap, cap)
-    m, used, W = 0, 0, M(work)
+    m, used, W = 0, 0, M(B)
     for step in range(steps):
         Q = _new_directions(W, V[:m])
         if Q is None or m == cap:  # the space is invariant (or all of R^p): the answer in it is exact
@@ -202,7 +206,7 @@ def _block_galerkin(op: Operator, B: Tensor, steps: int, M: MatMat, low: Operato
         q = Q.shape[0]
         V[m:m + q] = Q
         AV[m:m + q] = product(Q)
-        C = (V[:m + q] @ AV[m:m + q].T).to(T.dtype)  # (m + q, q): the new column block of T
+        C = V[:m + q] @ AV[m:m + q].T  # (m + q, q): the new column block of T
         T[:m + q, m:m + q], T[m:m + q, :m] = C, C[:m].T
         T[m:m + q, m:m + q] = (C[m:] + C[m:].T) / 2
         m, used = m + q, used + 1
@@ -212,19 +216,19 @@ def _block_galerkin(op: Operator, B: Tensor, steps: int, M: MatMat, low: Operato
     if info.item():
         raise CurvatureError("block conjugate gradients met negative curvature: the operator is not positive "
                              "definite on the Krylov space. Add damping, or use curvature='gauss-newton'")
-    Y = torch.cholesky_solve((V[:m] @ work.T).to(T.dtype), L).T.to(work.dtype)  # (k, m) coordinates in the basis
-    return (Y @ V[:m]).to(B.dtype), B - (Y @ AV[:m]).to(B.dtype), used
+    Y = torch.cholesky_solve(V[:m] @ B.T, L)  # (m, k) coordinates in the basis
+    return Y.T @ V[:m], B - Y.T @ AV[:m], used
 
 
 def _group_galerkin(op: Operator, B: Tensor, steps: int, M: MatMat, low: Operator | None
                     ) -> tuple[Tensor, Tensor, int, bool]:
-    """_block_galerkin with low's products where its answers stand (all steps taken, op's check passed), else
-    with op's; and whether it was solved again with op's."""
+    """_block_galerkin with low's products where op's check passes (`_checked`), else with op's; and whether
+    it was solved again with op's."""
     if low is None:
         return (*_block_galerkin(op, B, steps, M), False)
     try:
         X, R, used = _block_galerkin(op, B, steps, M, low)
-        R = _checked(op, B, X, R) if used == steps else None
+        R = _checked(op, B, X, R)
     except CurvatureError:  # op itself decides
         R = None
     return (X, R, used, False) if R is not None else (*_block_galerkin(op, B, steps, M), True)
