@@ -629,6 +629,32 @@ def test_refinement_steps_take_float32_products_where_op_confirms_them_and_redo_
     assert torch.equal(X[:4], Y[:4]) and not torch.equal(X[4:], Y[4:])
 
 
+def test_the_float32_check_measures_only_rows_it_can_and_float32s_negative_curvature_defers_to_float64():
+    """A nan right-hand side among the measured rows made float32's error nan, and every comparison with it
+    passed: nan rows are not measured now, and the easy row is still caught. A float32 form that meets negative
+    curvature hands the group to float64, and the note says why."""
+    from infl.solvers.krylov import CLOSING_PROBES, spread
+
+    A, B = spd(300, 10, seed=6), rhs(12, 300)
+    solver = infl.Arnoldi(rank=5, refine=10).fit(Typed(A), 1.0)
+    B[4] = (A @ solver.inverse((B[:1] / B[0].abs().max()).float()).double().T).T[0]  # solved in the first block
+    B[2] = float("nan")
+    assert 2 in spread(12, CLOSING_PROBES)
+    low = solver.low_
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        X, info = solver.solve(B)
+        solver.low_ = None
+        Y, _ = solver.solve(B)
+        solver.low_ = Typed(-A.float())
+        Z, bent = solver.solve(B)
+    rest = torch.arange(12) != 2
+    assert low is not None and "solved again in float64, as float32's rounding reached their residuals" in info.note
+    assert torch.equal(X[rest], Y[rest]) and X[2].isnan().all()
+    assert "solved again in float64, as float32 met non-positive curvature" in bent.note
+    assert torch.equal(Z[rest], Y[rest])
+
+
 def test_block_lanczos_finds_the_dense_top_eigenpairs_through_thick_restarts():
     gen = torch.Generator().manual_seed(7)
     Q = torch.linalg.qr(torch.randn(300, 300, generator=gen, dtype=torch.float64)).Q

@@ -3,6 +3,7 @@ an approximate inverse."""
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -94,7 +95,7 @@ def refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: st
     low: op's float32 form, where the caller knows op's eigenvalues stand clear
     of float32 rounding (operators.resolved_in_float32): the steps then take
     its products (a third to a half of the cost), and op checks the answers
-    on CLOSING_PROBES rows per group (`_checked`); a group whose residuals
+    on CLOSING_PROBES rows per group (`_float32_enough`); a group whose residuals
     float32's rounding reaches (answers more accurate than the float32
     products can tell) is solved again with op.
     """
@@ -114,10 +115,10 @@ def _refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: s
     (so a group's answer does not depend on the rows solved with it in other groups)."""
     X, res, taken = torch.empty_like(B), B.new_empty(B.shape[0]), 0
     bnorm = B.norm(dim=1).clamp_min(torch.finfo(B.dtype).tiny)
-    after, alphas, probed, refused, redone, groups = [], [], [], False, 0, 0
+    after, alphas, probed, refused, redone, groups = [], [], [], False, [], 0
     for rows in batches(B.shape[0], REFINE_BLOCK):
-        Xb, Rb, used, again = _group_galerkin(op, B[rows], steps, approx_inverse, low)
-        redone, groups = redone + again, groups + 1
+        Xb, Rb, used, why = _group_galerkin(op, B[rows], steps, approx_inverse, low)
+        redone, groups = redone + [why] * (why is not None), groups + 1
         taken = max(taken, used)
         rb = Rb.norm(dim=1) / bnorm[rows]
         after.append(rb)
@@ -132,8 +133,8 @@ def _refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: s
     after = torch.cat(after)
     mixed = "" if low is None else (
         " (float32 products, the answers checked in float64" + (
-            f"; {'the' if redone == groups else f'{redone} of {groups}'} group{'s' if groups > 1 else ''} of "
-            "right-hand sides solved again in float64, as float32's rounding reached their residuals)"
+            f"; {'the' if len(redone) == groups else f'{len(redone)} of {groups}'} group{'s' if groups > 1 else ''}"
+            f" of right-hand sides solved again in float64, as {' or '.join(sorted(set(redone)))})"
             if redone else ")"))
     note = (f"{note}; refined by {taken} preconditioned block CG steps on {op.name}{mixed}: relative residual "
             f"median {float(after.median()):.3g}, max {float(after.max()):.3g}")
@@ -221,30 +222,36 @@ def _block_galerkin(op: Operator, B: Tensor, steps: int, M: MatMat, low: Operato
 
 
 def _group_galerkin(op: Operator, B: Tensor, steps: int, M: MatMat, low: Operator | None
-                    ) -> tuple[Tensor, Tensor, int, bool]:
-    """_block_galerkin with low's products where op's check passes (`_checked`), else with op's; and whether
-    it was solved again with op's."""
+                    ) -> tuple[Tensor, Tensor, int, str | None]:
+    """_block_galerkin with low's products where op's check passes (`_float32_enough`), else with op's; and why
+    it was solved again with op's (None where it was not)."""
     if low is None:
-        return (*_block_galerkin(op, B, steps, M), False)
+        return (*_block_galerkin(op, B, steps, M), None)
     try:
         X, R, used = _block_galerkin(op, B, steps, M, low)
-        R = _checked(op, B, X, R)
     except CurvatureError:  # op itself decides
-        R = None
-    return (X, R, used, False) if R is not None else (*_block_galerkin(op, B, steps, M), True)
+        return (*_block_galerkin(op, B, steps, M), "float32 met non-positive curvature")
+    if _float32_enough(op, B, X, R):
+        return X, R, used, None
+    return (*_block_galerkin(op, B, steps, M), "float32's rounding reached their residuals")
 
 
-def _checked(op: Operator, B: Tensor, X: Tensor, R: Tensor) -> Tensor | None:
-    """R (k, p), the residuals of answers X (k, p) to B (k, p) as float32 products see them, with the true ones
-    (op's) on CLOSING_PROBES rows spread over them (one product). Their differences give float32's error per
-    unit of answer, ||R_true - R|| / ||X|| (the largest seen); None where that error, for any row's answer,
-    exceeds MIXED_SHARE of its residual: the answers reach float32's rounding there."""
-    at = spread(B.shape[0], CLOSING_PROBES).to(B.device)
+def _float32_enough(op: Operator, B: Tensor, X: Tensor, R: Tensor) -> bool:
+    """Whether answers X (k, p) to B (k, p), found with float32 products that put their residuals at R (k, p),
+    stand. R's rows are replaced by the true ones (op's) on CLOSING_PROBES rows spread over those unsolved
+    (the closing step's; one product), whose differences give float32's error per unit of answer,
+    ||R_true - R|| / ||X|| (the largest seen). False where that error, for any row's answer, exceeds MIXED_SHARE
+    of its residual (the answers reach float32's rounding), where it is not a finite number, or where no row is
+    left to measure it on while some row is nonzero."""
+    live = torch.nonzero(R.norm(dim=1) > SOLVED * B.norm(dim=1)).squeeze(1)
+    if not live.numel():
+        return not bool((B != 0).any())
+    at = live[spread(live.numel(), CLOSING_PROBES).to(live.device)]
     true = B[at] - op.matmat(X[at])
     size = X.norm(dim=1)
-    rate = ((true - R[at]).norm(dim=1) / size[at].clamp_min(torch.finfo(X.dtype).tiny)).max()
+    rate = float(((true - R[at]).norm(dim=1) / size[at].clamp_min(torch.finfo(X.dtype).tiny)).max())
     R[at] = true
-    return None if (MIXED_SHARE * R.norm(dim=1) < rate * size).any() else R
+    return math.isfinite(rate) and not bool((MIXED_SHARE * R.norm(dim=1) < rate * size).any())
 
 
 def spread(n: int, count: int) -> Tensor:
