@@ -177,17 +177,19 @@ class EKFAC:
         fall short of the true block's: the check after the steps measures what float32 costs); None elsewhere."""
         if floor is None or not bound > 0:
             return None
+        top = sum(float(block.max()) for block in self._blocks(1.0))
+        return in_float32(op) if resolved_in_float32(bound, top) else None
+
+    def _blocks(self, scale: float) -> list[Tensor]:
+        """The factored curvature's eigenvalues, each layer's and the diagonal's, with the damping (l2 + damping)
+        multiplied by scale."""
         f = self.factors
-        parts = [layer.lam + s for layer, s in zip(f.layers, self.shifts)] + ([f.diag + self.diag_shift]
-                                                                              if f.diag.numel() else [])
-        return in_float32(op) if resolved_in_float32(bound, sum(float(x.max()) for x in parts)) else None
+        return ([layer.lam + scale * s for layer, s in zip(f.layers, self.shifts)]
+                + ([f.diag + scale * self.diag_shift] if f.diag.numel() else []))
 
     def _eigenvalues(self, scale: float) -> Tensor:
-        """The factored curvature's eigenvalues, every layer's and the diagonal's, with the damping (l2 + damping)
-        multiplied by scale: flat."""
-        f = self.factors
-        return torch.cat([(layer.lam + scale * s).reshape(-1) for layer, s in zip(f.layers, self.shifts)]
-                         + ([f.diag + scale * self.diag_shift] if f.diag.numel() else []))
+        """_blocks(scale), flat."""
+        return torch.cat([block.reshape(-1) for block in self._blocks(scale)])
 
     def power(self, B: Tensor, exponent: float = -1.0, scale: float = 1.0) -> Tensor:
         """(G_kron + scale lambda I)^exponent b for each row b of B (k, p): -1 solves, +1 multiplies; computed in
