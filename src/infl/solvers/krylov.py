@@ -94,10 +94,10 @@ def refine(op: Operator, B: Tensor, steps: int, approx_inverse: MatMat, name: st
 
     low: op's float32 form, where the caller knows op's eigenvalues stand clear
     of float32 rounding (operators.resolved_in_float32): the steps then take
-    its products (a third to a half of the cost), and op checks the answers
-    on CLOSING_PROBES rows per group (`_float32_enough`); a group whose residuals
-    float32's rounding reaches (answers more accurate than the float32
-    products can tell) is solved again with op.
+    its (cheaper) products, and op checks the answers on CLOSING_PROBES rows
+    per group (`_float32_enough`); a group whose residuals float32's rounding
+    reaches (answers more accurate than the float32 products can tell) is
+    solved again with op.
     """
     if not (isinstance(steps, int) and steps >= 1):
         raise InputError(f"refine needs an integer number of CG steps >= 1, got {steps!r}")
