@@ -257,7 +257,7 @@ def in_float32(op: Operator) -> Operator:
     """op's float32 form where op is float64 and has one that runs (a probe product on this process's own data,
     agreed by every process), else op itself.
 
-    For building preconditioners: float32 products cost a third to a half as much, and a preconditioner's
+    For building preconditioners and taking refine's steps: float32 products are cheaper, and a preconditioner's
     rounding (relative 1e-7) changes only the space a Krylov solve searches, not the system it solves, as long
     as the eigenvalues it inverts stay above FLOAT32_SPREAD of the largest (resolved_in_float32: callers check).
     """
